@@ -1,0 +1,459 @@
+"""The profile: one YAML file per model, parsed in one place into typed, frozen objects.
+
+Every validation failure becomes one `ProfileError` line naming the file, the line, the key path and
+the bad value, with a "did you mean ...?" hint for misspelled keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import ProfileError
+from orchestrator.gpu import CPU, GPU_CLASSES, VARIANT_NAMES
+from orchestrator.paths import models_dir, profile_search_path
+
+
+class ChatType(str, Enum):
+    """The chat types of vLLM's openai_chat_completion_client_for_multimodal.py."""
+
+    TEXT = "text-only"
+    SINGLE_IMAGE = "single-image"
+    MULTI_IMAGE = "multi-image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    MULTI_AUDIO = "multi-audio"
+
+
+# How many items of which modality each chat type puts in one prompt.
+CHAT_TYPE_NEEDS: dict[ChatType, tuple[str, int] | None] = {
+    ChatType.TEXT: None,
+    ChatType.SINGLE_IMAGE: ("image", 1),
+    ChatType.MULTI_IMAGE: ("image", 2),
+    ChatType.VIDEO: ("video", 1),
+    ChatType.AUDIO: ("audio", 1),
+    ChatType.MULTI_AUDIO: ("audio", 2),
+}
+
+MODALITIES = ("image", "video", "audio")
+LOCAL_MODEL_PREFIX = "mmdemo:"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+
+# Flags mmdemo itself owns for every launch; a profile may not set them through extra_args.
+OWNED_FLAGS = {
+    "--host": "the host comes from `--host` on mmdemo's command line",
+    "--port": "the port comes from `--port` on mmdemo's command line",
+    "--api-key": "mmdemo passes a fresh API key per run through VLLM_API_KEY",
+    "--allowed-local-media-path": "mmdemo points it at its asset directory",
+    "--served-model-name": "use the profile's served_model_name",
+    "--model": "use the profile's model",
+}
+# Flags vLLM removed; a hint beats the server's own argparse error minutes into a run.
+REMOVED_FLAGS = {
+    "--task": "`--task` was replaced by `--runner` in vLLM 0.10+; use serve.runner",
+    "--device": "`--device` is gone: the platform comes from the installed build",
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServeSettings(_Frozen):
+    """Named `vllm serve` settings; each owns its flag. None means "not passed"."""
+
+    max_model_len: int | None = Field(None, gt=0)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
+    runner: Literal["auto", "generate", "pooling", "draft"] | None = None
+    trust_remote_code: bool | None = None
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(None, gt=0)
+    kv_cache_memory_bytes: int | Annotated[str, Field(pattern=r"^\d+(\.\d+)?[KMGT]i?B?$")] | None = None
+    limit_mm_per_prompt: dict[Literal["image", "video", "audio"], Annotated[int, Field(ge=0)]] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, dict[str, Any]] | None = None
+    chat_template: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, args: tuple[str, ...]) -> tuple[str, ...]:
+        named = {_flag(name) for name in cls.model_fields if name != "extra_args"}
+        for arg in args:
+            if not arg.startswith("--"):
+                continue
+            flag = arg.split("=", 1)[0]
+            base = flag.split(".", 1)[0]
+            if base.startswith("--no-"):
+                base = "--" + base[len("--no-") :]
+            if base in named:
+                field = base[2:].replace("-", "_")
+                raise ValueError(f"{flag} repeats the named setting serve.{field}; set it there instead")
+            if base in OWNED_FLAGS:
+                raise ValueError(f"{flag} is set by mmdemo: {OWNED_FLAGS[base]}")
+            if base in REMOVED_FLAGS:
+                raise ValueError(REMOVED_FLAGS[base])
+        return args
+
+    def merged(self, override: ServeSettings) -> ServeSettings:
+        """These settings with the fields `override` sets replacing ours."""
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class Requirements(_Frozen):
+    """What a machine needs for this profile (or variant) to run."""
+
+    gpu_memory_gib: float | None = Field(None, ge=0)
+    gpu_count: int | None = Field(None, ge=0)
+    hf_token: bool | None = None
+    vllm_version: str | None = None
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _version_form(cls, value: str | None) -> str | None:
+        if value is not None and not _VERSION.match(value):
+            raise ValueError(f"{value!r} is not a version like 0.10 or 0.10.2")
+        return value
+
+    def merged(self, override: Requirements) -> Requirements:
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class Variant(_Frozen):
+    """Overrides for one target (a GPU class or `cpu`)."""
+
+    serve: ServeSettings = ServeSettings()
+    env: dict[str, str] = {}
+    requires: Requirements = Requirements()
+    ready_timeout_s: float | None = Field(None, gt=0)
+    unsupported: str | None = None
+    notes: str | None = None
+
+
+class Demo(_Frozen):
+    """One chat type to run, with optional per-demo settings."""
+
+    chat_type: ChatType
+    max_completion_tokens: int | None = Field(None, gt=0)
+    expect: tuple[str, ...] = ()
+    media: tuple[str, ...] = ()
+
+
+class Profile(_Frozen):
+    """A model, the flags it needs per target, the environment and the demos to run."""
+
+    name: str
+    model: str
+    served_model_name: str | None = None
+    description: str = ""
+    source: str = ""
+    serve: ServeSettings = ServeSettings()
+    env: dict[str, str] = {}
+    requires: Requirements = Requirements()
+    ready_timeout_s: float = Field(900, gt=0)
+    variants: dict[str, Variant] = {}
+    demos: tuple[Demo, ...]
+    path: str | None = None
+
+    @field_validator("demos", mode="before")
+    @classmethod
+    def _demo_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"chat_type": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return env
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
+        for name in variants:
+            if name not in VARIANT_NAMES:
+                hint = _did_you_mean(name, VARIANT_NAMES)
+                raise ValueError(f"unknown variant {name!r}{hint}; known: {', '.join(VARIANT_NAMES)}")
+        return variants
+
+    @model_validator(mode="after")
+    def _demos_fit_limits(self) -> Profile:
+        if not self.demos:
+            raise ValueError("[demos] the list is empty: name at least one chat type")
+        targets: list[tuple[str, ServeSettings]] = [("serve", self.serve)]
+        targets += [(f"variants.{n}.serve", self.serve.merged(v.serve)) for n, v in self.variants.items()]
+        for where, serve in targets:
+            limits = serve.limit_mm_per_prompt
+            if limits is None:
+                continue  # vLLM's default allows any number of each modality
+            for index, demo in enumerate(self.demos):
+                need = CHAT_TYPE_NEEDS[demo.chat_type]
+                if need and limits.get(need[0], 0) < need[1]:  # type: ignore[call-overload]
+                    modality, count = need
+                    raise ValueError(
+                        f"[demos.{index}] {demo.chat_type.value!r} sends {count} {modality}(s) per prompt but "
+                        f"{where}.limit_mm_per_prompt allows {limits.get(modality, 0)}"  # type: ignore[call-overload]
+                    )
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+
+    @property
+    def chat_types(self) -> tuple[ChatType, ...]:
+        return tuple(d.chat_type for d in self.demos)
+
+    @property
+    def local_model(self) -> str | None:
+        """The tiny-model builder name for `mmdemo:NAME` models, else None."""
+        if self.model.startswith(LOCAL_MODEL_PREFIX):
+            return self.model[len(LOCAL_MODEL_PREFIX) :]
+        return None
+
+    @property
+    def model_path(self) -> str:
+        """What `vllm serve` is given: the hub id, the local path, or the built tiny model's directory."""
+        if (local := self.local_model) is not None:
+            return str(models_dir() / local)
+        return self.model
+
+    def resolve(self, variant: str) -> ResolvedProfile:
+        """The settings, env and requirements for one variant (which must exist)."""
+        if variant not in self.variants:
+            raise ProfileError(
+                f"{self.origin}: profile {self.name!r} has no variant {variant!r}",
+                hint=f"its variants: {', '.join(self.variants) or '(none)'}",
+            )
+        v = self.variants[variant]
+        return ResolvedProfile(
+            profile=self,
+            variant=variant,
+            serve=self.serve.merged(v.serve),
+            env={**self.env, **v.env},
+            requires=self.requires.merged(v.requires),
+            ready_timeout_s=v.ready_timeout_s or self.ready_timeout_s,
+            unsupported=v.unsupported,
+        )
+
+    @property
+    def origin(self) -> str:
+        return self.path or self.name
+
+    def min_gpu_memory_gib(self) -> float | None:
+        """The smallest GPU memory any supported GPU variant needs (for listings)."""
+        needs = [
+            self.requires.merged(v.requires).gpu_memory_gib
+            for n, v in self.variants.items()
+            if n != CPU and not v.unsupported
+        ]
+        known = [n for n in needs if n is not None]
+        return min(known) if known else self.requires.gpu_memory_gib
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile with one variant applied: what the command line and preflight work from."""
+
+    profile: Profile
+    variant: str
+    serve: ServeSettings
+    env: Mapping[str, str]
+    requires: Requirements
+    ready_timeout_s: float
+    unsupported: str | None
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.variant == CPU
+
+    def env_references(self) -> list[str]:
+        """Names of the user's environment variables that `${VAR}` values refer to."""
+        return sorted({m for value in self.env.values() for m in _ENV_REF.findall(value)})
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def find_profile(name: str, profiles_dir: str | None = None) -> Path:
+    """The file for a profile name, or a path given directly."""
+    candidate = Path(name).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or "/" in name:
+        if candidate.is_file():
+            return candidate
+        raise ProfileError(f"{name}: no such profile file")
+    for directory in profile_search_path(profiles_dir):
+        for suffix in (".yaml", ".yml"):
+            path = directory / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    known = sorted({p.stem for p in iter_profile_files(profiles_dir)})
+    raise ProfileError(
+        f"no profile named {name!r}{_did_you_mean(name, known)}",
+        hint=f"available: {', '.join(known)}" if known else "no profiles found; pass --profiles-dir",
+    )
+
+
+def iter_profile_files(profiles_dir: str | None = None) -> Iterator[Path]:
+    """Every profile file on the search path; a name found earlier shadows later ones."""
+    seen: set[str] = set()
+    for directory in profile_search_path(profiles_dir):
+        if not directory.is_dir():
+            continue
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            if path.stem not in seen:
+                seen.add(path.stem)
+                yield path
+
+
+def load_profile(name_or_path: str, profiles_dir: str | None = None) -> Profile:
+    """Find, parse and validate one profile."""
+    return parse_profile_file(find_profile(name_or_path, profiles_dir))
+
+
+def parse_profile_file(path: Path) -> Profile:
+    """Parse and validate one YAML file into a Profile, or raise a one-line ProfileError."""
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{origin}: cannot read profile: {exc}") from None
+    return parse_profile_text(text, origin, default_name=path.stem)
+
+
+def parse_profile_text(text: str, origin: str, default_name: str) -> Profile:
+    """Parse YAML text (named `origin` in messages) into a Profile."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark is not None else origin
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{origin}: a profile must be a mapping of keys, got {type(data).__name__}")
+    data.setdefault("name", default_name)
+    data["path"] = origin
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        # Unknown keys first: a misspelled key often also makes a required key "missing".
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise ProfileError(_describe(errors[0], origin, node)) from None
+
+
+def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> str:
+    loc = tuple(error["loc"])
+    # pydantic appends union member names to the location; keep only real keys and indexes.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc and (marked := _LOC_MARK.match(message)):
+        # A whole-profile check names the key it is about as "[a.b] ..."
+        loc = tuple(int(p) if p.isdigit() else p for p in marked.group(1).split("."))
+        message = message[marked.end() :]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(root, loc)
+    where = f"{origin}:{line}" if line else origin
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        options = _fields_at(Profile, loc[:-1])
+        return f"{where}: unknown key {key!r}{_did_you_mean(str(loc[-1]), options)}"
+    if kind == "missing":
+        return f"{where}: missing required key {key!r}"
+    value = error.get("input")
+    if kind.startswith(("literal_", "enum")):
+        return f"{where}: {key} = {value!r} is not allowed: {message}"
+    if isinstance(value, (str, int, float, bool)) and not kind.startswith("value_error"):
+        return f"{where}: {key} = {value!r}: {message}"
+    return f"{where}: {key}: {message}"
+
+
+_LOC_MARK = re.compile(r"^\[([\w.\-]+)\] ")
+_UNION_TAGS = {"int", "str", "float", "bool", "constrained-str", "function-after"}
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The field names of the model reached by walking `path` through nested annotations."""
+    current: Any = model
+    for part in path:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            current = _container_value(current)  # a dict key or a list index
+    inner = _inner_model(current)
+    return list(inner.model_fields) if inner else []
+
+
+def _container_value(annotation: Any) -> Any:
+    """The value type of dict[K, V] / tuple[V, ...] / list[V], looking through `| None`."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        origin = typing.get_origin(candidate)
+        args = typing.get_args(candidate)
+        if origin is dict and len(args) == 2:
+            return args[1]
+        if origin in (tuple, list) and args:
+            return args[0]
+    return None
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class itself, or the model inside `Model | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def gpu_class_memory(variant: str) -> int | None:
+    """The memory (GiB) of the card a variant targets, None for cpu."""
+    return GPU_CLASSES.get(variant)

@@ -1,0 +1,128 @@
+"""Profiles: every shipped one validates; every bad fixture gives its own one-line message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ProfileError
+from orchestrator.profile import ChatType, find_profile, iter_profile_files, parse_profile_file
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+SHIPPED = sorted((REPO / "profiles").glob("*.yaml"))
+
+# (fixture, the message it must produce); each message names the file, the line, the key and the value.
+BAD = [
+    ("bad-misspelled-key", ":3: unknown key 'serve.max_model_length' (did you mean 'max_model_len'?)"),
+    ("bad-top-level-typo", ":2: unknown key 'demo' (did you mean 'demos'?)"),
+    ("bad-variant-misspelled-key", ":4: unknown key 'variants.H100.serv' (did you mean 'serve'?)"),
+    ("bad-demo-misspelled-key", ":4: unknown key 'demos.0.expected' (did you mean 'expect'?)"),
+    ("bad-missing-model", ": missing required key 'model'"),
+    ("bad-unknown-chat-type", ":2: demos.1.chat_type = 'single-imge' is not allowed"),
+    ("bad-limit-forbids-demo", ":4: demos.0: 'multi-image' sends 2 image(s) per prompt but "
+     "serve.limit_mm_per_prompt allows 1"),
+    ("bad-variant-limit-forbids-demo", ":8: demos.0: 'multi-audio' sends 2 audio(s) per prompt but "
+     "variants.L4.serve.limit_mm_per_prompt allows 1"),
+    ("bad-bad-limit-key", ":3: serve.limit_mm_per_prompt.images = 'images' is not allowed"),
+    ("bad-named-flag-in-extra-args", ":3: serve.extra_args: --max-model-len repeats the named setting "
+     "serve.max_model_len"),
+    ("bad-owned-flag-in-extra-args", ":3: serve.extra_args: --port is set by mmdemo"),
+    ("bad-removed-flag", ":3: serve.extra_args: `--task` was replaced by `--runner`"),
+    ("bad-unknown-variant", ":2: variants: unknown variant 'H10' (did you mean 'H100'?)"),
+    ("bad-wrong-type", ":3: serve.max_model_len = 'lots': Input should be a valid integer"),
+    ("bad-unparsable", ":3: not valid YAML: expected ',' or ']'"),
+    ("bad-not-a-mapping", ": a profile must be a mapping of keys, got list"),
+    ("bad-bad-dtype", ":3: serve.dtype = 'bf16' is not allowed"),
+    ("bad-bad-env-name", ":2: env: 'HF-TOKEN' is not a valid environment variable name"),
+    ("bad-bad-version", ":3: requires.vllm_version: 'latest' is not a version like 0.10 or 0.10.2"),
+    ("bad-empty-demos", ":2: demos: the list is empty"),
+    ("bad-gpu-utilization-out-of-range", ":3: serve.gpu_memory_utilization = 1.5: Input should be less "
+     "than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_profile_message(fixture: str, expected: str) -> None:
+    path = HERE / "profiles" / f"{fixture}.yaml"
+    with pytest.raises(ProfileError) as info:
+        parse_profile_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{expected}")
+    assert "\n" not in message
+
+
+def test_every_bad_fixture_is_tested() -> None:
+    fixtures = {p.stem for p in (HERE / "profiles").glob("bad-*.yaml")}
+    assert fixtures == {b[0] for b in BAD}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_profiles_validate(path: Path) -> None:
+    profile = parse_profile_file(path)
+    assert profile.name == path.stem
+    assert profile.demos
+    for name in profile.variants:
+        resolved = profile.resolve(name)
+        assert resolved.variant == name
+
+
+def test_shipped_gpu_profiles_cover_big_and_24gb_cards() -> None:
+    for path in SHIPPED:
+        profile = parse_profile_file(path)
+        if "cpu" in profile.variants:
+            continue
+        assert {"H100", "A100-80GB"} <= set(profile.variants), path
+        small = [profile.variants.get(n) for n in ("L4", "A10G")]
+        assert any(v is not None for v in small), f"{path}: no 24 GB card variant nor a reason"
+
+
+def test_shipped_profiles_cover_all_six_chat_types() -> None:
+    omni = parse_profile_file(REPO / "profiles" / "qwen2.5-omni-3b.yaml")
+    tiny = parse_profile_file(REPO / "profiles" / "cpu-tiny-omni.yaml")
+    assert set(omni.chat_types) == set(ChatType)
+    assert set(tiny.chat_types) == set(ChatType)
+
+
+def test_variant_overrides_merge_field_by_field() -> None:
+    profile = parse_profile_file(REPO / "profiles" / "llava-1.5-7b.yaml")
+    l4 = profile.resolve("L4")
+    assert l4.serve.max_model_len == 2048
+    assert l4.serve.gpu_memory_utilization == 0.92
+    assert l4.serve.limit_mm_per_prompt == {"image": 1}  # inherited from the base
+    assert l4.requires.gpu_memory_gib == 22
+    assert l4.requires.gpu_count == 1  # inherited
+    assert profile.resolve("H100").serve.max_model_len == 4096
+
+
+def test_unknown_variant_on_resolve_lists_the_ones_there_are() -> None:
+    profile = parse_profile_file(REPO / "profiles" / "cpu-tiny-omni.yaml")
+    with pytest.raises(ProfileError) as info:
+        profile.resolve("H100")
+    assert "has no variant 'H100'" in str(info.value)
+    assert info.value.hint == "its variants: cpu"
+
+
+def test_profile_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "llava-1.5-7b.yaml").write_text("model: my/llava\ndemos: [text-only]\n")
+    monkeypatch.setenv("MMDEMO_PROFILES", str(mine))
+    assert find_profile("llava-1.5-7b") == (mine / "llava-1.5-7b.yaml").resolve()
+    # a --profiles-dir comes before MMDEMO_PROFILES
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "llava-1.5-7b.yaml").write_text("model: other/llava\ndemos: [text-only]\n")
+    assert find_profile("llava-1.5-7b", str(other)) == (other / "llava-1.5-7b.yaml").resolve()
+    names = [p.stem for p in iter_profile_files(str(other))]
+    assert names.count("llava-1.5-7b") == 1
+    assert "cpu-tiny-omni" in names
+
+
+def test_unknown_profile_name_suggests(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError) as info:
+        find_profile("phi-3.5-visoin")
+    assert "did you mean 'phi-3.5-vision'?" in str(info.value)
+    with pytest.raises(ProfileError, match="no such profile file"):
+        find_profile(str(tmp_path / "nope.yaml"))
