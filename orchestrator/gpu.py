@@ -132,7 +132,11 @@ def _detect_nvidia_smi() -> list[Gpu] | None:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total,memory.free,driver_version", "--format=csv,noheader,nounits"],
+            [
+                exe,
+                "--query-gpu=name,memory.total,memory.free,driver_version",
+                "--format=csv,noheader,nounits",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
@@ -147,7 +151,7 @@ def _detect_nvidia_smi() -> list[Gpu] | None:
 def parse_nvidia_smi(out: str) -> list[Gpu]:
     """Parse `nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version` CSV (no units)."""
     gpus = []
-    for index, line in enumerate(l for l in out.splitlines() if l.strip()):
+    for index, line in enumerate(row for row in out.splitlines() if row.strip()):
         fields = [f.strip() for f in line.split(",")]
         if len(fields) < 2:
             continue
@@ -175,7 +179,7 @@ def pids_using_gpus() -> set[int] | None:
             ):
                 try:
                     pids.update(int(p.pid) for p in getter(handle))
-                except Exception:  # noqa: S112 - one getter unsupported on this device is fine
+                except Exception:
                     continue
         return pids
     finally:

@@ -207,9 +207,10 @@ class Profile(_Frozen):
                 need = CHAT_TYPE_NEEDS[demo.chat_type]
                 if need and limits.get(need[0], 0) < need[1]:  # type: ignore[call-overload]
                     modality, count = need
+                    allowed = limits.get(modality, 0)  # type: ignore[call-overload]
                     raise ValueError(
-                        f"[demos.{index}] {demo.chat_type.value!r} sends {count} {modality}(s) per prompt but "
-                        f"{where}.limit_mm_per_prompt allows {limits.get(modality, 0)}"  # type: ignore[call-overload]
+                        f"[demos.{index}] {demo.chat_type.value!r} sends {count} {modality}(s) per prompt "
+                        f"but {where}.limit_mm_per_prompt allows {allowed}"
                     )
         return self
 

@@ -1,0 +1,68 @@
+"""`mmdemo doctor`: what this machine has, and which profiles could run here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from orchestrator import preflight
+from orchestrator.errors import MMDemoError, PreflightError
+from orchestrator.gpu import detect
+from orchestrator.paths import cache_dir, packaged_profiles_dir
+from orchestrator.profile import iter_profile_files, parse_profile_file
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def doctor(args: argparse.Namespace, console: Console) -> int:
+    """Print vLLM, GPUs, token, caches and the verdict for each profile; exit 0."""
+    from rich.table import Table
+
+    vllm_bin = os.environ.get("MMDEMO_VLLM_BIN", "vllm")
+    try:
+        info = preflight.vllm_version(vllm_bin)
+        vllm_line = f"{info.version} ({info.path})"
+    except MMDemoError as exc:
+        info = None
+        vllm_line = f"[red]not usable[/]: {exc}"
+    gpus = detect()
+    console.print(f"vLLM:        {vllm_line}")
+    if gpus:
+        for g in gpus:
+            free = f"{g.memory_free_gib:.1f} GiB free of " if g.memory_free_gib is not None else ""
+            console.print(
+                f"GPU {g.index}:       {g.name}: {free}{g.memory_total_gib:.0f} GiB "
+                f"(variant {g.variant or 'unknown'}, driver {g.driver or '?'})",
+                highlight=False,
+            )
+    else:
+        console.print("GPU:         none found (NVML and nvidia-smi): profiles run their cpu variant")
+    token = "present" if preflight.hf_token_present(os.environ) else "not set (gated models will fail)"
+    console.print(f"HF token:    {token}")
+    hf_home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
+    for label, where in (("mmdemo cache", str(cache_dir())), ("HF cache", hf_home)):
+        probe = where if os.path.exists(where) else os.path.dirname(where.rstrip("/")) or "/"
+        free_gib = shutil.disk_usage(probe).free / 2**30 if os.path.exists(probe) else float("nan")
+        console.print(f"{label + ':':<13}{where} ({free_gib:.0f} GiB free on disk)", highlight=False)
+    console.print(f"profiles:    {packaged_profiles_dir()}", highlight=False)
+
+    table = Table("profile", "variant here", "verdict")
+    for path in iter_profile_files(args.profiles_dir):
+        try:
+            profile = parse_profile_file(path)
+            variant = preflight.choose_variant(profile, "auto", gpus)
+            resolved = profile.resolve(variant)
+            preflight.check_variant(resolved)
+            if info:
+                preflight.check_version(info, resolved)
+            preflight.check_gpus(resolved, gpus)
+            if resolved.requires.hf_token and not preflight.hf_token_present(os.environ):
+                raise PreflightError("needs HF_TOKEN")
+            table.add_row(profile.name, variant, "[green]can run[/]" if info else "[yellow]needs vLLM[/]")
+        except MMDemoError as exc:
+            table.add_row(path.stem, "–", f"[red]{exc}[/]")
+    console.print(table)
+    return 0

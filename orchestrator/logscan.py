@@ -1,0 +1,154 @@
+"""What vLLM's own log lines say: the startup phase it is in, and why it failed."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Ordered by startup; a later phase never goes back to an earlier one.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern, re.IGNORECASE))
+    for name, pattern in (
+        ("starting", r"vLLM API server version|non-default args"),
+        ("downloading weights", r"Downloading|Fetching \d+ files|huggingface_hub"),
+        ("loading weights", r"Starting to load model|Loading weights|Loading safetensors|Model loading took"),
+        (
+            "profiling memory",
+            r"Memory profiling|determine_available_memory|Available KV cache memory|"
+            r"KV cache size|profile run",
+        ),
+        ("compiling", r"torch\.compile|Compiling a graph|Dynamo bytecode transform|compile range"),
+        ("capturing CUDA graphs", r"Capturing CUDA graph|Graph capturing"),
+        ("starting API server", r"Starting vLLM API server|Available routes are"),
+        ("ready", r"Application startup complete"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A known failure: what it means and what to do about it."""
+
+    message: str
+    hint: str
+
+
+DIAGNOSES: tuple[tuple[re.Pattern[str], Diagnosis], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), Diagnosis(message, hint))
+    for pattern, message, hint in (
+        (
+            r"Free memory on device .* is less than desired GPU memory utilization",
+            "free GPU memory is below gpu_memory_utilization",
+            "another process holds GPU memory (see `nvidia-smi`), or lower serve.gpu_memory_utilization",
+        ),
+        (
+            r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError",
+            "CUDA out of memory",
+            "pick a variant for a bigger card, or lower max_model_len / limit_mm_per_prompt",
+        ),
+        (
+            r"Available memory on node .* less than desired CPU memory utilization",
+            "the KV cache size is not set on CPU",
+            "set serve.kv_cache_memory_bytes (e.g. 256M) or env VLLM_CPU_KVCACHE_SPACE",
+        ),
+        (
+            r"No available memory for the cache blocks|larger than the maximum number of tokens that can "
+            r"be stored in KV cache|KV cache is needed, which is larger than the available KV cache",
+            "the KV cache is too small for max_model_len",
+            "raise gpu_memory_utilization / kv_cache_memory_bytes, or lower max_model_len",
+        ),
+        (
+            r"Address already in use",
+            "the port is already in use",
+            "pass another --port, or stop the process holding it",
+        ),
+        (
+            r"GatedRepoError|401 Client Error|Access to model .* is restricted|Cannot access gated repo",
+            "the model is gated and no valid Hugging Face token was given",
+            "accept the model's licence on huggingface.co and export HF_TOKEN",
+        ),
+        (
+            r"RepositoryNotFoundError|Repository Not Found|is not a local folder and is not a valid model "
+            r"identifier|No such file or directory: .*config\.json",
+            "the model was not found (wrong id or path, or no access)",
+            "check the profile's model",
+        ),
+        (
+            r"trust_remote_code=True|requires you to execute the configuration file|--trust-remote-code",
+            "the model needs remote code",
+            "set serve.trust_remote_code: true in the profile",
+        ),
+        (
+            r"unrecognized arguments|error: argument|invalid choice|Failed to parse|JSONDecodeError.*limit",
+            "vLLM rejected a command-line argument",
+            "this vLLM does not accept a flag of the profile (e.g. the old `image=2` limit form); "
+            "see `vllm serve --help`",
+        ),
+        (
+            r"Please install vllm\[audio\]|No module named '(librosa|soundfile)'",
+            "vLLM's audio extras are missing",
+            "install `vllm[audio]`",
+        ),
+    )
+)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def phase_of(line: str) -> str | None:
+    """The startup phase a log line announces, if any."""
+    for name, pattern in PHASES:
+        if pattern.search(line):
+            return name
+    return None
+
+
+def diagnose(lines: Iterable[str]) -> Diagnosis | None:
+    """The first known failure found in the log, most specific patterns first."""
+    text = [_ANSI.sub("", line) for line in lines]
+    for pattern, diagnosis in DIAGNOSES:
+        if any(pattern.search(line) for line in text):
+            return diagnosis
+    return None
+
+
+class LogFollower:
+    """Reads a log file incrementally: new complete lines, the current phase, and a tail."""
+
+    def __init__(self, path: Path, tail: int = 40) -> None:
+        self.path = path
+        self.phase = "launching"
+        self._offset = 0
+        self._partial = b""
+        self._tail: deque[str] = deque(maxlen=tail)
+        self._order = {name: index for index, (name, _) in enumerate(PHASES)}
+
+    def poll(self) -> list[str]:
+        """Lines written since the last call; updates the phase and the tail."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        lines = [_ANSI.sub("", raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete]
+        for line in lines:
+            self._tail.append(line)
+            phase = phase_of(line)
+            if phase and self._order[phase] >= self._order.get(self.phase, -1):
+                self.phase = phase
+        return lines
+
+    def tail(self) -> list[str]:
+        """The last lines read, including an unterminated last line."""
+        self.poll()
+        lines = list(self._tail)
+        if self._partial:
+            lines.append(self._partial.decode("utf-8", "replace"))
+        return lines

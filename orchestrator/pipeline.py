@@ -1,0 +1,461 @@
+"""The run, written out once, in order: load -> preflight -> launch -> ready -> demos -> teardown -> report.
+
+No step calls the next; each takes what the previous one returned. Teardown happens whatever went
+wrong, and the report is written even for a failed or interrupted run: it holds the evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from orchestrator import gpu as gpu_mod
+from orchestrator import models, preflight, report
+from orchestrator.command import Redactor, build_plan
+from orchestrator.errors import DemoFailed, Interrupted, MMDemoError, ServerError, UsageError
+from orchestrator.profile import ChatType, Demo, Profile, load_profile
+from orchestrator.server import DEFAULT_GRACE_S, Ready, Server, Teardown
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `mmdemo run` / `serve` / `demo` can be told."""
+
+    profile: str | None = None
+    gpu: str = "auto"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    vllm_bin: str = "vllm"
+    timeout_s: float | None = None
+    grace_s: float = DEFAULT_GRACE_S
+    only: tuple[ChatType, ...] = ()
+    concurrency: int | None = None
+    max_completion_tokens: int | None = None
+    request_timeout_s: float = 120.0
+    offline: bool = False
+    runs_dir: Path = Path("runs")
+    profiles_dir: str | None = None
+    cache_dir: Path | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+class Events(Protocol):
+    """What the CLI shows while a run goes on; the pipeline itself never prints."""
+
+    def stage(self, name: str, detail: str = "") -> None: ...
+    def waiting(self, elapsed_s: float, phase: str) -> None: ...
+    def log_line(self, line: str) -> None: ...
+    def demo_done(self, result: Any) -> None: ...
+    def ready(self, server: Server, ready: Ready) -> None: ...
+
+
+class QuietEvents:
+    """Events that show nothing (tests, library use)."""
+
+    def stage(self, name: str, detail: str = "") -> None:
+        log.info("%s %s", name, detail)
+
+    def waiting(self, elapsed_s: float, phase: str) -> None:
+        pass
+
+    def log_line(self, line: str) -> None:
+        pass
+
+    def demo_done(self, result: Any) -> None:
+        pass
+
+    def ready(self, server: Server, ready: Ready) -> None:
+        pass
+
+
+@dataclass
+class Outcome:
+    """What a run produced: the report data, where it was written, and the exit code."""
+
+    report: dict[str, Any]
+    run_dir: Path | None
+    exit_code: int
+    error: MMDemoError | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+# -- signals: the first one ends the run (teardown still happens), a second skips the grace ---------
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP end the run by raising Interrupted; during teardown they only hurry it."""
+
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+        self.received: list[str] = []
+        self.tearing_down = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        if len(self.received) == 1 and not self.tearing_down:
+            raise Interrupted(name)
+        for server in self.servers:  # a second signal, or one during teardown: skip the grace
+            server.hurry()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SignalGuard]:
+        watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        try:
+            previous = {sig: signal.signal(sig, self.handler) for sig in watched}
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def select_demos(profile: Profile, only: Sequence[ChatType]) -> tuple[Demo, ...]:
+    """The profile's demos, or those named by --only (a chat type it lacks runs with defaults)."""
+    if not only:
+        return profile.demos
+    chosen = []
+    for chat_type in only:
+        match = next((d for d in profile.demos if d.chat_type is chat_type), None)
+        chosen.append(match or Demo(chat_type=chat_type))
+    return tuple(chosen)
+
+
+def make_run_dir(runs_dir: Path, name: str) -> Path:
+    """runs/<timestamp>-<name>, unique even for two runs in the same second."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = runs_dir / (f"{stamp}-{name}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"cannot create a run directory under {runs_dir}")
+
+
+def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> dict[str, Any]:
+    """CPU, cores, Python and accelerators, for the report."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    accelerator = ", ".join(f"{g.name} ({g.memory_total_gib:.0f} GiB)" for g in gpus) or "CPU only"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "accelerator": accelerator,
+        "gpus": [asdict(g) for g in gpus],
+        "driver": gpus[0].driver if gpus else None,
+    }
+
+
+def run(
+    opts: RunOptions,
+    events: Events | None = None,
+    *,
+    probe_gpus: Callable[[], Sequence[gpu_mod.Gpu]] = gpu_mod.detect,
+    serve_forever: Callable[[Server], None] | None = None,
+) -> Outcome:
+    """`mmdemo run` (and, with serve_forever, `mmdemo serve`): the whole pipeline."""
+    from orchestrator import assets as assets_mod
+    from orchestrator import demos as demos_mod
+
+    ev = events or QuietEvents()
+    started = _now()
+    # load
+    if opts.profile is None:
+        raise UsageError("a profile is required")
+    profile = load_profile(opts.profile, opts.profiles_dir)
+    gpus = list(probe_gpus())
+    variant = preflight.choose_variant(profile, opts.gpu, gpus)
+    resolved = profile.resolve(variant)
+    chosen = select_demos(profile, opts.only)
+    run_dir = make_run_dir(opts.runs_dir, profile.name)
+    ev.stage("profile", f"{profile.name} ({profile.model}) on {variant}; run directory {run_dir}")
+
+    rep: dict[str, Any] = {
+        "schema_version": report.SCHEMA_VERSION,
+        "mmdemo_version": _version(),
+        "status": "failed",
+        "profile": profile.name,
+        "profile_path": profile.path,
+        "variant": variant,
+        "model": profile.model,
+        "model_path": profile.model_path,
+        "served_model_name": profile.served_model_name or profile.model,
+        "vllm": None,
+        "machine": machine_info(gpus),
+        "server": {},
+        "demos": [],
+        "summary": report.summarize([]),
+        "teardown": None,
+        "error": None,
+        "notes": [],
+        "started_at": started,
+        "finished_at": None,
+    }
+    if profile.local_model:
+        rep["notes"].append(
+            "This is a tiny model with random weights: its answers are gibberish. The verdict rests on "
+            "the server accepting and answering every request."
+        )
+    error: MMDemoError | None = None
+    guard = SignalGuard()
+    redact = Redactor()
+    try:
+        with guard.installed():
+            # preflight
+            ev.stage("preflight", "vLLM, port, GPU memory, tokens")
+            preflight.check_variant(resolved)
+            info = preflight.vllm_version(opts.vllm_bin)
+            rep["vllm"] = {"version": info.version, "path": info.path}
+            preflight.check_version(info, resolved)
+            port = preflight.choose_port(opts.host, opts.port)
+            preflight.check_gpus(resolved, gpus)
+            if profile.local_model and not models.is_built(profile.local_model):
+                ev.stage("model", f"building tiny model {profile.local_model}")
+                models.build(profile.local_model, info.path)
+            preflight.check_model(resolved)
+            # assets
+            store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
+            with assets_mod.AssetServer(store.root) as origin:
+                media = demos_mod.Media(store=store, url=origin.url_for)
+                requests = demos_mod.build_requests(
+                    chosen, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS
+                )
+                plan = build_plan(
+                    resolved,
+                    vllm_bin=info.path,
+                    host=opts.host,
+                    port=port,
+                    media_dir=str(store.root.resolve()),
+                    user_env=os.environ,
+                )
+                preflight.check_env(resolved, plan.missing_env, os.environ)
+                # launch
+                server = Server(
+                    plan,
+                    log_path=run_dir / "server.log",
+                    api_key=opts.api_key,
+                    grace_s=opts.grace_s,
+                    gpu_pids=None if resolved.is_cpu else gpu_mod.pids_using_gpus,
+                )
+                redact = server.redact
+                guard.servers.append(server)
+                rep["server"] = {
+                    "command": plan.shell_with_env().replace(plan.argv[0], Path(plan.argv[0]).name, 1),
+                    "argv": server.display_argv,
+                    "env": dict(plan.display_env),
+                    "base_url": server.base_url,
+                    "log": "server.log",
+                }
+                try:
+                    ev.stage("launch", plan.shell())
+                    server.start()
+                    # ready
+                    timeout = opts.timeout_s or resolved.ready_timeout_s
+                    ready = server.wait_ready(timeout, on_tick=ev.waiting, on_log=ev.log_line)
+                    rep["server"]["ready_s"] = round(ready.elapsed_s, 3)
+                    rep["server"]["models"] = list(ready.models)
+                    ev.ready(server, ready)
+                    if serve_forever is not None:
+                        serve_forever(server)
+                    else:
+                        # demos
+                        ev.stage("demos", f"{len(requests)} requests to {plan.served_model_name}")
+                        t0 = time.monotonic()
+                        results = demos_mod.run_demos(
+                            requests,
+                            base_url=server.base_url,
+                            api_key=server.api_key,
+                            model=plan.served_model_name,
+                            concurrency=opts.concurrency,
+                            timeout_s=opts.request_timeout_s,
+                            on_result=ev.demo_done,
+                        )
+                        rep["demos_wall_s"] = round(time.monotonic() - t0, 3)
+                        rep["demos"] = [_demo_record(r) for r in results]
+                        rep["asset_server_requests"] = origin.requests_served
+                        code = server.returncode()
+                        if code is not None:
+                            raise server.failure("vllm serve died during the demos", returncode=code)
+                finally:
+                    # teardown, always
+                    guard.tearing_down = True
+                    ev.stage("teardown", f"grace {opts.grace_s:g} s")
+                    rep["teardown"] = _teardown_record(server.stop())
+    except MMDemoError as exc:
+        error = exc
+    if guard.received and not isinstance(error, Interrupted):
+        error = Interrupted(guard.received[0])
+    rep["summary"] = report.summarize(rep["demos"])
+    if error is None and rep["summary"]["failed"]:
+        error = DemoFailed(rep["summary"]["failed"], rep["summary"]["total"])
+    rep["status"] = _status(error)
+    rep["error"] = _error_record(error) if error and not isinstance(error, DemoFailed) else None
+    rep["finished_at"] = _now()
+    clean = redact.data(rep)
+    files = report.write_all(run_dir, clean)
+    return Outcome(clean, run_dir, error.exit_code if error else 0, error, files)
+
+
+def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | None = None) -> Outcome:
+    """Run demos against a server that is already up: no launch, no teardown."""
+    from orchestrator import assets as assets_mod
+    from orchestrator import demos as demos_mod
+
+    ev = events or QuietEvents()
+    assert opts.base_url
+    base_url = opts.base_url.rstrip("/")
+    base_url = base_url if base_url.endswith("/v1") else base_url + "/v1"
+    profile = load_profile(opts.profile, opts.profiles_dir) if opts.profile else None
+    demos = select_demos(profile, opts.only) if profile else tuple(Demo(chat_type=c) for c in chat_types)
+    name = profile.name if profile else "attached"
+    run_dir = make_run_dir(opts.runs_dir, name)
+    key = opts.api_key or os.environ.get("VLLM_API_KEY") or "EMPTY"
+    redact = Redactor([key] if key != "EMPTY" else [])
+    models_served = demos_mod.list_models(base_url, key)
+    if not models_served:
+        raise UsageError(f"{base_url}/models lists no model")
+    model = profile.served_model_name or profile.model if profile else models_served[0]
+    if model not in models_served:
+        model = models_served[0]
+    rep: dict[str, Any] = {
+        "schema_version": report.SCHEMA_VERSION,
+        "mmdemo_version": _version(),
+        "status": "failed",
+        "profile": name,
+        "variant": "attached",
+        "model": model,
+        "served_model_name": model,
+        "vllm": None,
+        "machine": machine_info([]),
+        "server": {"base_url": base_url, "attached": True},
+        "demos": [],
+        "summary": {},
+        "teardown": None,
+        "error": None,
+        "notes": ["Attached to a running server: mmdemo neither launched nor stopped it."],
+        "started_at": _now(),
+        "finished_at": None,
+    }
+    store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
+    with assets_mod.AssetServer(store.root) as origin:
+        media = demos_mod.Media(store=store, url=origin.url_for)
+        requests = demos_mod.build_requests(demos, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS)
+        # The file:// variant needs the server started with --allowed-local-media-path on our cache.
+        skipped = [r.name for r in requests if r.variant == "file"]
+        requests = [r for r in requests if r.variant != "file"]
+        if skipped:
+            rep["notes"].append(
+                f"Skipped {', '.join(skipped)}: an attached server cannot read mmdemo's files."
+            )
+        ev.stage("demos", f"{len(requests)} requests to {base_url} ({model})")
+        results = demos_mod.run_demos(
+            requests,
+            base_url=base_url,
+            api_key=key,
+            model=model,
+            concurrency=opts.concurrency,
+            timeout_s=opts.request_timeout_s,
+            on_result=ev.demo_done,
+        )
+    rep["demos"] = [_demo_record(r) for r in results]
+    rep["summary"] = report.summarize(rep["demos"])
+    error = (
+        DemoFailed(rep["summary"]["failed"], rep["summary"]["total"]) if rep["summary"]["failed"] else None
+    )
+    rep["status"] = _status(error)
+    rep["finished_at"] = _now()
+    clean = redact.data(rep)
+    files = report.write_all(run_dir, clean)
+    return Outcome(clean, run_dir, error.exit_code if error else 0, error, files)
+
+
+def _demo_record(result: Any) -> dict[str, Any]:
+    record = {key: getattr(result, key, None) for key in report.DEMO_KEYS}
+    record["chat_type"] = getattr(result.chat_type, "value", result.chat_type)
+    for key in ("latency_s", "ttft_s", "tokens_per_s"):
+        value = record[key]
+        if isinstance(value, float):
+            record[key] = round(value, 4)
+    return record
+
+
+def _teardown_record(teardown: Teardown) -> dict[str, Any]:
+    record = asdict(teardown)
+    record["duration_s"] = round(teardown.duration_s, 3)
+    return record
+
+
+def _error_record(error: MMDemoError) -> dict[str, Any]:
+    record: dict[str, Any] = {"type": type(error).__name__, "message": str(error), "hint": error.hint}
+    if isinstance(error, ServerError):
+        record.update(
+            returncode=error.returncode,
+            timeout_s=error.timeout_s,
+            diagnosis=error.diagnosis,
+            log_tail=list(error.log_tail),
+        )
+    return record
+
+
+def _status(error: MMDemoError | None) -> str:
+    if error is None:
+        return "passed"
+    if isinstance(error, Interrupted):
+        return "interrupted"
+    if isinstance(error, DemoFailed):
+        return "failed"
+    return "error"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmdemo")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _assets_root() -> Path:
+    from orchestrator.paths import assets_dir
+
+    return assets_dir()
+
+
+def env_view(env: Mapping[str, str]) -> dict[str, str]:  # pragma: no cover - used by doctor
+    """The subset of the environment that matters to vLLM, secrets redacted."""
+    keep = {k: v for k, v in env.items() if k.startswith(("VLLM_", "HF_", "CUDA_", "MMDEMO_"))}
+    return {k: ("***" if any(s in k for s in ("TOKEN", "KEY", "SECRET")) else v) for k, v in keep.items()}

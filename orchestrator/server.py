@@ -1,0 +1,447 @@
+"""The supervised server: launch `vllm serve`, know the moment it is ready or dead, tear it all down.
+
+Teardown is the promise users trust mmdemo for: SIGTERM to the whole process group, a grace period
+(vLLM's engine needs ~5 s; an early SIGKILL orphans workers), SIGKILL, a sweep of every process that
+carries the run's environment tag (escapees of the group included), then a wait until the port is
+free and, on a GPU, until NVML no longer lists the killed PIDs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import enum
+import http.client
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from orchestrator import watchdog
+from orchestrator.command import LaunchPlan, Redactor
+from orchestrator.errors import ServerError
+from orchestrator.logscan import LogFollower, diagnose
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE_S = 15.0
+POLL_S = 0.02
+PORT_FREE_WAIT_S = 5.0
+GPU_RELEASE_WAIT_S = 30.0
+WATCHDOG_GRACE_S = 3.0
+
+Clock = Callable[[], float]
+
+
+class Probe(enum.Enum):
+    """What one readiness probe saw."""
+
+    REFUSED = "refused"  # nothing listens yet: vLLM refuses connections while loading
+    NOT_READY = "not ready"  # it answers, but /health or /v1/models is not there yet
+    READY = "ready"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The server answered: when, and what it serves."""
+
+    elapsed_s: float
+    ready_at: float
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """How the server ended: for the report. `remaining` must be 0."""
+
+    duration_s: float
+    signals: tuple[str, ...]
+    processes_signalled: int
+    escaped: int
+    remaining: int
+    returncode: int | None
+    port_free: bool
+    gpu_released: bool | None
+
+
+class Timeout(Exception):
+    """The deadline passed before the server was ready."""
+
+
+class Exited(Exception):
+    """The server process ended while we waited."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__(returncode)
+        self.returncode = returncode
+
+
+def wait_until(
+    probe: Callable[[float], Probe],
+    exited: Callable[[], int | None],
+    *,
+    timeout_s: float,
+    clock: Clock = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = POLL_S,
+    on_tick: Callable[[float], None] | None = None,
+) -> float:
+    """Poll until `probe` says READY within one deadline; returns the monotonic time it did.
+
+    The child is checked on every pass, so a crash fails at once whatever its exit code, and a
+    probe that answers after the deadline does not count.
+    """
+    start = clock()
+    deadline = start + timeout_s
+    while True:
+        code = exited()
+        if code is not None:
+            raise Exited(code)
+        now = clock()
+        if now >= deadline:
+            raise Timeout
+        seen = probe(deadline - now)
+        answered = clock()
+        if seen is Probe.READY:
+            if answered > deadline:
+                raise Timeout
+            code = exited()
+            if code is not None:  # answered, then died: not ready
+                raise Exited(code)
+            return answered
+        if on_tick:
+            on_tick(answered - start)
+        sleep(poll_s)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # PR_SET_PDEATHSIG: if mmdemo dies the API server gets SIGKILL; the watchdog sweeps its engine.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a bind would succeed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+_LIVE: set[Server] = set()
+
+
+@atexit.register
+def _atexit_net() -> None:  # pragma: no cover - exercised by the kill-matrix tests
+    for server in list(_LIVE):
+        server.stop()
+
+
+class Server:
+    """`vllm serve` as a context manager: started on enter, always torn down on exit."""
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        *,
+        log_path: Path,
+        api_key: str | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+        gpu_pids: Callable[[], set[int] | None] | None = None,
+        use_watchdog: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.plan = plan
+        self.log_path = log_path
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.tag = secrets.token_hex(8)
+        self.grace_s = grace_s
+        self.redact = Redactor([*plan.secrets, self.api_key])
+        self._gpu_pids = gpu_pids
+        self._use_watchdog = use_watchdog
+        self._clock = clock
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._hurry = threading.Event()
+        self._teardown: Teardown | None = None
+        self._lock = threading.Lock()
+        self.follower = LogFollower(log_path)
+        self.started_at: float | None = None
+
+    # -- launch ------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return connect_host(self.plan.host)
+
+    @property
+    def port(self) -> int:
+        return self.plan.port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def display_argv(self) -> list[str]:
+        return [self.redact(a) for a in self.plan.argv]
+
+    def start(self) -> None:
+        """Start the server in a new session, its output into the log file, the watchdog behind it."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.plan.env, "VLLM_API_KEY": self.api_key, watchdog.TAG_VAR: self.tag}
+        with self.log_path.open("ab") as out:
+            out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
+            out.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    self.plan.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                )
+            except OSError as exc:
+                raise ServerError(
+                    f"could not start {self.plan.argv[0]!r}: {exc.strerror or exc}",
+                    argv=self.display_argv,
+                ) from None
+        self.started_at = self._clock()
+        _LIVE.add(self)
+        if self._use_watchdog:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, watchdog.__file__, self.tag, str(self._proc.pid), str(WATCHDOG_GRACE_S)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    def returncode(self) -> int | None:
+        """The exit code once the server process has ended (reaping it), else None."""
+        return self._proc.poll() if self._proc else None
+
+    def request(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
+        """GET path with the API key; None when the connection fails."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=max(timeout_s, 0.05))
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self.api_key}"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def _probe(self, remaining_s: float) -> Probe:
+        health = self.request("/health", min(2.0, remaining_s))
+        if health is None:
+            return Probe.REFUSED
+        if health[0] != 200:
+            return Probe.NOT_READY
+        return Probe.READY if self.plan.served_model_name in self._models(remaining_s) else Probe.NOT_READY
+
+    def _models(self, remaining_s: float) -> tuple[str, ...]:
+        answer = self.request("/v1/models", min(5.0, remaining_s))
+        if answer is None or answer[0] != 200:
+            return ()
+        try:
+            return tuple(str(m["id"]) for m in json.loads(answer[1])["data"])
+        except (ValueError, KeyError, TypeError):
+            return ()
+
+    def wait_ready(
+        self,
+        timeout_s: float,
+        *,
+        on_tick: Callable[[float, str], None] | None = None,
+        on_log: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Ready:
+        """Block until /health is 200 and /v1/models lists the served model, or raise ServerError."""
+        assert self._proc is not None, "start() first"
+
+        def tick(elapsed: float) -> None:
+            for line in self.follower.poll():
+                if on_log:
+                    on_log(self.redact(line))
+            if on_tick:
+                on_tick(elapsed, self.follower.phase)
+
+        start = self.started_at or self._clock()
+        try:
+            ready_at = wait_until(
+                self._probe,
+                self.returncode,
+                timeout_s=max(0.0, timeout_s - (self._clock() - start)),
+                clock=self._clock,
+                sleep=sleep,
+                on_tick=tick,
+            )
+        except Exited as died:
+            raise self.failure("vllm serve exited before it was ready", returncode=died.returncode) from None
+        except Timeout:
+            raise self.failure(
+                f"vllm serve was not ready within {timeout_s:.0f} s (last phase: {self.follower.phase})",
+                timeout_s=timeout_s,
+                hint="raise --timeout if the model is still downloading or compiling",
+            ) from None
+        tick(ready_at - start)
+        return Ready(elapsed_s=ready_at - start, ready_at=ready_at, models=self._models(5.0))
+
+    def failure(
+        self,
+        reason: str,
+        *,
+        returncode: int | None = None,
+        timeout_s: float | None = None,
+        hint: str | None = None,
+    ) -> ServerError:
+        """A ServerError carrying the evidence: argv, how it ended, the log tail and a diagnosis."""
+        tail = [self.redact(line) for line in self.follower.tail()]
+        found = diagnose(tail)
+        return ServerError(
+            reason=reason,
+            argv=self.display_argv,
+            returncode=returncode,
+            timeout_s=timeout_s,
+            log_tail=tail,
+            diagnosis=found.message if found else None,
+            log_path=str(self.log_path),
+            hint=found.hint if found else hint,
+        )
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def hurry(self) -> None:
+        """Skip what is left of the grace period (a second Ctrl-C)."""
+        self._hurry.set()
+
+    def census(self) -> set[int]:
+        """Live processes of this server: its group and every tagged descendant."""
+        return watchdog.census(self.tag, self.pid)
+
+    def stop(self) -> Teardown:
+        """End the whole tree; idempotent. Never raises for processes that are already gone."""
+        with self._lock:
+            if self._teardown is None:
+                self._teardown = self._stop()
+            _LIVE.discard(self)
+            return self._teardown
+
+    def _stop(self) -> Teardown:
+        if self._proc is None:
+            return Teardown(0.0, (), 0, 0, 0, None, True, None)
+        pgid = self._proc.pid
+        t0 = self._clock()
+        signals: list[str] = []
+        pids = self.census()
+        group = watchdog.group_pids(pgid)
+        escaped = len(pids - group)
+        killed = set(pids)
+        if pids:
+            watchdog.signal_all(pids, pgid, signal.SIGTERM)
+            signals.append("SIGTERM")
+            deadline = t0 + self.grace_s
+            while pids and self._clock() < deadline and not self._hurry.is_set():
+                self._proc.poll()
+                time.sleep(POLL_S)
+                pids = self.census()
+                killed |= pids
+        kill_deadline = self._clock() + 10.0
+        while pids and self._clock() < kill_deadline:
+            if "SIGKILL" not in signals:
+                signals.append("SIGKILL")
+            watchdog.signal_all(pids, pgid, signal.SIGKILL)
+            self._proc.poll()
+            time.sleep(POLL_S)
+            pids = self.census()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=1.0)
+        port_free = self._wait(lambda: port_is_free(self.plan.host, self.port), PORT_FREE_WAIT_S)
+        gpu_released = self._wait_gpu_release(killed)
+        self._disarm_watchdog()
+        teardown = Teardown(
+            duration_s=self._clock() - t0,
+            signals=tuple(signals),
+            processes_signalled=len(killed),
+            escaped=escaped,
+            remaining=len(pids),
+            returncode=self._proc.returncode,
+            port_free=port_free,
+            gpu_released=gpu_released,
+        )
+        log.info("teardown: %s", teardown)
+        return teardown
+
+    def _wait(self, done: Callable[[], bool], limit_s: float) -> bool:
+        deadline = self._clock() + limit_s
+        while not done():
+            if self._clock() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    def _wait_gpu_release(self, killed: set[int]) -> bool | None:
+        if self._gpu_pids is None or self._gpu_pids() is None:
+            return None
+
+        def released() -> bool:
+            holding = self._gpu_pids() if self._gpu_pids else None
+            return holding is None or not (holding & killed)
+
+        return self._wait(released, GPU_RELEASE_WAIT_S)
+
+    def _disarm_watchdog(self) -> None:
+        dog = self._watchdog
+        if dog is None or dog.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            dog.stdin.write(watchdog.DISARM)
+            dog.stdin.flush()
+        with contextlib.suppress(OSError):
+            dog.stdin.close()
+        try:
+            dog.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            dog.kill()
+            dog.wait()

@@ -1,0 +1,128 @@
+"""The guard that ends the server tree if mmdemo itself dies, and the process census both share.
+
+mmdemo starts this file as a separate process in its own session, holding the read end of a pipe.
+If mmdemo exits without disarming it (even by SIGKILL, when the kernel closes the pipe), the
+watchdog signals the server's process group and every process carrying the run's environment tag,
+escalating to SIGKILL. PR_SET_PDEATHSIG alone is not enough: it reaches only the API server, and
+vLLM's EngineCore would be orphaned still holding the GPU.
+
+Stdlib only, so it starts fast; Linux /proc is the source of truth (vLLM runs on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+TAG_VAR = "MMDEMO_RUN_TAG"
+DISARM = b"disarm\n"
+POLL_S = 0.02
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of a process, None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2])
+
+
+def _pids() -> Iterable[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def group_pids(pgid: int) -> set[int]:
+    """Live processes whose process group is `pgid`."""
+    found = set()
+    for pid in _pids():
+        stat = _stat(pid)
+        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
+            found.add(pid)
+    return found
+
+
+def tagged_pids(tag: str) -> set[int]:
+    """Live processes whose environment carries MMDEMO_RUN_TAG=tag, wherever they moved to."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    me = os.getpid()
+    found = set()
+    for pid in _pids():
+        if pid == me:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and alive(pid):
+            found.add(pid)
+    return found
+
+
+def census(tag: str, pgid: int | None) -> set[int]:
+    """Every live process of the run: the server's group plus tagged escapees."""
+    pids = tagged_pids(tag)
+    if pgid is not None:
+        pids |= group_pids(pgid)
+    pids.discard(os.getpid())
+    return pids
+
+
+def signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
+    """Send `sig` to the group and to each pid; processes already gone are fine."""
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def end_tree(tag: str, pgid: int | None, grace_s: float, kill_wait_s: float = 10.0) -> set[int]:
+    """TERM, wait up to grace_s, KILL, sweep until nothing is left; returns the survivors."""
+    pids = census(tag, pgid)
+    if not pids:
+        return set()
+    signal_all(pids, pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (pids := census(tag, pgid)) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    deadline = time.monotonic() + kill_wait_s
+    while pids and time.monotonic() < deadline:
+        signal_all(pids, pgid, signal.SIGKILL)
+        time.sleep(POLL_S)
+        pids = census(tag, pgid)
+    return pids
+
+
+def main(argv: list[str]) -> int:
+    """`watchdog.py TAG PGID GRACE_S`: wait for stdin to close; unless disarmed, end the tree."""
+    tag, pgid, grace_s = argv[0], int(argv[1]), float(argv[2])
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        # Only the pipe closing, or a disarm, ends the watch; a terminal's signals must not.
+        signal.signal(sig, signal.SIG_IGN)
+    received = b""
+    while chunk := os.read(sys.stdin.fileno(), 64):
+        received += chunk
+        if DISARM in received:
+            return 0
+    survivors = end_tree(tag, pgid, grace_s)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
