@@ -31,7 +31,10 @@ EXIT_CODES = """exit codes:
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 120  # CI logs and pipes: rich's 80 columns would wrap every table row
+    return console
 
 
 def _chat_types(value: str) -> tuple[Any, ...]:
@@ -339,7 +342,7 @@ def _finish(console: Console, outcome: Outcome) -> int:
                 "[green]passed[/]" if ok else "[red]failed[/]",
                 f"{d['latency_s']:.2f} s" if d["latency_s"] is not None else "–",
                 f"{d['ttft_s']:.2f} s" if d["ttft_s"] is not None else "–",
-                f"{d['prompt_tokens']}/{d['completion_tokens']}",
+                f"{_n(d['prompt_tokens'])}/{_n(d['completion_tokens'])}",
                 text[:70] + ("…" if len(text) > 70 else ""),
             )
         console.print(table)
@@ -360,6 +363,10 @@ def _finish(console: Console, outcome: Outcome) -> int:
         f"{verdict} {summary.get('passed', 0)}/{summary.get('total', 0)} demos; report: {outcome.run_dir}"
     )
     return outcome.exit_code
+
+
+def _n(value: object) -> str:
+    return "–" if value is None else str(value)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

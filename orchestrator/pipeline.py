@@ -242,19 +242,23 @@ def run(
                 ev.stage("model", f"building tiny model {profile.local_model}")
                 models.build(profile.local_model, info.path)
             preflight.check_model(resolved)
-            # assets
+            # assets (not for `serve`: it runs no demos)
+            serving = serve_forever is not None
             store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
-            with assets_mod.AssetServer(store.root) as origin:
-                media = demos_mod.Media(store=store, url=origin.url_for)
-                requests = demos_mod.build_requests(
-                    chosen, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS
-                )
+            origin = assets_mod.AssetServer(store.root)
+            with contextlib.nullcontext() if serving else origin:
+                requests = []
+                if not serving:
+                    media = demos_mod.Media(store=store, url=origin.url_for)
+                    requests = demos_mod.build_requests(
+                        chosen, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS
+                    )
                 plan = build_plan(
                     resolved,
                     vllm_bin=info.path,
                     host=opts.host,
                     port=port,
-                    media_dir=str(store.root.resolve()),
+                    media_dir=None if serving else str(store.root.resolve()),
                     user_env=os.environ,
                 )
                 preflight.check_env(resolved, plan.missing_env, os.environ)
@@ -302,9 +306,8 @@ def run(
                         rep["demos_wall_s"] = round(time.monotonic() - t0, 3)
                         rep["demos"] = [_demo_record(r) for r in results]
                         rep["asset_server_requests"] = origin.requests_served
-                        code = server.returncode()
-                        if code is not None:
-                            raise server.failure("vllm serve died during the demos", returncode=code)
+                        if (death := server.health_problem()) is not None:
+                            raise server.failure(f"vllm serve died during the demos ({death})")
                 finally:
                     # teardown, always
                     guard.tearing_down = True

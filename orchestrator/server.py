@@ -30,7 +30,7 @@ from types import TracebackType
 
 from orchestrator import watchdog
 from orchestrator.command import LaunchPlan, Redactor
-from orchestrator.errors import ServerError
+from orchestrator.errors import ServerError, describe_returncode
 from orchestrator.logscan import LogFollower, diagnose
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,18 @@ class Server:
     def returncode(self) -> int | None:
         """The exit code once the server process has ended (reaping it), else None."""
         return self._proc.poll() if self._proc else None
+
+    def health_problem(self) -> str | None:
+        """Why the server is no longer healthy (exited, or /health not 200), or None if it is."""
+        code = self.returncode()
+        if code is not None:
+            return describe_returncode(code)
+        answer = self.request("/health", 5.0)
+        if answer is None:
+            return "/health does not answer"
+        if answer[0] != 200:
+            return f"/health answers {answer[0]}: the engine is dead"
+        return None
 
     def request(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
         """GET path with the API key; None when the connection fails."""

@@ -20,7 +20,11 @@ REPO = Path(__file__).parent.parent
         ("trust_remote_code", True, ["--trust-remote-code"]),
         ("enforce_eager", False, ["--no-enforce-eager"]),
         ("limit_mm_per_prompt", {"image": 2}, ["--limit-mm-per-prompt", '{"image":2}']),
-        ("media_io_kwargs", {"video": {"num_frames": 32}}, ["--media-io-kwargs", '{"video":{"num_frames":32}}']),
+        (
+            "media_io_kwargs",
+            {"video": {"num_frames": 32}},
+            ["--media-io-kwargs", '{"video":{"num_frames":32}}'],
+        ),
         ("gpu_memory_utilization", 0.9, ["--gpu-memory-utilization", "0.9"]),
         ("kv_cache_memory_bytes", "256M", ["--kv-cache-memory-bytes", "256M"]),
         ("dtype", "bfloat16", ["--dtype", "bfloat16"]),

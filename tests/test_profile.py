@@ -21,13 +21,20 @@ BAD = [
     ("bad-demo-misspelled-key", ":4: unknown key 'demos.0.expected' (did you mean 'expect'?)"),
     ("bad-missing-model", ": missing required key 'model'"),
     ("bad-unknown-chat-type", ":2: demos.1.chat_type = 'single-imge' is not allowed"),
-    ("bad-limit-forbids-demo", ":4: demos.0: 'multi-image' sends 2 image(s) per prompt but "
-     "serve.limit_mm_per_prompt allows 1"),
-    ("bad-variant-limit-forbids-demo", ":8: demos.0: 'multi-audio' sends 2 audio(s) per prompt but "
-     "variants.L4.serve.limit_mm_per_prompt allows 1"),
+    (
+        "bad-limit-forbids-demo",
+        ":4: demos.0: 'multi-image' sends 2 image(s) per prompt but serve.limit_mm_per_prompt allows 1",
+    ),
+    (
+        "bad-variant-limit-forbids-demo",
+        ":8: demos.0: 'multi-audio' sends 2 audio(s) per prompt but "
+        "variants.L4.serve.limit_mm_per_prompt allows 1",
+    ),
     ("bad-bad-limit-key", ":3: serve.limit_mm_per_prompt.images = 'images' is not allowed"),
-    ("bad-named-flag-in-extra-args", ":3: serve.extra_args: --max-model-len repeats the named setting "
-     "serve.max_model_len"),
+    (
+        "bad-named-flag-in-extra-args",
+        ":3: serve.extra_args: --max-model-len repeats the named setting serve.max_model_len",
+    ),
     ("bad-owned-flag-in-extra-args", ":3: serve.extra_args: --port is set by mmdemo"),
     ("bad-removed-flag", ":3: serve.extra_args: `--task` was replaced by `--runner`"),
     ("bad-unknown-variant", ":2: variants: unknown variant 'H10' (did you mean 'H100'?)"),
@@ -38,8 +45,10 @@ BAD = [
     ("bad-bad-env-name", ":2: env: 'HF-TOKEN' is not a valid environment variable name"),
     ("bad-bad-version", ":3: requires.vllm_version: 'latest' is not a version like 0.10 or 0.10.2"),
     ("bad-empty-demos", ":2: demos: the list is empty"),
-    ("bad-gpu-utilization-out-of-range", ":3: serve.gpu_memory_utilization = 1.5: Input should be less "
-     "than or equal to 1"),
+    (
+        "bad-gpu-utilization-out-of-range",
+        ":3: serve.gpu_memory_utilization = 1.5: Input should be less than or equal to 1",
+    ),
 ]
 
 

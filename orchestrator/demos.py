@@ -1,0 +1,334 @@
+"""Demo requests: the chat types of vLLM's multimodal example client as payloads, and a streaming runner.
+
+Prompts and payload shapes are those of `openai_chat_completion_client_for_multimodal.py`, one request
+per way the example sends media (URL, base64, file, input_audio).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
+from orchestrator.errors import ProfileError, ServerError
+from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+
+log = logging.getLogger(__name__)
+
+PROMPTS: dict[ChatType, str] = {
+    ChatType.TEXT: "What's the capital of France?",
+    ChatType.SINGLE_IMAGE: "What's in this image?",
+    ChatType.MULTI_IMAGE: "What are the animals in these images?",
+    ChatType.VIDEO: "What's in this video?",
+    ChatType.AUDIO: "What's in this audio?",
+    ChatType.MULTI_AUDIO: "Are these two audios the same?",
+}
+# The registry assets the upstream example sends for each chat type.
+DEFAULT_ASSETS: dict[ChatType, tuple[str, ...]] = {
+    ChatType.TEXT: (),
+    ChatType.SINGLE_IMAGE: ("image",),
+    ChatType.MULTI_IMAGE: ("duck", "lion"),
+    ChatType.VIDEO: ("video",),
+    ChatType.AUDIO: ("winning_call",),
+    ChatType.MULTI_AUDIO: ("winning_call", "azacinto_foscolo"),
+}
+# The ways the example sends media, in its order (single-image's `file` needs --allowed-local-media-path).
+VARIANTS: dict[ChatType, tuple[str, ...]] = {
+    ChatType.TEXT: ("text",),
+    ChatType.SINGLE_IMAGE: ("url", "file", "base64"),
+    ChatType.MULTI_IMAGE: ("url",),
+    ChatType.VIDEO: ("url", "base64"),
+    ChatType.AUDIO: ("input_audio", "url", "base64"),
+    ChatType.MULTI_AUDIO: ("input_audio",),
+}
+
+
+@dataclass(frozen=True)
+class Media:
+    """Where demo media come from: the asset store, and the URL the model server fetches an asset by."""
+
+    store: AssetStore
+    url: Callable[[Asset], str]
+
+    def for_demo(self, demo: Demo) -> tuple[Asset, ...]:
+        """The assets a demo sends: the profile's own media when given, else the example's."""
+        need = CHAT_TYPE_NEEDS[demo.chat_type]
+        name = demo.chat_type.value
+        if not demo.media:
+            return tuple(self.store.get(key) for key in DEFAULT_ASSETS[demo.chat_type])
+        if need is None:
+            raise ProfileError(f"demo {name!r} sends no media but lists {len(demo.media)} media item(s)")
+        modality, count = need
+        if len(demo.media) != count:
+            listed = len(demo.media)
+            raise ProfileError(
+                f"demo {name!r} sends {count} {modality}(s) per prompt; it lists {listed} media"
+            )
+        assets = tuple(self.store.custom(ref) for ref in demo.media)
+        for ref, asset in zip(demo.media, assets, strict=True):
+            if asset.kind != modality:
+                raise ProfileError(f"demo {name!r} needs {modality} media but {ref!r} is {asset.kind}")
+        return assets
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """One chat completion to send, with the messages exactly as the upstream example builds them."""
+
+    name: str
+    chat_type: ChatType
+    variant: str
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int
+    expect: tuple[str, ...] = ()
+    assets: tuple[Asset, ...] = ()
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """How one demo request ended: the answer, its timings and token counts, or the error."""
+
+    name: str
+    chat_type: ChatType
+    variant: str
+    passed: bool
+    status: Literal["passed", "failed"]
+    http_status: int | None
+    latency_s: float
+    ttft_s: float | None  # time to the first content delta
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    tokens_per_s: float | None  # completion tokens over the whole latency
+    answer: str
+    error: str | None
+    started_at: float  # time.monotonic()
+    ended_at: float
+    assets: list[dict[str, str | None]] = field(default_factory=list)
+
+
+def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int = 128) -> list[DemoRequest]:
+    """One request per demo and way of sending its media, with the upstream example's prompts."""
+    out: list[DemoRequest] = []
+    for demo in demos:
+        chat_type = demo.chat_type
+        assets = media.for_demo(demo)
+        for variant in VARIANTS[chat_type]:
+            prompt = PROMPTS[chat_type]
+            content: str | list[dict[str, Any]]
+            if chat_type is ChatType.TEXT:
+                content = prompt  # the example sends plain string content here
+            else:
+                content = [{"type": "text", "text": prompt}, *(_part(variant, a, media) for a in assets)]
+            out.append(
+                DemoRequest(
+                    name=f"{chat_type.value}/{variant}",
+                    chat_type=chat_type,
+                    variant=variant,
+                    messages=[{"role": "user", "content": content}],
+                    max_completion_tokens=demo.max_completion_tokens or default_max_tokens,
+                    expect=demo.expect,
+                    assets=assets,
+                )
+            )
+    return out
+
+
+def _part(variant: str, asset: Asset, media: Media) -> dict[str, Any]:
+    if variant == "input_audio":
+        # The example says "wav" whatever the container; the server decodes by content.
+        return {"type": "input_audio", "input_audio": {"data": b64(asset), "format": "wav"}}
+    urls = {"url": media.url, "base64": data_url, "file": file_url}
+    kind = f"{asset.kind}_url"  # image_url, video_url, audio_url
+    return {"type": kind, kind: {"url": urls[variant](asset)}}
+
+
+def redacted(messages: list[dict[str, Any]], keep: int = 48) -> list[dict[str, Any]]:
+    """The messages with base64 payloads shortened, for logs and reports."""
+
+    def shorten(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: shorten(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shorten(v) for v in value]
+        if isinstance(value, str) and len(value) > keep and (value.startswith("data:") or " " not in value):
+            return f"{value[:keep]}...({len(value)} chars)"
+        return value
+
+    return cast(list[dict[str, Any]], shorten(messages))
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def run_demos(
+    requests: Sequence[DemoRequest],
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    concurrency: int | None,
+    timeout_s: float,
+    on_result: Callable[[DemoResult], None] | None = None,
+) -> list[DemoResult]:
+    """Send every request (at most `concurrency` at once; None = all) and return results in order."""
+    from openai import OpenAI  # deferred: the CLI must start fast
+
+    if not requests:
+        return []
+    workers = len(requests) if concurrency is None else max(1, min(concurrency, len(requests)))
+    report_lock = threading.Lock()  # callbacks draw on one terminal: one at a time
+
+    with OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0) as client:
+
+        def one(request: DemoRequest) -> DemoResult:
+            result = _run_one(client, request, model=model, base_url=base_url, timeout_s=timeout_s)
+            if on_result is not None:
+                with report_lock:
+                    on_result(result)
+            return result
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo")
+        try:
+            futures = [pool.submit(one, request) for request in requests]
+            results = [f.result() for f in futures]
+        except BaseException:
+            # Interrupted: do not wait for requests in flight; tearing the server down ends them.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return results
+
+
+class _Overdue(Exception):
+    """The stream went on past the request's deadline."""
+
+
+@dataclass
+class _Progress:
+    """What has arrived so far; kept when the stream breaks off, as evidence for the report."""
+
+    started: float
+    http_status: int | None = None
+    ttft: float | None = None
+    parts: list[str] = field(default_factory=list)
+    usage: Any = None
+
+
+def _stream(client: OpenAI, request: DemoRequest, model: str, deadline: float, got: _Progress) -> None:
+    stream = client.chat.completions.create(
+        model=model,
+        messages=cast(Any, request.messages),
+        max_completion_tokens=request.max_completion_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    with stream:
+        got.http_status = stream.response.status_code
+        for chunk in stream:
+            if chunk.usage is not None:
+                got.usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta is not None and choice.delta.content:
+                    if got.ttft is None:
+                        got.ttft = time.monotonic() - got.started
+                    got.parts.append(choice.delta.content)
+            if time.monotonic() > deadline:
+                raise _Overdue
+
+
+def _run_one(
+    client: OpenAI, request: DemoRequest, *, model: str, base_url: str, timeout_s: float
+) -> DemoResult:
+    import openai  # deferred: the CLI must start fast
+
+    got = _Progress(started=time.monotonic())
+    deadline = got.started + timeout_s  # the client's timeout bounds each read, not a trickling stream
+    error: str | None = None
+    try:
+        _stream(client, request, model, deadline, got)
+    except openai.APIStatusError as exc:
+        got.http_status = exc.status_code
+        error = _server_message(exc)
+    except openai.APITimeoutError:
+        waited = "more of the answer" if got.parts else "an answer"
+        error = f"waited for {waited} longer than the {timeout_s:g} s request timeout"
+    except openai.APIConnectionError as exc:
+        error = f"cannot reach the server at {base_url}: {exc.__cause__ or exc}"
+    except openai.APIError as exc:  # an error event in the middle of the stream
+        error = _server_message(exc)
+    except _Overdue:
+        error = f"the answer was still streaming after the {timeout_s:g} s request timeout"
+    except Exception as exc:  # one broken demo must not stop the others
+        log.exception("demo %s: unexpected failure", request.name)
+        error = f"{type(exc).__name__}: {exc}"
+    ended = time.monotonic()
+
+    answer = "".join(got.parts)
+    if error is None and not answer.strip():
+        error = "the server answered with empty text"
+    if error is None and (missing := [w for w in request.expect if w.lower() not in answer.lower()]):
+        error = f"the answer lacks the expected word(s): {', '.join(missing)}"
+    latency = ended - got.started
+    completion_tokens = getattr(got.usage, "completion_tokens", None)
+    result = DemoResult(
+        name=request.name,
+        chat_type=request.chat_type,
+        variant=request.variant,
+        passed=error is None,
+        status="passed" if error is None else "failed",
+        http_status=got.http_status,
+        latency_s=latency,
+        ttft_s=got.ttft,
+        prompt_tokens=getattr(got.usage, "prompt_tokens", None),
+        completion_tokens=completion_tokens,
+        tokens_per_s=completion_tokens / latency if completion_tokens and latency > 0 else None,
+        answer=answer,
+        error=error,
+        started_at=got.started,
+        ended_at=ended,
+        assets=[
+            {"key": a.key, "provenance": a.provenance, "sha256": a.sha256, "source_url": a.source_url}
+            for a in request.assets
+        ],
+    )
+    log.info("demo %s: %s in %.2f s%s", request.name, result.status, latency, f" ({error})" if error else "")
+    return result
+
+
+def _server_message(exc: Any) -> str:
+    """The server's own error text: `error.message` (or `message`) from the JSON body, else the body."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if isinstance(message, str) and message:
+            return message
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return str(exc.message)
+
+
+def list_models(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> list[str]:
+    """The model ids the server at `base_url` (ending in /v1) serves, from GET /models."""
+    import requests  # deferred: the CLI must start fast
+
+    url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with requests.get(url, headers=headers, timeout=timeout_s) as response:
+            response.raise_for_status()
+            data = response.json()
+    except requests.RequestException as exc:
+        raise ServerError(f"GET {url} failed: {exc}") from None
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ServerError(f"GET {url} answered without a model list")
+    return [str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry]

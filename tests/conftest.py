@@ -1,0 +1,115 @@
+"""Shared fixtures: the fake server, an isolated cache, and a census that fails any test leaving processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+FAKE = HERE / "fake_vllm.py"
+FAKE_PROFILE = HERE / "profiles" / "fake-omni.yaml"
+# Every process a test starts inherits this marker, so the census finds leftovers wherever they moved.
+TEST_MARK = "MMDEMO_TEST_SESSION"
+SESSION = uuid.uuid4().hex
+
+
+def marked_pids(mark: str = SESSION) -> set[int]:
+    """Live processes (not zombies) whose environment carries this test session's mark."""
+    needle = f"{TEST_MARK}={mark}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and state not in (b"Z", b"X"):
+            found.add(int(entry))
+    return found
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> object:
+    """Poll until condition() is truthy; fail the test after timeout_s (a deadline, not a sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_mark() -> Iterator[None]:
+    os.environ[TEST_MARK] = SESSION
+    yield
+    leftovers = marked_pids()
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail any test after which a process it started is still alive (and kill it)."""
+    yield
+    # Teardown is over when the test returns; give reaping by init a moment, never a fixed sleep.
+    deadline = time.monotonic() + 5.0
+    while (left := marked_pids()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if left:
+        names = {}
+        for pid in left:
+            try:
+                names[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode()
+            except OSError:
+                names[pid] = "?"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"processes left running after the test: {names}")
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One isolated mmdemo cache for the whole session (synthetic assets are made once)."""
+    return tmp_path_factory.mktemp("mmdemo-cache")
+
+
+@pytest.fixture
+def mmdemo_env(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment an mmdemo subprocess runs in: isolated cache, no real vLLM, no GPU."""
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(cache_root))
+    for name in list(os.environ):
+        if name.startswith("FAKE_VLLM_"):
+            monkeypatch.delenv(name)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def mmdemo(
+    *args: str, env: dict[str, str], timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the mmdemo CLI as a real process and return its result."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

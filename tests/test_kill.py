@@ -1,0 +1,57 @@
+"""The kill matrix: SIGINT, SIGTERM or SIGKILL to mmdemo while the server loads, is ready, or serves.
+
+Whatever happens to mmdemo, afterwards no process it started is alive: the server, its workers, an
+escapee of the process group, and mmdemo's own watchdog.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE, FAKE_PROFILE, REPO, marked_pids, wait_for
+
+STATES = {
+    # state: (command, switches, the file whose appearance means "we are there")
+    "loading": ("run", {"NEVER_READY": "1", "WORKERS": "2", "ESCAPE": "1"}, "MARKER_FILE"),
+    "ready": ("serve", {"WORKERS": "2"}, "READY_FILE"),
+    "serving": ("run", {"LATENCY": "60", "WORKERS": "1"}, "REQUEST_FILE"),
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_nothing_survives(
+    tmp_path: Path, mmdemo_env: dict[str, str], state: str, sig: signal.Signals
+) -> None:
+    command, switches, trigger = STATES[state]
+    env = {**mmdemo_env, **{f"FAKE_VLLM_{k}": v for k, v in switches.items()}}
+    env[f"FAKE_VLLM_{trigger}"] = str(tmp_path / "trigger")
+    argv = [sys.executable, "-m", "orchestrator", command, str(FAKE_PROFILE), "--vllm-bin", str(FAKE)]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--grace", "2", "--timeout", "60"]
+    argv += ["--offline", "--only", "text-only"] if command == "run" else []
+    with (tmp_path / "out.txt").open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for((tmp_path / "trigger").exists, timeout_s=30, what=f"the server to be {state}")
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = (tmp_path / "out.txt").read_text()
+    # `serve` runs until a signal: SIGINT/SIGTERM are its normal stop, not an interruption.
+    expected = -9 if sig is signal.SIGKILL else (0 if command == "serve" else 130)
+    assert code == expected, output
+    # The census: within a few seconds nothing carrying this test session's mark is left.
+    wait_for(lambda: not marked_pids(), timeout_s=10, what="every process of the run to be gone")
+    if sig is not signal.SIGKILL:
+        report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
+        assert report["status"] == "interrupted"
+        assert report["teardown"]["remaining"] == 0

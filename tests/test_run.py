@@ -1,0 +1,236 @@
+"""`mmdemo run` end to end against the fake server: verdicts, exit codes, evidence, and the report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from orchestrator.report import DEMO_KEYS, REQUIRED_KEYS
+from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
+
+
+def run_fake(tmp_path: Path, env: dict[str, str], *extra: str, **switches: str) -> tuple[int, str, dict]:
+    env = {**env, **{f"FAKE_VLLM_{k.upper()}": v for k, v in switches.items()}}
+    done = mmdemo(
+        "run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
+        "--grace", "2", *extra, env=env,
+    )  # fmt: skip
+    runs = sorted((tmp_path / "runs").glob("*"))
+    report = json.loads((runs[-1] / "report.json").read_text()) if runs else {}
+    return done.returncode, done.stdout + done.stderr, report
+
+
+def test_all_six_chat_types_pass_and_the_report_is_complete(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    code, out, report = run_fake(tmp_path, mmdemo_env)
+    assert code == 0, out
+    assert "PASSED 11/11 demos" in out
+    assert set(REQUIRED_KEYS) <= set(report)
+    assert report["status"] == "passed"
+    names = [d["name"] for d in report["demos"]]
+    assert names == [
+        "text-only/text", "single-image/url", "single-image/file", "single-image/base64", "multi-image/url",
+        "video/url", "video/base64", "audio/input_audio", "audio/url", "audio/base64", "multi-audio/input_audio",
+    ]  # fmt: skip
+    for demo in report["demos"]:
+        assert set(DEMO_KEYS) <= set(demo)
+        assert demo["http_status"] == 200
+        assert demo["completion_tokens"] > 0
+        assert demo["ttft_s"] <= demo["latency_s"]
+    assert report["teardown"]["remaining"] == 0
+    assert report["teardown"]["port_free"] is True
+    assert report["server"]["ready_s"] > 0
+    assert report["vllm"]["version"] == "0.32.0"
+    run_dir = sorted((tmp_path / "runs").glob("*"))[-1]
+    suite = ET.parse(run_dir / "junit.xml").getroot()
+    assert suite.get("tests") == "11"
+    assert suite.get("failures") == "0"
+    assert "| multi-audio/input_audio" in (run_dir / "report.md").read_text()
+    assert (run_dir / "server.log").read_text().count("Application startup complete") == 1
+
+
+def test_secrets_never_reach_the_report_or_the_log(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    code, out, _report = run_fake(tmp_path, mmdemo_env)
+    assert code == 0, out
+    run_dir = sorted((tmp_path / "runs").glob("*"))[-1]
+    log = (run_dir / "server.log").read_text()
+    # The fake logs the key it was given; mmdemo's copy must show it redacted... in the report at least.
+    blob = (run_dir / "report.json").read_text() + (run_dir / "report.md").read_text()
+    assert "VLLM_API_KEY" not in blob
+    assert "--api-key" not in log.splitlines()[0]
+
+
+def test_a_failing_demo_exits_1_with_the_servers_message(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    code, out, report = run_fake(
+        tmp_path, mmdemo_env, "--only", "text-only", chat_status="400", chat_message="This model's maximum context length is 2048 tokens."
+    )  # fmt: skip
+    assert code == 1, out
+    assert report["status"] == "failed"
+    demo = report["demos"][0]
+    assert demo["status"] == "failed"
+    assert demo["http_status"] == 400
+    assert "maximum context length is 2048 tokens" in demo["error"]
+    assert report["teardown"]["remaining"] == 0
+    run_dir = sorted((tmp_path / "runs").glob("*"))[-1]
+    failure = ET.parse(run_dir / "junit.xml").getroot().find("testcase/failure")
+    assert failure is not None
+    assert "maximum context length" in (failure.get("message") or "")
+
+
+@pytest.mark.parametrize(
+    ("switches", "expected", "diagnosis"),
+    [
+        (
+            {
+                "crash_after": "0.1",
+                "exit_code": "7",
+                "crash_log": "torch.OutOfMemoryError: CUDA out of memory.",
+            },
+            "vllm serve exited before it was ready: exited with code 7",
+            "CUDA out of memory",
+        ),
+        (
+            {"crash_after": "0.1", "exit_code": "0", "crash_log": "EngineCore failed to start"},
+            "vllm serve exited before it was ready: exited with code 0",
+            None,
+        ),
+        (
+            {
+                "crash_after": "0.1",
+                "exit_code": "2",
+                "crash_log": "vllm serve: error: unrecognized arguments: --foo",
+            },
+            "exited with code 2",
+            "vLLM rejected a command-line argument",
+        ),
+        (
+            {
+                "crash_after": "0.1",
+                "crash_log": "ValueError: Free memory on device (3.2/79.1 GiB) on startup is less than desired GPU memory utilization (0.9, 71.2 GiB).",
+            },
+            "exited with code 1",
+            "free GPU memory is below gpu_memory_utilization",
+        ),
+        (
+            {"crash_after": "0.1", "crash_log": "huggingface_hub.errors.GatedRepoError: 401 Client Error."},
+            "exited with code 1",
+            "the model is gated and no valid Hugging Face token was given",
+        ),
+        ({"never_ready": "1"}, "vllm serve was not ready within 1 s (last phase: starting)", None),
+    ],
+    ids=["oom", "exit-0", "bad-argument", "free-memory", "gated", "never-ready"],
+)
+def test_server_failures_exit_3_with_evidence(
+    tmp_path: Path, mmdemo_env: dict[str, str], switches: dict[str, str], expected: str, diagnosis: str | None
+) -> None:
+    code, out, report = run_fake(tmp_path, mmdemo_env, "--timeout", "1", **switches)
+    assert code == 3, out
+    assert expected in out
+    assert "last " in out  # the log tail is shown
+    assert "| " in out
+    assert report["status"] == "error"
+    assert report["error"]["log_tail"]
+    assert report["error"]["diagnosis"] == diagnosis
+    if diagnosis:
+        assert f"({diagnosis})" in out
+        assert "hint:" in out
+    assert report["teardown"]["remaining"] == 0
+
+
+def test_engine_death_during_demos_exits_3(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    code, out, report = run_fake(
+        tmp_path, mmdemo_env, "--only", "text-only", engine_death_after="0.05", latency="0.5"
+    )
+    assert code == 3, out
+    assert "vllm serve died during the demos" in out
+    assert report["demos"][0]["status"] == "failed"
+    assert report["teardown"]["remaining"] == 0
+
+
+def test_sigterm_ignoring_server_still_passes_and_escalates(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    code, out, report = run_fake(tmp_path, mmdemo_env, "--only", "text-only", ignore_sigterm="1", workers="2")
+    assert code == 0, out
+    assert report["teardown"]["signals"] == ["SIGTERM", "SIGKILL"]
+    assert report["teardown"]["remaining"] == 0
+
+
+def test_port_held_by_another_process_is_refused(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, out, _ = run_fake(tmp_path, mmdemo_env, "--port", str(port))
+    assert code == 3, out
+    assert f"port {port} on 127.0.0.1 is already held by pid" in out
+
+
+def test_missing_vllm_and_old_vllm_are_refused(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo(
+        "run",
+        str(FAKE_PROFILE),
+        "--vllm-bin",
+        str(tmp_path / "nope"),
+        "--runs-dir",
+        str(tmp_path),
+        env=mmdemo_env,
+    )
+    assert done.returncode == 3
+    assert "not found" in done.stderr
+    code, out, _ = run_fake(tmp_path, mmdemo_env, version="0.9.2")
+    assert code == 3
+    assert "needs vLLM >= 0.10, but" in out
+
+
+def test_bad_profile_exits_2_with_one_line(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    bad = Path(__file__).parent / "profiles" / "bad-misspelled-key.yaml"
+    done = mmdemo("run", str(bad), "--runs-dir", str(tmp_path), env=mmdemo_env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[0] == (
+        f"error: {bad}:3: unknown key 'serve.max_model_length' (did you mean 'max_model_len'?)"
+    )
+
+
+def test_concurrent_requests_overlap_on_the_server(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    record = tmp_path / "record.jsonl"
+    code, out, _ = run_fake(tmp_path, mmdemo_env, record=str(record), latency="0.3")
+    assert code == 0, out
+    chats = [json.loads(line) for line in record.read_text().splitlines()]
+    chats = [c for c in chats if c["path"] == "/v1/chat/completions"]
+    assert len(chats) == 11
+    latest_start = max(c["t_start"] for c in chats)
+    earliest_end = min(c["t_end"] for c in chats)
+    assert latest_start < earliest_end  # every request was in flight at once
+
+
+def test_sequential_requests_never_overlap(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    record = tmp_path / "record.jsonl"
+    code, out, _ = run_fake(
+        tmp_path, mmdemo_env, "--sequential", "--only", "text-only,audio", record=str(record)
+    )
+    assert code == 0, out
+    chats = sorted((json.loads(line) for line in record.read_text().splitlines()), key=lambda c: c["t_start"])
+    chats = [c for c in chats if c["path"] == "/v1/chat/completions"]
+    assert len(chats) == 4
+    for before, after in itertools.pairwise(chats):
+        assert before["t_end"] <= after["t_start"]
+
+
+def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    code_a, _, _ = run_fake(tmp_path, mmdemo_env, "--only", "text-only")
+    code_b, _, _ = run_fake(
+        tmp_path, mmdemo_env, "--only", "text-only", chat_status="500", chat_message="boom"
+    )
+    assert (code_a, code_b) == (0, 1)
+    run_a, run_b = sorted((tmp_path / "runs").glob("*"))
+    done = mmdemo("report", "diff", str(run_a), str(run_b), env=mmdemo_env)
+    assert done.returncode == 1  # a status changed
+    assert "text-only/text" in done.stdout
+    assert "failed" in done.stdout

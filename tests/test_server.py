@@ -1,0 +1,176 @@
+"""The supervised server against the fake `vllm serve`: readiness, teardown, escalation, sweeps."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator import watchdog
+from orchestrator.command import LaunchPlan
+from orchestrator.errors import ServerError
+from orchestrator.server import Server, port_is_free
+from tests.conftest import FAKE, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fake_plan(tmp_path: Path, **switches: str) -> LaunchPlan:
+    port = free_port()
+    env = {f"FAKE_VLLM_{k.upper()}": v for k, v in switches.items()}
+    env.setdefault("FAKE_VLLM_MARKER_FILE", str(tmp_path / "marker"))
+    argv = (sys.executable, str(FAKE), "serve", "fake/omni", "--served-model-name", "fake-omni")
+    argv += ("--host", "127.0.0.1", "--port", str(port))
+    return LaunchPlan(
+        argv=argv,
+        env=env,
+        display_env={},
+        missing_env=(),
+        served_model_name="fake-omni",
+        host="127.0.0.1",
+        port=port,
+    )
+
+
+def server_for(tmp_path: Path, grace_s: float = 5.0, **switches: str) -> Server:
+    return Server(fake_plan(tmp_path, **switches), log_path=tmp_path / "server.log", grace_s=grace_s)
+
+
+def test_ready_then_clean_teardown(tmp_path: Path) -> None:
+    server = server_for(tmp_path, workers="2")
+    with server:
+        ready = server.wait_ready(10)
+        assert ready.models == ("fake-omni",)
+        wait_for((tmp_path / "marker").exists, what="workers spawned")
+        assert len(server.census()) == 3  # API server, EngineCore, one TP worker
+        status = server.request("/v1/models", 2)
+        assert status is not None
+        assert status[0] == 200
+    teardown = server.stop()
+    assert teardown.signals == ("SIGTERM",)
+    assert teardown.remaining == 0
+    assert teardown.processes_signalled == 3
+    assert teardown.port_free
+    assert teardown.gpu_released is None  # no NVML on a CPU run
+    assert server.census() == set()
+
+
+def test_api_key_is_required_and_never_on_the_command_line(tmp_path: Path) -> None:
+    with server_for(tmp_path) as server:
+        server.wait_ready(10)
+        assert server.api_key not in " ".join(server.plan.argv)
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert server.api_key.encode() not in cmdline
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert f"VLLM_API_KEY={server.api_key}".encode() in environ
+        key, server.api_key = server.api_key, "wrong"
+        answer = server.request("/v1/models", 2)
+        server.api_key = key
+        assert answer is not None
+        assert answer[0] == 401
+
+
+def test_sigterm_ignoring_server_is_escalated_to_sigkill(tmp_path: Path) -> None:
+    server = server_for(tmp_path, grace_s=0.5, ignore_sigterm="1", workers="2", worker_ignore_sigterm="1")
+    with server:
+        server.wait_ready(10)
+        wait_for((tmp_path / "marker").exists, what="handlers installed")
+    teardown = server.stop()
+    assert teardown.signals == ("SIGTERM", "SIGKILL")
+    assert teardown.remaining == 0
+    assert 0.5 <= teardown.duration_s < 5.0
+    assert teardown.returncode == -9
+
+
+def test_escaped_worker_is_swept_by_its_tag(tmp_path: Path) -> None:
+    server = server_for(tmp_path, grace_s=1.0, escape="1", workers="1")
+    with server:
+        server.wait_ready(10)
+        # The escapee calls setsid() itself, a moment after it is spawned.
+        escaped = wait_for(
+            lambda: server.census() - watchdog.group_pids(server.pid or 0), what="a worker to leave the group"
+        )
+        assert isinstance(escaped, set)
+        assert len(escaped) == 1
+    teardown = server.stop()
+    assert teardown.escaped == 1
+    assert teardown.remaining == 0
+    assert not any(watchdog.alive(pid) for pid in escaped)
+
+
+def test_hurry_skips_the_grace_period(tmp_path: Path) -> None:
+    server = server_for(tmp_path, grace_s=60.0, ignore_sigterm="1")
+    server.start()
+    try:
+        server.wait_ready(10)
+        wait_for((tmp_path / "marker").exists, what="handlers installed")
+        threading.Timer(0.2, server.hurry).start()
+    finally:
+        teardown = server.stop()
+    assert teardown.signals == ("SIGTERM", "SIGKILL")
+    assert teardown.duration_s < 5.0
+
+
+def test_teardown_waits_for_the_gpu_to_release_killed_pids(tmp_path: Path) -> None:
+    holding: list[set[int]] = []
+    calls = {"n": 0}
+
+    def fake_nvml() -> set[int] | None:
+        calls["n"] += 1
+        # The driver keeps listing the server's PID for a few polls after it exited.
+        return holding[0] if calls["n"] < 5 and holding else set()
+
+    server = Server(fake_plan(tmp_path), log_path=tmp_path / "server.log", gpu_pids=fake_nvml)
+    with server:
+        server.wait_ready(10)
+        holding.append({server.pid or 0})
+    teardown = server.stop()
+    assert teardown.gpu_released is True
+    assert calls["n"] >= 5
+
+
+def test_crash_before_ready_carries_evidence(tmp_path: Path) -> None:
+    server = server_for(
+        tmp_path,
+        crash_after="0.1",
+        exit_code="7",
+        crash_log="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
+    with server, pytest.raises(ServerError) as info:
+        server.wait_ready(10)
+    error = info.value
+    assert error.returncode == 7
+    assert error.diagnosis == "CUDA out of memory"
+    assert any("Tried to allocate" in line for line in error.log_tail)
+    assert error.argv[2] == "serve"
+    assert str(error) == "vllm serve exited before it was ready: exited with code 7 (CUDA out of memory)"
+
+
+def test_never_ready_times_out(tmp_path: Path) -> None:
+    with server_for(tmp_path, never_ready="1", grace_s=1.0) as server, pytest.raises(ServerError) as info:
+        server.wait_ready(0.5)
+    assert "was not ready within 0 s" in str(info.value) or "was not ready within 1 s" in str(info.value)
+    assert info.value.timeout_s == 0.5
+    assert server.stop().remaining == 0
+
+
+def test_models_listed_late_delays_readiness(tmp_path: Path) -> None:
+    with server_for(tmp_path, models_delay="0.5") as server:
+        ready = server.wait_ready(10)
+        assert ready.models == ("fake-omni",)
+        assert ready.elapsed_s >= 0.5
+
+
+def test_port_is_free_after_teardown(tmp_path: Path) -> None:
+    server = server_for(tmp_path)
+    with server:
+        server.wait_ready(10)
+        assert not port_is_free("127.0.0.1", server.port)
+    assert port_is_free("127.0.0.1", server.port)
