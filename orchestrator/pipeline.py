@@ -23,7 +23,7 @@ from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight, report
 from orchestrator.command import Redactor, build_plan
 from orchestrator.errors import DemoFailed, Interrupted, MMDemoError, ServerError, UsageError
-from orchestrator.profile import ChatType, Demo, Profile, load_profile
+from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, load_profile
 from orchestrator.server import DEFAULT_GRACE_S, Ready, Server, Teardown
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,20 @@ class SignalGuard:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def select_demos(profile: Profile, only: Sequence[ChatType]) -> tuple[Demo, ...]:
+def select_demos(
+    profile: Profile, only: Sequence[ChatType], limits: Mapping[str, int] | None = None
+) -> tuple[Demo, ...]:
     """The profile's demos, or those named by --only (a chat type it lacks runs with defaults)."""
     if not only:
         return profile.demos
     chosen = []
     for chat_type in only:
+        need = CHAT_TYPE_NEEDS[chat_type]
+        if need and limits is not None and limits.get(need[0], 0) < need[1]:
+            raise UsageError(
+                f"--only {chat_type.value}: it sends {need[1]} {need[0]}(s) per prompt but profile "
+                f"{profile.name!r} allows {limits.get(need[0], 0)} (limit_mm_per_prompt)"
+            )
         match = next((d for d in profile.demos if d.chat_type is chat_type), None)
         chosen.append(match or Demo(chat_type=chat_type))
     return tuple(chosen)
@@ -195,7 +203,7 @@ def run(
     gpus = list(probe_gpus())
     variant = preflight.choose_variant(profile, opts.gpu, gpus)
     resolved = profile.resolve(variant)
-    chosen = select_demos(profile, opts.only)
+    chosen = select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt)
     run_dir = make_run_dir(opts.runs_dir, profile.name)
     ev.stage("profile", f"{profile.name} ({profile.model}) on {variant}; run directory {run_dir}")
 
@@ -313,6 +321,7 @@ def run(
                     guard.tearing_down = True
                     ev.stage("teardown", f"grace {opts.grace_s:g} s")
                     rep["teardown"] = _teardown_record(server.stop())
+                    server.redact_log()
     except MMDemoError as exc:
         error = exc
     if guard.received and not isinstance(error, Interrupted):

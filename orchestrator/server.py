@@ -362,6 +362,18 @@ class Server:
             hint=found.hint if found else hint,
         )
 
+    def redact_log(self) -> None:
+        """Rewrite server.log with every secret replaced (once the server has stopped writing it)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return
+        clean = self.redact(text)
+        if clean != text:
+            tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+            tmp.write_text(clean, encoding="utf-8")
+            os.replace(tmp, self.log_path)
+
     # -- teardown ----------------------------------------------------------------------------
 
     def hurry(self) -> None:

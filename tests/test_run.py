@@ -55,15 +55,48 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
     assert (run_dir / "server.log").read_text().count("Application startup complete") == 1
 
 
-def test_secrets_never_reach_the_report_or_the_log(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
-    code, out, _report = run_fake(tmp_path, mmdemo_env)
-    assert code == 0, out
-    run_dir = sorted((tmp_path / "runs").glob("*"))[-1]
-    log = (run_dir / "server.log").read_text()
-    # The fake logs the key it was given; mmdemo's copy must show it redacted... in the report at least.
-    blob = (run_dir / "report.json").read_text() + (run_dir / "report.md").read_text()
-    assert "VLLM_API_KEY" not in blob
-    assert "--api-key" not in log.splitlines()[0]
+def test_secrets_never_reach_the_report_the_log_or_the_terminal(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    secret = "hf_s3cr3t_value_42"
+    env = {**mmdemo_env, "HF_TOKEN": secret}
+    # The fake echoes the token and the API key it was given into its log, as a careless server might.
+    env["FAKE_VLLM_CRASH_AFTER"] = "0.2"
+    env["FAKE_VLLM_CRASH_LOG"] = f"token={secret}"
+    profile = Path(__file__).parent / "profiles" / "fake-secret.yaml"
+    done = mmdemo(
+        "run", str(profile), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
+        "--follow-logs", env=env,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    run_dir = next((tmp_path / "runs").glob("*"))
+    everything = done.stdout + done.stderr + "".join(p.read_text() for p in run_dir.iterdir())
+    assert "token=***" in everything
+    assert secret not in everything
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["server"]["env"] == {"HF_TOKEN": "${HF_TOKEN}"}
+
+
+def test_missing_token_is_refused_before_launch(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    env = {k: v for k, v in mmdemo_env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    profile = Path(__file__).parent / "profiles" / "fake-secret.yaml"
+    done = mmdemo("run", str(profile), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert done.returncode == 3
+    assert "needs a Hugging Face token and none is set" in done.stderr
+    assert "server.log" not in {p.name for p in (tmp_path / "runs").rglob("*")}  # nothing was launched
+
+
+def test_only_a_chat_type_the_limits_forbid_is_refused(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    llava = "llava-1.5-7b"
+    done = mmdemo(
+        "run", llava, "--gpu", "H100", "--only", "multi-image", "--vllm-bin", str(FAKE), env=mmdemo_env
+    )
+    assert done.returncode == 2
+    assert (
+        "--only multi-image: it sends 2 image(s) per prompt but profile 'llava-1.5-7b' allows 1"
+        in done.stderr
+    )
 
 
 def test_a_failing_demo_exits_1_with_the_servers_message(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:

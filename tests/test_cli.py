@@ -1,0 +1,76 @@
+"""The CLI commands that need no server, run as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
+
+HERE = Path(__file__).parent
+
+
+def test_plan_phi_on_h100(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("plan", "phi-3.5-vision", "--gpu", "H100", env=mmdemo_env)
+    assert done.returncode == 0, done.stderr
+    command = next(line for line in done.stdout.splitlines() if " serve " in line)
+    assert command.startswith("vllm serve microsoft/Phi-3.5-vision-instruct")
+    assert "--trust-remote-code" in command
+    assert "--max-model-len 4096" in command
+    assert """--limit-mm-per-prompt '{"image":2}'""" in command
+    assert "# demos: text-only, single-image, multi-image" in done.stdout
+
+
+def test_plan_never_prints_the_token(mmdemo_env: dict[str, str]) -> None:
+    env = {**mmdemo_env, "HF_TOKEN": "hf_do_not_print_me"}
+    done = mmdemo("plan", "ultravox-0.5-1b", "--gpu", "L4", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "export HF_TOKEN='${HF_TOKEN}'" in done.stdout
+    assert "hf_do_not_print_me" not in done.stdout + done.stderr
+
+
+def test_list_shows_every_shipped_profile(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("list", env=mmdemo_env)
+    assert done.returncode == 0, done.stderr
+    for name in ("llava-1.5-7b", "phi-3.5-vision", "ultravox-0.5-1b", "qwen2.5-omni-3b", "cpu-tiny-omni"):
+        assert name in done.stdout
+
+
+def test_validate_all_shipped_ok_and_bad_exit_2(mmdemo_env: dict[str, str]) -> None:
+    ok = mmdemo("validate", env=mmdemo_env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("ok ") >= 6
+    bad = mmdemo(
+        "validate", str(HERE / "profiles" / "bad-unknown-variant.yaml"), str(FAKE_PROFILE), env=mmdemo_env
+    )
+    assert bad.returncode == 2
+    assert "unknown variant 'H10' (did you mean 'H100'?)" in bad.stderr
+    assert f"ok    {FAKE_PROFILE}" in bad.stdout
+
+
+def test_unknown_chat_type_in_only_is_a_usage_error(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("run", str(FAKE_PROFILE), "--only", "single-imge", env=mmdemo_env)
+    assert done.returncode == 2
+    assert "unknown chat type 'single-imge'" in done.stderr
+
+
+def test_doctor_without_vllm_still_reports(mmdemo_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**mmdemo_env, "MMDEMO_VLLM_BIN": str(tmp_path / "no-vllm")}
+    done = mmdemo("doctor", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "vLLM:" in done.stdout
+    assert "not usable" in done.stdout
+    assert "cpu-tiny-omni" in done.stdout
+
+
+def test_doctor_with_the_fake_vllm(mmdemo_env: dict[str, str]) -> None:
+    env = {**mmdemo_env, "MMDEMO_VLLM_BIN": str(FAKE)}
+    done = mmdemo("doctor", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "0.32.0" in done.stdout
+    assert "GPU:         none found" in done.stdout
+
+
+def test_help_lists_exit_codes(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("--help", env=mmdemo_env)
+    assert done.returncode == 0
+    assert "130  interrupted" in done.stdout
