@@ -132,7 +132,7 @@ class SignalGuard:
 
 
 def select_demos(
-    profile: Profile, only: Sequence[ChatType], limits: Mapping[str, int] | None = None
+    profile: Profile, only: Sequence[ChatType], limits: Mapping[Any, int] | None = None
 ) -> tuple[Demo, ...]:
     """The profile's demos, or those named by --only (a chat type it lacks runs with defaults)."""
     if not only:
