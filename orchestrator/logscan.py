@@ -22,7 +22,7 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         ("compiling", r"torch\.compile|Compiling a graph|Dynamo bytecode transform|compile range"),
         ("capturing CUDA graphs", r"Capturing CUDA graph|Graph capturing"),
-        ("starting API server", r"Starting vLLM API server|Available routes are"),
+        ("starting API server", r"Starting vLLM (API )?server|Available routes are"),
         ("ready", r"Application startup complete"),
     )
 )

@@ -1,0 +1,1 @@
+"""Tiny random multimodal model builders (standalone scripts run under the vLLM venv)."""

@@ -1,0 +1,254 @@
+"""Build a tiny random Qwen2.5-Omni thinker (text + image + video + audio) for vLLM.
+
+Standalone: runs under the vLLM venv's python and imports only torch,
+transformers, tokenizers, safetensors and the stdlib (nothing from mmdemo).
+No network. Deterministic for a given seed. Takes a few seconds.
+
+    python omni.py --out DIR [--seed 0]
+
+DIR is built in a sibling temp dir and renamed into place; `mmdemo-model.json`
+(builder, version, seed) is written last, so its presence marks a complete model.
+Weights use the original checkpoint layout (thinker.audio_tower.*, thinker.visual.*,
+thinker.model.*, thinker.lm_head.*); the chat template emits one placeholder per media part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+BUILDER = "qwen2_5_omni_thinker_tiny"
+VERSION = 1
+MARKER = "mmdemo-model.json"
+
+# Special tokens get the first ids (BpeTrainer puts them first, in this order).
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+    # vLLM's "string" content format inserts these around images/videos.
+    "<|vision_start|>",
+    "<|vision_end|>",
+]
+TOK = {t: i for i, t in enumerate(SPECIAL)}
+
+# Like the real Qwen2.5-Omni template: one placeholder per media part, in order.
+# vLLM sees that it loops over message content ("openai" content format) and
+# passes media parts as {"type": "image"|"video"|"audio"}.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif part['type'] in ('video', 'video_url') %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif part['type'] in ('audio', 'audio_url', 'input_audio') %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+WORDS = (  # noqa: SIM905 - a word list reads best as one string
+    "the a this that what where which who is are was were in on of to and with "
+    "image picture photo video clip audio sound voice music speech animal duck "
+    "lion cat dog bird boardwalk nature park river sky tree grass water city "
+    "capital France Paris country these two same different color red green "
+    "blue yellow small large there here show tell describe listen look see "
+    "hear say yes no one three many some assistant user question answer"
+).split()
+PROMPTS = [
+    "What's the capital of France?",
+    "What's in this image?",
+    "What are the animals in these images?",
+    "What's in this video?",
+    "What's in this audio?",
+    "Are these two audios the same?",
+]
+
+
+def sentences(rng: random.Random, n: int = 400):
+    yield from PROMPTS
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
+        yield " ".join(words).capitalize() + rng.choice([".", "?", "!"])
+
+
+def build_tokenizer(seed: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(sentences(random.Random(seed)), trainer)
+    assert all(tok.token_to_id(t) == i for t, i in TOK.items())
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+        # Named tokens Qwen2_5OmniProcessor reads as tokenizer attributes.
+        extra_special_tokens={
+            "image_token": "<|IMAGE|>",
+            "video_token": "<|VIDEO|>",
+            "audio_token": "<|AUDIO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        },
+    )
+
+
+def build_config(vocab_size: int):
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniThinkerConfig
+
+    hidden = 64
+    thinker = Qwen2_5OmniThinkerConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,  # head_dim 32: vLLM's CPU attention needs >= 32
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": False,
+            # mrope sections (temporal, height, width) sum to head_dim / 2
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            "eos_token_id": TOK["<|im_end|>"],
+            "pad_token_id": TOK["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": hidden,
+            "fullatt_block_indexes": [1],
+        },
+        audio_config={  # Whisper-style encoder on 128 mel bins
+            "num_mel_bins": 128,
+            "d_model": hidden,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 128,
+            "output_dim": hidden,
+        },
+        audio_token_index=TOK["<|AUDIO|>"],
+        image_token_index=TOK["<|IMAGE|>"],
+        video_token_index=TOK["<|VIDEO|>"],
+        audio_start_token_id=TOK["<|audio_bos|>"],
+        audio_end_token_id=TOK["<|audio_eos|>"],
+        vision_start_token_id=TOK["<|vision_bos|>"],
+        vision_end_token_id=TOK["<|vision_eos|>"],
+        user_token_id=TOK["<|im_start|>"],
+    )
+    config = Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
+    config.architectures = ["Qwen2_5OmniModel"]
+    config.dtype = "float32"
+    return config
+
+
+def build_processor(tokenizer):
+    from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    # Small pixel budgets keep prompts short: 56x56 .. 112x112 -> 4..16 tokens per image.
+    # Videos: Qwen2_5OmniProcessor's class defaults (>= 128*28*28 px per frame) override the
+    # video processor's own size, so a 10 s 640x360 clip is ~3000 tokens; serve with
+    # --mm-processor-kwargs '{"size": {"shortest_edge": 3136, "longest_edge": 12544}}' to apply these.
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessorPil(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def save_weights(config, path: Path, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config.thinker_config).float().eval()
+    # Original checkpoint layout, which vLLM's loader maps:
+    # thinker.audio_tower.*, thinker.visual.*, thinker.model.*, thinker.lm_head.*
+    state = {f"thinker.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def build(out: Path, seed: int) -> Path:
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        tokenizer = build_tokenizer(seed)
+        config = build_config(len(tokenizer))
+        config.save_pretrained(tmp)
+        build_processor(tokenizer).save_pretrained(tmp)  # tokenizer, processor, chat template
+        save_weights(config, tmp / "model.safetensors", seed)
+        marker = {"builder": BUILDER, "version": VERSION, "seed": seed}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "model")
+        os.rename(tmp, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="model directory to create/replace")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    print(f"built {build(args.out, args.seed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
