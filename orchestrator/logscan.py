@@ -8,24 +8,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Ordered by startup; a later phase never goes back to an earlier one.
+# Ordered by startup; a later phase never goes back to an earlier one. Patterns match vLLM's own
+# progress messages only: warnings and config dumps mention "torch.compile" too.
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
     for name, pattern in (
-        ("starting", r"vLLM API server version|non-default args"),
-        ("downloading weights", r"Downloading|Fetching \d+ files|huggingface_hub"),
-        ("loading weights", r"Starting to load model|Loading weights|Loading safetensors|Model loading took"),
+        ("starting", r"vLLM API server version|non-default args|Resolved architecture"),
+        ("downloading weights", r"\bDownloading\b|Fetching \d+ files"),
+        (
+            "loading weights",
+            r"Starting to load model|Loading weights took|Loading safetensors|Model loading took",
+        ),
         (
             "profiling memory",
-            r"Memory profiling|determine_available_memory|Available KV cache memory|"
-            r"KV cache size|profile run",
+            r"Memory profiling|Available KV cache memory|KV cache size:|init engine \(profile",
         ),
-        ("compiling", r"torch\.compile|Compiling a graph|Dynamo bytecode transform|compile range"),
-        ("capturing CUDA graphs", r"Capturing CUDA graph|Graph capturing"),
-        ("starting API server", r"Starting vLLM (API )?server|Available routes are"),
+        ("compiling", r"torch\.compile takes|Compiling a graph|Dynamo bytecode transform"),
+        ("capturing CUDA graphs", r"Capturing CUDA graph|Graph capturing finished"),
+        ("starting API server", r"Starting vLLM (API )?server on|Available routes are"),
         ("ready", r"Application startup complete"),
     )
 )
+_NOT_PROGRESS = re.compile(r"\b(WARNING|ERROR)\b|with config:")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def phase_of(line: str) -> str | None:
     """The startup phase a log line announces, if any."""
+    if _NOT_PROGRESS.search(line):
+        return None
     for name, pattern in PHASES:
         if pattern.search(line):
             return name

