@@ -294,7 +294,9 @@ class AssetStore:
                 _GENERATORS[spec.kind](out, spec.key)
             recorded = _sha256(path)
             _write_sidecar(sidecar, recorded, path.name)
-        log.warning("asset %s: using a synthetic %s (%s)", spec.key, spec.kind, reason)
+        # Asked for (offline): say so quietly; a failed download is worth a warning.
+        level = logging.INFO if self.offline else logging.WARNING
+        log.log(level, "asset %s: using a synthetic %s (%s)", spec.key, spec.kind, reason)
         return Asset(spec.key, spec.kind, path, media_type, recorded, "synthetic", None)
 
 
@@ -318,6 +320,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _CountingServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # vLLM fetches every URL of a concurrent run at once; 5 would drop SYNs
 
     def __init__(self, address: tuple[str, int], handler: Callable[..., _Handler]) -> None:
         super().__init__(address, handler)

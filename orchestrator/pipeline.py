@@ -11,8 +11,10 @@ import logging
 import os
 import platform
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -196,11 +198,18 @@ def run(
 
     ev = events or QuietEvents()
     started = _now()
+    if serve_forever is None:
+        # The openai SDK takes ~0.2 s to import; do it while we wait on vLLM's start instead of after.
+        threading.Thread(target=_import_openai, name="import-openai", daemon=True).start()
     # load
     if opts.profile is None:
         raise UsageError("a profile is required")
+    # Reading vLLM's version takes a subprocess: start it now, collect it in preflight.
+    version_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-version")
+    version = version_pool.submit(preflight.vllm_version, opts.vllm_bin)
+    version_pool.shutdown(wait=False)
     profile = load_profile(opts.profile, opts.profiles_dir)
-    gpus = list(probe_gpus())
+    gpus = [] if opts.gpu == gpu_mod.CPU else list(probe_gpus())  # --gpu cpu: no NVML to ask
     variant = preflight.choose_variant(profile, opts.gpu, gpus)
     resolved = profile.resolve(variant)
     chosen = select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt)
@@ -241,15 +250,9 @@ def run(
             # preflight
             ev.stage("preflight", "vLLM, port, GPU memory, tokens")
             preflight.check_variant(resolved)
-            info = preflight.vllm_version(opts.vllm_bin)
-            rep["vllm"] = {"version": info.version, "path": info.path}
-            preflight.check_version(info, resolved)
+            preflight.find_vllm(opts.vllm_bin)  # at once; its version arrives after the assets
             port = preflight.choose_port(opts.host, opts.port)
             preflight.check_gpus(resolved, gpus)
-            if profile.local_model and not models.is_built(profile.local_model):
-                ev.stage("model", f"building tiny model {profile.local_model}")
-                models.build(profile.local_model, info.path)
-            preflight.check_model(resolved)
             # assets (not for `serve`: it runs no demos)
             serving = serve_forever is not None
             store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
@@ -261,6 +264,14 @@ def run(
                     requests = demos_mod.build_requests(
                         chosen, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS
                     )
+                    ev.stage("assets", _provenance_summary(requests))
+                info = version.result()
+                rep["vllm"] = {"version": info.version, "path": info.path}
+                preflight.check_version(info, resolved)
+                if profile.local_model and not models.is_built(profile.local_model):
+                    ev.stage("model", f"building tiny model {profile.local_model}")
+                    models.build(profile.local_model, info.path)
+                preflight.check_model(resolved)
                 plan = build_plan(
                     resolved,
                     vllm_bin=info.path,
@@ -290,6 +301,7 @@ def run(
                 try:
                     ev.stage("launch", plan.shell())
                     server.start()
+                    rep["server"]["pid"] = server.pid  # also its process group and session id
                     # ready
                     timeout = opts.timeout_s or resolved.ready_timeout_s
                     ready = server.wait_ready(timeout, on_tick=ev.waiting, on_log=ev.log_line)
@@ -408,6 +420,21 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
     clean = redact.data(rep)
     files = report.write_all(run_dir, clean)
     return Outcome(clean, run_dir, error.exit_code if error else 0, error, files)
+
+
+def _provenance_summary(requests: Sequence[Any]) -> str:
+    """'6 media: 4 cached, 2 synthetic' for the terminal."""
+    seen = {a.key: a.provenance for r in requests for a in r.assets}
+    counts: dict[str, int] = {}
+    for provenance in seen.values():
+        counts[provenance] = counts.get(provenance, 0) + 1
+    detail = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    return f"{len(seen)} media: {detail}" if seen else "no media"
+
+
+def _import_openai() -> None:
+    with contextlib.suppress(Exception):
+        import openai  # noqa: F401
 
 
 def _demo_record(result: Any) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,12 @@ def _version_from_metadata(path: str) -> str | None:
     python = first[2:].strip().split()[0]
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         return None
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        # vLLM installed beside mmdemo: ask our own metadata, no process needed.
+        try:
+            return importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:
+            return None
     try:
         done = subprocess.run(
             [python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],

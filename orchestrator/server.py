@@ -40,6 +40,7 @@ POLL_S = 0.02
 PORT_FREE_WAIT_S = 5.0
 GPU_RELEASE_WAIT_S = 30.0
 WATCHDOG_GRACE_S = 3.0
+TRACK_S = 0.25
 
 Clock = Callable[[], float]
 
@@ -187,6 +188,9 @@ class Server:
         self._lock = threading.Lock()
         self.follower = LogFollower(log_path)
         self.started_at: float | None = None
+        self._seen: dict[int, int] = {}  # descendant pid -> its start time (guards against pid reuse)
+        self._stopping = threading.Event()
+        self._tracker: threading.Thread | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -237,12 +241,23 @@ class Server:
         _LIVE.add(self)
         if self._use_watchdog:
             self._watchdog = subprocess.Popen(
-                [sys.executable, watchdog.__file__, self.tag, str(self._proc.pid), str(WATCHDOG_GRACE_S)],
+                # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
+                [
+                    sys.executable,
+                    "-S",
+                    "-E",
+                    watchdog.__file__,
+                    self.tag,
+                    str(self._proc.pid),
+                    str(WATCHDOG_GRACE_S),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        self._tracker = threading.Thread(target=self._track, name="descendant-tracker", daemon=True)
+        self._tracker.start()
         log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
 
     def __enter__(self) -> Server:
@@ -381,8 +396,37 @@ class Server:
         self._hurry.set()
 
     def census(self) -> set[int]:
-        """Live processes of this server: its group and every tagged descendant."""
-        return watchdog.census(self.tag, self.pid)
+        """Live processes of this server: its group and session, tagged ones, and descendants seen."""
+        return watchdog.census(self.tag, self.pid, dict(self._seen))
+
+    def remember_descendants(self) -> None:
+        """Record the server's descendants now, so one that leaves group and session is still found."""
+        import psutil
+
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            children = psutil.Process(self._proc.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            started = watchdog.start_time(child.pid)
+            if started is not None and child.pid not in self._seen:
+                self._seen[child.pid] = started
+                self._tell_watchdog(f"{child.pid} {started}\n".encode())
+
+    def _track(self) -> None:
+        # Descendants are recorded while they are still descendants: once their parent dies, or
+        # once they leave the session, nothing else links them to this run.
+        while not self._stopping.wait(TRACK_S):
+            self.remember_descendants()
+
+    def _tell_watchdog(self, message: bytes) -> None:
+        dog = self._watchdog
+        if dog is not None and dog.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                dog.stdin.write(message)
+                dog.stdin.flush()
 
     def stop(self) -> Teardown:
         """End the whole tree; idempotent. Never raises for processes that are already gone."""
@@ -397,6 +441,10 @@ class Server:
             return Teardown(0.0, (), 0, 0, 0, None, True, None)
         pgid = self._proc.pid
         t0 = self._clock()
+        self._stopping.set()
+        if self._tracker is not None:
+            self._tracker.join()
+        self.remember_descendants()
         signals: list[str] = []
         pids = self.census()
         group = watchdog.group_pids(pgid)

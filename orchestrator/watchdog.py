@@ -24,14 +24,14 @@ DISARM = b"disarm\n"
 POLL_S = 0.02
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) of a process, None if it is gone."""
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, session) of a process, None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
     fields = raw[raw.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
 
 
 def _pids() -> Iterable[int]:
@@ -47,17 +47,26 @@ def alive(pid: int) -> bool:
 
 
 def group_pids(pgid: int) -> set[int]:
-    """Live processes whose process group is `pgid`."""
+    """Live processes in the process group `pgid`, or in the session it leads.
+
+    The server is started as a session leader, so its pid is both its group and its session:
+    a child that moves to a new group (setpgid) is still in the session; orphans keep both.
+    """
     found = set()
     for pid in _pids():
         stat = _stat(pid)
-        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
+        if stat is not None and pgid in (stat[2], stat[3]) and stat[0] not in ("Z", "X"):
             found.add(pid)
     return found
 
 
 def tagged_pids(tag: str) -> set[int]:
-    """Live processes whose environment carries MMDEMO_RUN_TAG=tag, wherever they moved to."""
+    """Live processes whose environment carries MMDEMO_RUN_TAG=tag, wherever they moved to.
+
+    A process that renames itself with setproctitle (vLLM's VLLM::EngineCore and VLLM::Worker do)
+    overwrites the memory /proc/PID/environ shows, so the tag finds only the others; the session
+    and the supervisor's record of descendants cover those.
+    """
     needle = f"{TAG_VAR}={tag}".encode()
     me = os.getpid()
     found = set()
@@ -73,11 +82,24 @@ def tagged_pids(tag: str) -> set[int]:
     return found
 
 
-def census(tag: str, pgid: int | None) -> set[int]:
-    """Every live process of the run: the server's group plus tagged escapees."""
+def start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(raw[raw.rfind(b")") + 2 :].split()[19])
+
+
+def census(tag: str, pgid: int | None, known: dict[int, int] | None = None) -> set[int]:
+    """Every live process of the run: the server's group and session, tagged escapees, and the
+    descendants recorded earlier (pid -> start time, so a reused pid is never taken for one)."""
     pids = tagged_pids(tag)
     if pgid is not None:
         pids |= group_pids(pgid)
+    for pid, started in (known or {}).items():
+        if start_time(pid) == started and alive(pid):
+            pids.add(pid)
     pids.discard(os.getpid())
     return pids
 
@@ -92,35 +114,45 @@ def signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def end_tree(tag: str, pgid: int | None, grace_s: float, kill_wait_s: float = 10.0) -> set[int]:
+def end_tree(
+    tag: str, pgid: int | None, grace_s: float, known: dict[int, int] | None = None, kill_wait_s: float = 10.0
+) -> set[int]:
     """TERM, wait up to grace_s, KILL, sweep until nothing is left; returns the survivors."""
-    pids = census(tag, pgid)
+    pids = census(tag, pgid, known)
     if not pids:
         return set()
     signal_all(pids, pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while (pids := census(tag, pgid)) and time.monotonic() < deadline:
+    while (pids := census(tag, pgid, known)) and time.monotonic() < deadline:
         time.sleep(POLL_S)
     deadline = time.monotonic() + kill_wait_s
     while pids and time.monotonic() < deadline:
         signal_all(pids, pgid, signal.SIGKILL)
         time.sleep(POLL_S)
-        pids = census(tag, pgid)
+        pids = census(tag, pgid, known)
     return pids
 
 
 def main(argv: list[str]) -> int:
-    """`watchdog.py TAG PGID GRACE_S`: wait for stdin to close; unless disarmed, end the tree."""
+    """`watchdog.py TAG PGID GRACE_S`: wait for stdin to close; unless disarmed, end the tree.
+
+    Lines "PID STARTTIME" on stdin add descendants mmdemo has seen to the processes to end.
+    """
     tag, pgid, grace_s = argv[0], int(argv[1]), float(argv[2])
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         # Only the pipe closing, or a disarm, ends the watch; a terminal's signals must not.
         signal.signal(sig, signal.SIG_IGN)
     received = b""
-    while chunk := os.read(sys.stdin.fileno(), 64):
+    while chunk := os.read(sys.stdin.fileno(), 4096):
         received += chunk
         if DISARM in received:
             return 0
-    survivors = end_tree(tag, pgid, grace_s)
+    known = {}
+    for line in received.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            known[int(parts[0])] = int(parts[1])
+    survivors = end_tree(tag, pgid, grace_s, known)
     return 1 if survivors else 0
 
 

@@ -20,7 +20,9 @@ FAKE = HERE / "fake_vllm.py"
 FAKE_PROFILE = HERE / "profiles" / "fake-omni.yaml"
 # Every process a test starts inherits this marker, so the census finds leftovers wherever they moved.
 TEST_MARK = "MMDEMO_TEST_SESSION"
-SESSION = uuid.uuid4().hex
+# pytest imports this file as `conftest` and the tests import it again as `tests.conftest`: keep the
+# session id in the environment so both copies agree on it.
+SESSION = os.environ.setdefault(TEST_MARK, uuid.uuid4().hex)
 
 
 def marked_pids(mark: str = SESSION) -> set[int]:

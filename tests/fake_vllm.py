@@ -17,6 +17,7 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   WORKERS=K          spawn VLLM::EngineCore + VLLM::Worker_TP{0..K-2} in the server's process group
   WORKER_IGNORE_SIGTERM=1, WORKER_GRACE=S (5)   on shutdown the server SIGKILLs workers after S
   ESCAPE=1           one more worker, VLLM::Escaped, in its own session, deaf to SIGTERM/SIGHUP
+  ESCAPE=untagged    the same, without MMDEMO_RUN_TAG in its environment (like a setproctitle'd worker)
   MODELS_DELAY=S     /v1/models lists no model for S after ready
   LATENCY=S, TOKEN_DELAY=S       before each reply (first chunk) / between streamed chunks
   REQUEST_FILE=path  written when a chat completion has been received (before LATENCY)
@@ -244,6 +245,7 @@ class FakeServer:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as asyncio does: no 40 ms delayed-ACK stall per kept-alive answer
     server_version = "uvicorn"
     sys_version = ""
     fake: FakeServer  # set on the subclass made in become_ready()
@@ -537,9 +539,14 @@ class Main:
             time.sleep(0.02)
         return True
 
-    def spawn(self, name: str) -> None:
+    def spawn(self, name: str, untagged: bool = False) -> None:
         argv = [name, str(Path(__file__).resolve()), "--worker", name]
-        self.workers.append(subprocess.Popen(argv, executable=sys.executable, stdin=subprocess.DEVNULL))
+        # untagged: the worker's environment lacks mmdemo's run tag, as /proc/PID/environ reads for a
+        # vLLM worker that renamed itself with setproctitle (which overwrites that memory).
+        child_env = {k: v for k, v in os.environ.items() if not (untagged and k == "MMDEMO_RUN_TAG")}
+        self.workers.append(
+            subprocess.Popen(argv, executable=sys.executable, stdin=subprocess.DEVNULL, env=child_env)
+        )
 
     def end_workers(self) -> None:
         """Terminate the workers (not the escaped one), then kill any that outlive the grace period."""
@@ -574,8 +581,8 @@ class Main:
         workers = int(env("WORKERS", "0"))
         for i in range(workers):
             self.spawn("VLLM::EngineCore" if i == 0 else f"VLLM::Worker_TP{i - 1}")
-        if env("ESCAPE") == "1":
-            self.spawn("VLLM::Escaped")
+        if env("ESCAPE") in ("1", "untagged"):
+            self.spawn("VLLM::Escaped", untagged=env("ESCAPE") == "untagged")
         if env("MARKER_FILE"):
             write_atomic(env("MARKER_FILE"), str(os.getpid()))
 
@@ -610,6 +617,7 @@ class Main:
         handler = type("BoundHandler", (Handler,), {"fake": self.fake})
         ThreadingHTTPServer.allow_reuse_address = True  # like uvicorn (SO_REUSEADDR, not SO_REUSEPORT)
         ThreadingHTTPServer.daemon_threads = True
+        ThreadingHTTPServer.request_queue_size = 2048  # uvicorn's backlog; socketserver's 5 drops SYNs
         family = socket.AF_INET6 if ":" in opts["host"] else socket.AF_INET
         ThreadingHTTPServer.address_family = family
         try:

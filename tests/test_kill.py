@@ -55,3 +55,13 @@ def test_nothing_survives(
         report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
         assert report["status"] == "interrupted"
         assert report["teardown"]["remaining"] == 0
+
+
+def test_the_census_sees_what_tests_start() -> None:
+    # Guards the guard: a census that finds nothing would make every check above vacuous.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        wait_for(lambda: proc.pid in marked_pids(), what="the child to carry the test mark")
+    finally:
+        proc.kill()
+        proc.wait()

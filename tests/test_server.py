@@ -174,3 +174,23 @@ def test_port_is_free_after_teardown(tmp_path: Path) -> None:
         server.wait_ready(10)
         assert not port_is_free("127.0.0.1", server.port)
     assert port_is_free("127.0.0.1", server.port)
+
+
+def test_escaped_worker_without_the_tag_is_found_as_a_recorded_descendant(tmp_path: Path) -> None:
+    # vLLM's renamed workers show no environment in /proc; only the record of descendants finds one
+    # that also left the session.
+    server = server_for(tmp_path, grace_s=1.0, escape="untagged")
+    with server:
+        server.wait_ready(10)
+        escaped = wait_for(
+            lambda: (
+                {p for p in server.census() if not watchdog.tagged_pids(server.tag) & {p}}
+                - watchdog.group_pids(server.pid or 0)
+            ),
+            what="an untagged worker to leave the session",
+        )
+        assert isinstance(escaped, set)
+        assert len(escaped) == 1
+    teardown = server.stop()
+    assert teardown.remaining == 0
+    assert not any(watchdog.alive(pid) for pid in escaped)

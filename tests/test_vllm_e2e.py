@@ -7,6 +7,7 @@ nothing left running afterwards. Under CI=true a missing backend is a failure, n
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -23,20 +24,33 @@ pytestmark = pytest.mark.vllm
 VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 
-def vllm_processes() -> list[str]:
-    """Processes named like vLLM's (API server workers rename themselves VLLM::...)."""
+def session_processes(session: int) -> list[str]:
+    """Live processes in the server's session (vLLM's renamed workers show no environment in /proc)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
         try:
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if comm.startswith("VLLM::") and state not in (b"Z", b"X"):
-            found.append(f"{entry} {comm}")
+        if fields[0] not in (b"Z", b"X") and session in (int(fields[2]), int(fields[3])):
+            found.append(f"{pid} {comm}")
     return found
+
+
+def api_server_pid() -> int | None:
+    """The `vllm serve` process this test session started (its environment still carries the mark)."""
+    for pid in marked_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # `python .../bin/vllm serve ...` (the script runs through its shebang)
+        if any(a.endswith(b"vllm") and b == b"serve" for a, b in itertools.pairwise(cmdline)):
+            return pid
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +106,7 @@ def test_all_six_chat_types_on_a_real_server(
     assert report["teardown"]["remaining"] == 0
     assert report["teardown"]["port_free"] is True
     assert report["asset_server_requests"] >= 4  # vLLM fetched the URL variants from our loopback origin
-    assert vllm_processes() == []
+    assert session_processes(report["server"]["pid"]) == []
     assert marked_pids() == set()
 
 
@@ -125,7 +139,7 @@ def test_the_real_servers_400_is_the_demos_failure_and_caches_are_reused(
     assert report["teardown"]["remaining"] == 0
     assert marker.stat().st_mtime_ns == model_mtime  # the model was not rebuilt
     assert {p: p.stat().st_mtime_ns for p in assets} == asset_mtimes  # nor any asset fetched again
-    assert vllm_processes() == []
+    assert session_processes(report["server"]["pid"]) == []
 
 
 def test_ctrl_c_while_the_real_server_starts_leaves_nothing(
@@ -137,7 +151,13 @@ def test_ctrl_c_while_the_real_server_starts_leaves_nothing(
         proc = subprocess.Popen(argv, env=mmdemo_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         # Wait until vLLM has an engine process (mid-startup, where vLLM ignores SIGTERM), then Ctrl-C.
-        wait_for(vllm_processes, timeout_s=120, what="vLLM's engine process to start")
+        server = wait_for(api_server_pid, timeout_s=60, what="vllm serve to start")
+        assert isinstance(server, int)
+        wait_for(
+            lambda: any("VLLM::" in p for p in session_processes(server)),
+            timeout_s=120,
+            what="vLLM's engine process to start",
+        )
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     finally:
@@ -149,4 +169,5 @@ def test_ctrl_c_while_the_real_server_starts_leaves_nothing(
     report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
     assert report["status"] == "interrupted"
     assert report["teardown"]["remaining"] == 0
-    wait_for(lambda: not vllm_processes() and not marked_pids(), timeout_s=10, what="nothing left")
+    assert report["server"]["pid"] == server
+    wait_for(lambda: not session_processes(server) and not marked_pids(), timeout_s=10, what="nothing left")

@@ -1,0 +1,144 @@
+"""Scenario 4, overhead: a whole `mmdemo run` minus the fake's own time for the same work; CLI start.
+
+The fake is instantly ready and answers at once, so what is left of a run is mmdemo itself:
+imports, preflight (`vllm --version` included), assets, the report and teardown. The fake's own
+time: launch it, wait for its READY_FILE, send the same 11 requests directly, SIGTERM, wait.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench import fake
+from bench.procs import spawned, timed_run
+from bench.result import Row, Scenario, Settings, median
+from orchestrator.assets import AssetServer, AssetStore
+from orchestrator.demos import Media, build_requests
+
+NAME = "4 overhead"
+RUN_TARGET_S = 0.5
+CLI_TARGET_S = 0.25
+
+
+def mmdemo_argv() -> list[str]:
+    """The installed `mmdemo` script next to this interpreter, else `python -m orchestrator`."""
+    script = Path(sys.executable).parent / "mmdemo"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
+
+
+def clean_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_VLLM_")}
+    return {**env, "MMDEMO_CACHE_DIR": str(settings.cache), "PYTHONUNBUFFERED": "1"}
+
+
+def mmdemo_run(settings: Settings, vllm: Path) -> float:
+    argv = [*mmdemo_argv(), "run", str(fake.PROFILE), "--vllm-bin", str(vllm), "--offline"]
+    argv += ["--runs-dir", str(settings.work / "runs"), "--gpu", "cpu"]
+    wall, code, out = timed_run(argv, clean_env(settings), cwd=fake.REPO)
+    if code != 0:
+        raise RuntimeError(f"mmdemo run against the fake failed (exit {code}): {out[-2000:]}")
+    return wall
+
+
+def own_time(settings: Settings, bodies: list[bytes], media_dir: Path) -> float:
+    """The fake alone: launch, READY_FILE, the same requests one by one on one connection, SIGTERM, exit."""
+    ready = settings.work / f"ready-{uuid.uuid4().hex}"
+    plan = fake.plan(settings.work, media_dir, ready_file=str(ready))
+    t0 = time.monotonic()
+    with spawned(plan.argv, {**clean_env(settings), **plan.env}) as proc:
+        fake.wait_for_file(ready)
+        conn = http.client.HTTPConnection(plan.host, plan.port, timeout=30)
+        try:
+            for body in bodies:
+                conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"the fake answered {answer.status} to a demo request")
+        finally:
+            conn.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20.0)
+        return time.monotonic() - t0
+
+
+def cli_start(n: int) -> dict[str, list[float]]:
+    """Wall times of `mmdemo --help`, `mmdemo plan ...` and `python -c pass`, interleaved."""
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "mmdemo --help": [*mmdemo_argv(), "--help"],
+        "mmdemo plan phi-3.5-vision --gpu H100": [*mmdemo_argv(), "plan", "phi-3.5-vision", "--gpu", "H100"],
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(n):
+        for name, argv in commands.items():
+            wall, code, out = timed_run(argv, cwd=fake.REPO)
+            if code != 0:
+                raise RuntimeError(f"`{name}` failed (exit {code}): {out[-500:]}")
+            samples[name].append(wall)
+    return samples
+
+
+def slowest_imports(top: int = 8) -> list[tuple[str, float]]:
+    """The modules with the largest cumulative import time in `mmdemo plan` (python -X importtime)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "orchestrator", "plan", "phi-3.5-vision"]
+    _, _, out = timed_run([*argv, "--gpu", "H100"], cwd=fake.REPO)
+    found = []
+    for line in out.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|(\s*)(\S+)", line)
+        if match:
+            found.append((match.group(3), int(match.group(1)) / 1e6))
+    return sorted(found, key=lambda item: -item[1])[:top]
+
+
+def run(settings: Settings) -> Scenario:
+    n = settings.count(5)
+    vllm = fake.launcher(settings.work)
+    store = AssetStore(settings.assets, offline=True)
+    runs: list[float] = []
+    own: list[float] = []
+    with AssetServer(store.root) as origin:
+        requests = build_requests(fake.demos(), Media(store=store, url=origin.url_for))
+        bodies = [
+            json.dumps({"model": "fake-omni", "messages": r.messages, "max_completion_tokens": 128}).encode()
+            for r in requests
+        ]
+        for _ in range(n):
+            runs.append(mmdemo_run(settings, vllm))
+            own.append(own_time(settings, bodies, store.root.resolve()))
+    cli = cli_start(max(n, 5))
+    python = median(cli["python -c pass"])
+    rows = [
+        Row(
+            NAME,
+            "whole `mmdemo run` vs the fake's own time",
+            median(runs),
+            median(own),
+            target=f"delta <= {RUN_TARGET_S:g} s",
+            met=median(runs) - median(own) <= RUN_TARGET_S,
+            note=f"zero-latency fake, {len(requests)} requests, {n} runs",
+        )
+    ]
+    for name in list(cli)[1:]:
+        value = median(cli[name])
+        rows.append(
+            Row(
+                NAME,
+                f"CLI start: `{name}` vs `python -c pass`",
+                value,
+                python,
+                target=f"delta <= {CLI_TARGET_S:g} s",
+                met=value - python <= CLI_TARGET_S,
+            )
+        )
+    imports = slowest_imports()
+    raw = {"mmdemo_run_s": runs, "fake_own_s": own, "cli_start_s": cli, "slowest_imports_s": imports}
+    return Scenario(NAME, rows, raw)
