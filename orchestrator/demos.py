@@ -330,8 +330,14 @@ def list_models(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> 
         with requests.get(url, headers=headers, timeout=timeout_s) as response:
             response.raise_for_status()
             data = response.json()
-    except requests.RequestException as exc:
-        raise ServerError(f"GET {url} failed: {exc}") from None
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        hint = "pass --api-key (or VLLM_API_KEY)" if status == 401 else None
+        raise ServerError(f"GET {url} answered HTTP {status}", hint=hint) from None
+    except requests.ConnectionError:
+        raise ServerError(f"cannot connect to {url}", hint="is the server running at that address?") from None
+    except (requests.RequestException, ValueError) as exc:
+        raise ServerError(f"GET {url} failed: {type(exc).__name__}") from None
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ServerError(f"GET {url} answered without a model list")

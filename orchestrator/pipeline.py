@@ -361,12 +361,12 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
     profile = load_profile(opts.profile, opts.profiles_dir) if opts.profile else None
     demos = select_demos(profile, opts.only) if profile else tuple(Demo(chat_type=c) for c in chat_types)
     name = profile.name if profile else "attached"
-    run_dir = make_run_dir(opts.runs_dir, name)
     key = opts.api_key or os.environ.get("VLLM_API_KEY") or "EMPTY"
     redact = Redactor([key] if key != "EMPTY" else [])
     models_served = demos_mod.list_models(base_url, key)
     if not models_served:
         raise UsageError(f"{base_url}/models lists no model")
+    run_dir = make_run_dir(opts.runs_dir, name)  # only once there is something to report
     model = profile.served_model_name or profile.model if profile else models_served[0]
     if model not in models_served:
         model = models_served[0]
