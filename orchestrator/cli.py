@@ -280,6 +280,18 @@ class TerminalEvents:
         self._stop_status()
         self.console.print(f"[green]ready[/]    in {ready.elapsed_s:.1f} s at {server.base_url}")
 
+    def download(self, key: str, done: int, total: int | None) -> None:
+        size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MB"
+        if self.tty:
+            text = f"downloading {key}: {size}"
+            if self._status is None:
+                self._status = self.console.status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+        elif total and done >= total:
+            self.console.print(f"downloaded {key}: {size}", markup=False)
+
     def demo_done(self, result: Any) -> None:
         mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
         detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")

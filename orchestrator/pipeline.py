@@ -64,6 +64,7 @@ class Events(Protocol):
     def log_line(self, line: str) -> None: ...
     def demo_done(self, result: Any) -> None: ...
     def ready(self, server: Server, ready: Ready) -> None: ...
+    def download(self, key: str, done: int, total: int | None) -> None: ...
 
 
 class QuietEvents:
@@ -82,6 +83,9 @@ class QuietEvents:
         pass
 
     def ready(self, server: Server, ready: Ready) -> None:
+        pass
+
+    def download(self, key: str, done: int, total: int | None) -> None:
         pass
 
 
@@ -255,7 +259,9 @@ def run(
             preflight.check_gpus(resolved, gpus)
             # assets (not for `serve`: it runs no demos)
             serving = serve_forever is not None
-            store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
+            store = assets_mod.AssetStore(
+                opts.cache_dir or _assets_root(), offline=opts.offline, on_progress=ev.download
+            )
             origin = assets_mod.AssetServer(store.root)
             with contextlib.nullcontext() if serving else origin:
                 requests = []
@@ -389,7 +395,9 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
         "started_at": _now(),
         "finished_at": None,
     }
-    store = assets_mod.AssetStore(opts.cache_dir or _assets_root(), offline=opts.offline)
+    store = assets_mod.AssetStore(
+        opts.cache_dir or _assets_root(), offline=opts.offline, on_progress=ev.download
+    )
     with assets_mod.AssetServer(store.root) as origin:
         media = demos_mod.Media(store=store, url=origin.url_for)
         requests = demos_mod.build_requests(demos, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS)

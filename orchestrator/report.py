@@ -49,6 +49,63 @@ DEMO_KEYS = (
 )
 
 
+# The schema of report.json, version 1: key -> the JSON types its value may have.
+SCHEMA: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "mmdemo_version": (str,),
+    "status": (str,),
+    "profile": (str,),
+    "variant": (str,),
+    "model": (str,),
+    "served_model_name": (str,),
+    "vllm": (dict, type(None)),
+    "machine": (dict,),
+    "server": (dict,),
+    "demos": (list,),
+    "summary": (dict,),
+    "teardown": (dict, type(None)),
+    "error": (dict, type(None)),
+    "notes": (list,),
+    "started_at": (str,),
+    "finished_at": (str, type(None)),
+}
+DEMO_SCHEMA: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "chat_type": (str,),
+    "variant": (str,),
+    "status": (str,),
+    "http_status": (int, type(None)),
+    "latency_s": (float, int),
+    "ttft_s": (float, int, type(None)),
+    "prompt_tokens": (int, type(None)),
+    "completion_tokens": (int, type(None)),
+    "tokens_per_s": (float, int, type(None)),
+    "answer": (str,),
+    "error": (str, type(None)),
+    "assets": (list,),
+}
+STATUSES = ("passed", "failed", "error", "interrupted")
+
+
+def validate(report: Mapping[str, Any]) -> list[str]:
+    """Every way `report` departs from the schema, as one line each ([] when it conforms)."""
+    problems = [f"{key}: missing" for key in SCHEMA if key not in report]
+    problems += [
+        f"{key}: {type(report[key]).__name__} is not {' or '.join(t.__name__ for t in types)}"
+        for key, types in SCHEMA.items()
+        if key in report and not isinstance(report[key], types)
+    ]
+    if report.get("status") not in STATUSES:
+        problems.append(f"status: {report.get('status')!r} is not one of {', '.join(STATUSES)}")
+    for index, demo in enumerate(report.get("demos") or []):
+        for key, types in DEMO_SCHEMA.items():
+            if key not in demo:
+                problems.append(f"demos.{index}.{key}: missing")
+            elif not isinstance(demo[key], types) or isinstance(demo[key], bool):
+                problems.append(f"demos.{index}.{key}: {type(demo[key]).__name__} is not allowed")
+    return problems
+
+
 def summarize(demos: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts and the wall time of the demo phase."""
     passed = sum(1 for d in demos if d["status"] == "passed")
@@ -193,6 +250,8 @@ def load(run: str | Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a readable mmdemo report ({exc})") from None
     if data.get("schema_version") != SCHEMA_VERSION:
         raise UsageError(f"{path}: report schema {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if problems := validate(data):
+        raise UsageError(f"{path}: not a valid mmdemo report: {problems[0]}")
     return data
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report import DEMO_KEYS, REQUIRED_KEYS
+from orchestrator.report import DEMO_KEYS, REQUIRED_KEYS, validate
 from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
 
 
@@ -32,6 +32,7 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
     assert code == 0, out
     assert "PASSED 11/11 demos" in out
     assert set(REQUIRED_KEYS) <= set(report)
+    assert validate(report) == []
     assert report["status"] == "passed"
     names = [d["name"] for d in report["demos"]]
     assert names == [
@@ -168,6 +169,7 @@ def test_server_failures_exit_3_with_evidence(
     assert "last " in out  # the log tail is shown
     assert "| " in out
     assert report["status"] == "error"
+    assert validate(report) == []
     assert report["error"]["log_tail"]
     assert report["error"]["diagnosis"] == diagnosis
     if diagnosis:
@@ -267,3 +269,12 @@ def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> 
     assert done.returncode == 1  # a status changed
     assert "text-only/text" in done.stdout
     assert "failed" in done.stdout
+
+
+def test_the_schema_check_catches_a_broken_report() -> None:
+    broken = {"schema_version": 1, "status": "maybe", "demos": [{"name": "x", "latency_s": "fast"}]}
+    problems = validate(broken)
+    assert "profile: missing" in problems
+    assert "status: 'maybe' is not one of passed, failed, error, interrupted" in problems
+    assert "demos.0.latency_s: str is not allowed" in problems
+    assert "demos.0.answer: missing" in problems
