@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from orchestrator.watchdog import pids_with_env
+
 MARK = "MMDEMO_BENCH_SESSION"
 
 
@@ -35,19 +37,7 @@ def marked() -> Iterator[str]:
 
 def marked_pids(session: str) -> set[int]:
     """Live processes (not zombies) whose environment carries MARK=session."""
-    needle = f"{MARK}={session}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and state not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+    return pids_with_env(MARK, session)
 
 
 def sweep(session: str, wait_s: float = 5.0) -> list[str]:

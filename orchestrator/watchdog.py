@@ -67,7 +67,12 @@ def tagged_pids(tag: str) -> set[int]:
     overwrites the memory /proc/PID/environ shows, so the tag finds only the others; the session
     and the supervisor's record of descendants cover those.
     """
-    needle = f"{TAG_VAR}={tag}".encode()
+    return pids_with_env(TAG_VAR, tag)
+
+
+def pids_with_env(name: str, value: str) -> set[int]:
+    """Live processes (not this one) whose environment at exec held name=value."""
+    needle = f"{name}={value}".encode()
     me = os.getpid()
     found = set()
     for pid in _pids():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.watchdog import pids_with_env
+
 HERE = Path(__file__).parent
 REPO = HERE.parent
 FAKE = HERE / "fake_vllm.py"
@@ -27,19 +29,7 @@ SESSION = os.environ.setdefault(TEST_MARK, uuid.uuid4().hex)
 
 def marked_pids(mark: str = SESSION) -> set[int]:
     """Live processes (not zombies) whose environment carries this test session's mark."""
-    needle = f"{TEST_MARK}={mark}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and state not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+    return pids_with_env(TEST_MARK, mark)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> object:

@@ -9,11 +9,21 @@ import sys
 from orchestrator import watchdog
 from tests.conftest import wait_for
 
-SLEEPER = [
-    sys.executable,
-    "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
-]
+SLEEPER = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+    "time.sleep(600)"
+)
+
+
+def sleeper(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A process in its own session that ignores SIGTERM, returned once it does (not before)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLEEPER], start_new_session=True, stdout=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.stdout.close()
+    return proc
 
 
 def start_watchdog(tag: str, pgid: int) -> subprocess.Popen[bytes]:
@@ -26,9 +36,9 @@ def start_watchdog(tag: str, pgid: int) -> subprocess.Popen[bytes]:
 
 def test_pipe_closing_ends_group_tagged_and_reported_processes() -> None:
     tag = os.urandom(6).hex()
-    group_leader = subprocess.Popen(SLEEPER, start_new_session=True)
-    tagged = subprocess.Popen(SLEEPER, start_new_session=True, env={**os.environ, watchdog.TAG_VAR: tag})
-    reported = subprocess.Popen(SLEEPER, start_new_session=True)  # no tag, its own session: only reported
+    group_leader = sleeper()
+    tagged = sleeper(env={**os.environ, watchdog.TAG_VAR: tag})
+    reported = sleeper()  # no tag, its own session: only reported
     dog = start_watchdog(tag, group_leader.pid)
     try:
         started = wait_for(lambda: watchdog.start_time(reported.pid), what="the process to show in /proc")
@@ -47,7 +57,7 @@ def test_pipe_closing_ends_group_tagged_and_reported_processes() -> None:
 
 def test_disarm_leaves_everything_alone() -> None:
     tag = os.urandom(6).hex()
-    leader = subprocess.Popen(SLEEPER, start_new_session=True)
+    leader = sleeper()
     dog = start_watchdog(tag, leader.pid)
     try:
         assert dog.stdin is not None
@@ -61,7 +71,7 @@ def test_disarm_leaves_everything_alone() -> None:
 
 
 def test_a_reused_pid_is_never_taken_for_a_reported_one() -> None:
-    proc = subprocess.Popen(SLEEPER, start_new_session=True)
+    proc = sleeper()
     try:
         started = wait_for(lambda: watchdog.start_time(proc.pid), what="start time")
         assert isinstance(started, int)
