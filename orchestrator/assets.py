@@ -141,6 +141,14 @@ class AssetStore:
 
     def get(self, key: str) -> Asset:
         """The registry asset `key`: from the cache, a download, or a synthetic stand-in."""
+        try:
+            return self._get(key)
+        except OSError as exc:  # the cache itself: not a directory, not writable, disk full
+            raise AssetError(
+                f"asset {key!r}: cannot use the cache {self.root}: {exc.strerror or exc}"
+            ) from None
+
+    def _get(self, key: str) -> Asset:
         if key in self._memo:
             return self._memo[key]
         spec = REGISTRY.get(key)
@@ -164,6 +172,12 @@ class AssetStore:
 
     def custom(self, path_or_url: str) -> Asset:
         """Profile-supplied media: a local file (copied into the cache) or an http(s) URL (downloaded)."""
+        try:
+            return self._custom(path_or_url)
+        except OSError as exc:
+            raise AssetError(f"profile media {path_or_url!r}: {exc.strerror or exc}") from None
+
+    def _custom(self, path_or_url: str) -> Asset:
         if path_or_url.startswith(("http://", "https://")):
             return self._custom_url(path_or_url)
         local = path_or_url

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import Interrupted, MMDemoError, ServerError, UsageError
+from orchestrator.errors import InternalError, Interrupted, MMDemoError, ServerError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -26,6 +26,7 @@ EXIT_CODES = """exit codes:
   1    a demo failed
   2    bad usage or a bad profile
   3    the server failed to start, died, or a preflight check refused to launch
+  4    mmdemo itself failed unexpectedly (a bug; -vv shows the traceback)
   130  interrupted (Ctrl-C, SIGTERM, SIGHUP)"""
 
 
@@ -51,6 +52,37 @@ def _chat_types(value: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535; 0 picks a free one)")
+    return port
+
+
+def _number(kind: type[float] | type[int], minimum: float, strict: bool) -> Any:
+    """An argparse type for numbers > minimum (strict) or >= minimum."""
+
+    def parse(value: str) -> float | int:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if number < minimum or (strict and number == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return number
+
+    return parse
+
+
+_SECONDS = _number(float, 0, strict=True)
+_GRACE = _number(float, 0, strict=False)
+_COUNT = _number(int, 1, strict=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(
@@ -67,23 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
         p.add_argument("--gpu", default="auto", help="variant to use: auto (detect), a GPU class, or cpu")
         p.add_argument("--host", default="127.0.0.1", help="address the server binds (default 127.0.0.1)")
-        p.add_argument("--port", type=int, help="server port (default: a free one)")
+        p.add_argument("--port", type=_port, help="server port (default or 0: a free one)")
         p.add_argument(
             "--vllm-bin",
             default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"),
             help="the vLLM command (default: $MMDEMO_VLLM_BIN or `vllm` on PATH)",
         )
-        p.add_argument("--timeout", type=float, help="seconds to wait for readiness (default: the variant's)")
-        p.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+        p.add_argument(
+            "--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)"
+        )
+        p.add_argument("--grace", type=_GRACE, default=15.0, help="seconds between SIGTERM and SIGKILL")
         p.add_argument("--follow-logs", action="store_true", help="stream the server log while waiting")
         p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go")
 
     def demo_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--only", type=_chat_types, default=(), help="chat types to run, comma-separated")
-        p.add_argument("--concurrency", type=int, help="at most N requests at once (default: all)")
+        p.add_argument("--concurrency", type=_COUNT, help="at most N requests at once (default: all)")
         p.add_argument("--sequential", action="store_true", help="one request at a time, like the example")
-        p.add_argument("--max-completion-tokens", type=int, help="per request (default: profile, or 128)")
-        p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per demo request")
+        p.add_argument(
+            "--max-completion-tokens", type=_COUNT, help="per request (default: the profile's, else 128)"
+        )
+        p.add_argument("--request-timeout", type=_SECONDS, default=120.0, help="seconds per demo request")
         p.add_argument("--offline", action="store_true", help="never download media; use synthetic assets")
 
     sub.add_parser("list", help="profiles with model, chat types, variants, minimum memory")
@@ -91,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile")
     p.add_argument("--gpu", default="auto")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"))
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
     p.add_argument("paths", nargs="*")
@@ -152,11 +188,16 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         _console(stderr=True).print("[red]interrupted[/]")
         return 130
+    except Exception as exc:  # a bug; say so in one line (the traceback with -vv)
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        internal = InternalError(exc)
+        _show_error(internal)
+        return internal.exit_code
 
 
 def _show_error(exc: MMDemoError) -> None:
     err = _console(stderr=True)
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {_esc(exc)}", markup=True, highlight=False)
     if isinstance(exc, ServerError):
         if exc.argv:
             err.print(f"  command: {shlex.join(exc.argv)}", markup=False)
@@ -167,7 +208,7 @@ def _show_error(exc: MMDemoError) -> None:
             for line in exc.log_tail:
                 err.print(f"  | {line}", markup=False)
     if exc.hint:
-        err.print(f"[yellow]hint:[/] {exc.hint}")
+        err.print(f"[yellow]hint:[/] {_esc(exc.hint)}")
 
 
 # -- commands without a server ------------------------------------------------------------------
@@ -184,13 +225,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             p = parse_profile_file(path)
         except MMDemoError as exc:
-            table.add_row(path.stem, f"[red]{exc}[/]", "", "", "")
+            table.add_row(_esc(path.stem), f"[red]{_esc(exc)}[/]", "", "", "")
             bad += 1
             continue
         need = p.min_gpu_memory_gib()
         table.add_row(
-            p.name,
-            p.model,
+            _esc(p.name),
+            _esc(p.model),
             ", ".join(c.value for c in p.chat_types),
             ", ".join(p.variants),
             f"{need:g} GiB" if need is not None else "CPU",
@@ -265,9 +306,9 @@ class TerminalEvents:
     def stage(self, name: str, detail: str = "") -> None:
         self._stop_status()
         if name == "launch":
-            self.console.print(f"[bold]launch[/]  {detail}", markup=True, highlight=False)
+            self.console.print(f"[bold]launch[/]  {_esc(detail)}", markup=True, highlight=False)
             return
-        self.console.print(f"[bold]{name:<8}[/] {detail}", highlight=False)
+        self.console.print(f"[bold]{name:<8}[/] {_esc(detail)}", highlight=False)
 
     def waiting(self, elapsed_s: float, phase: str) -> None:
         text = f"waiting for vLLM: {elapsed_s:5.1f} s, {phase}"
@@ -283,14 +324,14 @@ class TerminalEvents:
 
     def log_line(self, line: str) -> None:
         if self.follow_logs:
-            self.console.print(f"[dim]  | {line}[/]", markup=True, highlight=False) if self.tty else print(
-                f"  | {line}", flush=True
-            )
+            self.console.print(
+                f"[dim]  | {_esc(line)}[/]", markup=True, highlight=False
+            ) if self.tty else print(f"  | {line}", flush=True)
 
     def ready(self, server: Server, ready: Ready) -> None:
         gc.enable()  # the imports are done; a long run or `serve` should collect as usual
         self._stop_status()
-        self.console.print(f"[green]ready[/]    in {ready.elapsed_s:.1f} s at {server.base_url}")
+        self.console.print(f"[green]ready[/]    in {ready.elapsed_s:.1f} s at {_esc(server.base_url)}")
 
     def download(self, key: str, done: int, total: int | None) -> None:
         size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MB"
@@ -307,7 +348,7 @@ class TerminalEvents:
     def demo_done(self, result: Any) -> None:
         mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
         detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")
-        self.console.print(f"  {mark} {result.name:<26} {detail}", highlight=False)
+        self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(detail)}", highlight=False)
 
     def _stop_status(self) -> None:
         if self._status is not None:
@@ -362,12 +403,12 @@ def _finish(console: Console, outcome: Outcome) -> int:
             ok = d["status"] == "passed"
             text = " ".join(str(d["answer"] if ok else d["error"]).split())
             table.add_row(
-                d["name"],
+                _esc(d["name"]),
                 "[green]passed[/]" if ok else "[red]failed[/]",
                 f"{d['latency_s']:.2f} s" if d["latency_s"] is not None else "–",
                 f"{d['ttft_s']:.2f} s" if d["ttft_s"] is not None else "–",
                 f"{_n(d['prompt_tokens'])}/{_n(d['completion_tokens'])}",
-                text[:70] + ("…" if len(text) > 70 else ""),
+                _esc(text[:70] + ("…" if len(text) > 70 else "")),
             )
         console.print(table)
     teardown = rep.get("teardown")
@@ -378,15 +419,22 @@ def _finish(console: Console, outcome: Outcome) -> int:
             highlight=False,
         )
     for note in rep.get("notes") or []:
-        console.print(f"[dim]note: {note}[/]")
+        console.print(f"[dim]note: {_esc(note)}[/]")
     if outcome.error is not None:
         _show_error(outcome.error)
     summary = rep["summary"]
     verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{rep['status'].upper()}[/]"
     console.print(
-        f"{verdict} {summary.get('passed', 0)}/{summary.get('total', 0)} demos; report: {outcome.run_dir}"
+        f"{verdict} {summary.get('passed', 0)}/{summary.get('total', 0)} demos; report: {_esc(outcome.run_dir)}"
     )
     return outcome.exit_code
+
+
+def _esc(value: object) -> str:
+    """Text from outside (server messages, paths, log lines) shown literally, never as rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def _n(value: object) -> str:
@@ -454,7 +502,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     a, b = report.load(args.run_a), report.load(args.run_b)
     if a["profile"] != b["profile"]:
-        _console(stderr=True).print(f"note: comparing different profiles ({a['profile']} vs {b['profile']})")
+        _console(stderr=True).print(
+            f"note: comparing different profiles ({a['profile']} vs {b['profile']})", markup=False
+        )
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0
     for row in report.diff(a, b):
@@ -462,7 +512,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         changed += moved
         ratio = row["latency_ratio"]
         table.add_row(
-            row["name"],
+            _esc(row["name"]),
             row["status_a"],
             f"[bold]{row['status_b']}[/]" if moved else row["status_b"],
             "changed" if row["answer_changed"] else "same",

@@ -191,10 +191,12 @@ def run_demos(
     with OpenAI(
         base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, http_client=http_client
     ) as client:
+        cancelled = threading.Event()
 
         def one(request: DemoRequest) -> DemoResult:
             result = _run_one(client, request, model=model, base_url=base_url, timeout_s=timeout_s)
-            if on_result is not None:
+            # Once the run is interrupted, failures of requests still in flight are ours, not news.
+            if on_result is not None and not cancelled.is_set():
                 with report_lock:
                     on_result(result)
             return result
@@ -205,6 +207,7 @@ def run_demos(
             results = [f.result() for f in futures]
         except BaseException:
             # Interrupted: do not wait for requests in flight; tearing the server down ends them.
+            cancelled.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

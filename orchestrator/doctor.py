@@ -8,7 +8,8 @@ import shutil
 from typing import TYPE_CHECKING
 
 from orchestrator import preflight
-from orchestrator.errors import MMDemoError, PreflightError
+from orchestrator.command import expand_env
+from orchestrator.errors import MMDemoError
 from orchestrator.gpu import detect
 from orchestrator.paths import cache_dir, packaged_profiles_dir
 from orchestrator.profile import iter_profile_files, parse_profile_file
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 def doctor(args: argparse.Namespace, console: Console) -> int:
     """Print vLLM, GPUs, token, caches and the verdict for each profile; exit 0."""
+    from rich.markup import escape
     from rich.table import Table
 
     vllm_bin = os.environ.get("MMDEMO_VLLM_BIN", "vllm")
@@ -27,7 +29,7 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
         vllm_line = f"{info.version} ({info.path})"
     except MMDemoError as exc:
         info = None
-        vllm_line = f"[red]not usable[/]: {exc}"
+        vllm_line = f"[red]not usable[/]: {escape(str(exc))}"
     gpus = detect()
     console.print(f"vLLM:        {vllm_line}")
     if gpus:
@@ -59,10 +61,10 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
             if info:
                 preflight.check_version(info, resolved)
             preflight.check_gpus(resolved, gpus)
-            if resolved.requires.hf_token and not preflight.hf_token_present(os.environ):
-                raise PreflightError("needs HF_TOKEN")
+            env = preflight.user_env(os.environ)
+            preflight.check_env(resolved, expand_env(resolved.env, env)[2], env)
             table.add_row(profile.name, variant, "[green]can run[/]" if info else "[yellow]needs vLLM[/]")
         except MMDemoError as exc:
-            table.add_row(path.stem, "–", f"[red]{exc}[/]")
+            table.add_row(escape(path.stem), "–", f"[red]{escape(str(exc))}[/]")
     console.print(table)
     return 0

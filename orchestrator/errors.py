@@ -96,6 +96,16 @@ class Interrupted(MMDemoError):
         self.signame = signame
 
 
+class InternalError(MMDemoError):
+    """mmdemo itself failed unexpectedly: a bug. The server is torn down and the report written all the same."""
+
+    exit_code = 4
+    hint = "this is a bug in mmdemo: run again with -vv and report the traceback"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"unexpected {type(exc).__name__}: {exc}")
+
+
 def describe_returncode(returncode: int) -> str:
     """Say how a process ended, naming the signal for negative codes."""
     if returncode < 0:

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight, report
-from orchestrator.command import Redactor, build_plan
-from orchestrator.errors import DemoFailed, Interrupted, MMDemoError, ServerError, UsageError
+from orchestrator.command import Redactor, build_plan, expand_env
+from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError, UsageError
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, load_profile
 from orchestrator.server import DEFAULT_GRACE_S, Ready, Server, Teardown
 
@@ -121,7 +121,10 @@ class SignalGuard:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalGuard]:
-        watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        # A signal set to be ignored stays ignored: `nohup mmdemo run ...` must survive its SIGHUP.
+        watched = [
+            s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
+        ]
         try:
             previous = {sig: signal.signal(sig, self.handler) for sig in watched}
         except ValueError:  # not the main thread: leave signals to whoever owns them
@@ -156,6 +159,13 @@ def select_demos(
     return tuple(chosen)
 
 
+def with_max_tokens(demos: tuple[Demo, ...], opts: RunOptions) -> tuple[Demo, ...]:
+    """--max-completion-tokens wins over the profile's per-demo value."""
+    if opts.max_completion_tokens is None:
+        return demos
+    return tuple(d.model_copy(update={"max_completion_tokens": opts.max_completion_tokens}) for d in demos)
+
+
 def make_run_dir(runs_dir: Path, name: str) -> Path:
     """runs/<timestamp>-<name>, unique even for two runs in the same second."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -166,6 +176,10 @@ def make_run_dir(runs_dir: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create a run directory under {runs_dir}: {exc.strerror or exc}"
+            ) from None
     raise UsageError(f"cannot create a run directory under {runs_dir}")
 
 
@@ -208,15 +222,15 @@ def run(
     # load
     if opts.profile is None:
         raise UsageError("a profile is required")
+    profile = load_profile(opts.profile, opts.profiles_dir)
     # Reading vLLM's version takes a subprocess: start it now, collect it in preflight.
     version_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-version")
     version = version_pool.submit(preflight.vllm_version, opts.vllm_bin)
     version_pool.shutdown(wait=False)
-    profile = load_profile(opts.profile, opts.profiles_dir)
     gpus = [] if opts.gpu == gpu_mod.CPU else list(probe_gpus())  # --gpu cpu: no NVML to ask
     variant = preflight.choose_variant(profile, opts.gpu, gpus)
     resolved = profile.resolve(variant)
-    chosen = select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt)
+    chosen = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
     run_dir = make_run_dir(opts.runs_dir, profile.name)
     ev.stage("profile", f"{profile.name} ({profile.model}) on {variant}; run directory {run_dir}")
 
@@ -257,6 +271,8 @@ def run(
             preflight.find_vllm(opts.vllm_bin)  # at once; its version arrives after the assets
             port = preflight.choose_port(opts.host, opts.port)
             preflight.check_gpus(resolved, gpus)
+            user_env = preflight.user_env(os.environ)
+            preflight.check_env(resolved, expand_env(resolved.env, user_env)[2], user_env)
             # assets (not for `serve`: it runs no demos)
             serving = serve_forever is not None
             store = assets_mod.AssetStore(
@@ -284,9 +300,8 @@ def run(
                     host=opts.host,
                     port=port,
                     media_dir=None if serving else str(store.root.resolve()),
-                    user_env=os.environ,
+                    user_env=user_env,
                 )
-                preflight.check_env(resolved, plan.missing_env, os.environ)
                 # launch
                 server = Server(
                     plan,
@@ -342,6 +357,9 @@ def run(
                     server.redact_log()
     except MMDemoError as exc:
         error = exc
+    except Exception as exc:  # a bug: teardown has run (finally), and the report still gets written
+        log.debug("unexpected error", exc_info=True)
+        error = InternalError(exc)
     if guard.received and not isinstance(error, Interrupted):
         error = Interrupted(guard.received[0])
     rep["summary"] = report.summarize(rep["demos"])
@@ -366,6 +384,7 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
     base_url = base_url if base_url.endswith("/v1") else base_url + "/v1"
     profile = load_profile(opts.profile, opts.profiles_dir) if opts.profile else None
     demos = select_demos(profile, opts.only) if profile else tuple(Demo(chat_type=c) for c in chat_types)
+    demos = with_max_tokens(demos, opts)
     name = profile.name if profile else "attached"
     key = opts.api_key or os.environ.get("VLLM_API_KEY") or "EMPTY"
     redact = Redactor([key] if key != "EMPTY" else [])
@@ -398,15 +417,24 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
     store = assets_mod.AssetStore(
         opts.cache_dir or _assets_root(), offline=opts.offline, on_progress=ev.download
     )
+    local = _is_loopback(base_url)
     with assets_mod.AssetServer(store.root) as origin:
-        media = demos_mod.Media(store=store, url=origin.url_for)
+        # A server on this machine fetches URL media from our loopback origin; a remote one (another
+        # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
+        url = origin.url_for if local else (lambda a: a.source_url or origin.url_for(a))
+        media = demos_mod.Media(store=store, url=url)
         requests = demos_mod.build_requests(demos, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS)
-        # The file:// variant needs the server started with --allowed-local-media-path on our cache.
-        skipped = [r.name for r in requests if r.variant == "file"]
-        requests = [r for r in requests if r.variant != "file"]
+
+        def unreachable(request: Any) -> bool:
+            if request.variant == "file":  # needs --allowed-local-media-path on our cache
+                return True
+            return request.variant == "url" and not local and any(not a.source_url for a in request.assets)
+
+        skipped = [r.name for r in requests if unreachable(r)]
+        requests = [r for r in requests if not unreachable(r)]
         if skipped:
             rep["notes"].append(
-                f"Skipped {', '.join(skipped)}: an attached server cannot read mmdemo's files."
+                f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
             )
         ev.stage("demos", f"{len(requests)} requests to {base_url} ({model})")
         results = demos_mod.run_demos(
@@ -443,6 +471,19 @@ def _provenance_summary(requests: Sequence[Any]) -> str:
 def _import_openai() -> None:
     with contextlib.suppress(Exception):
         import openai  # noqa: F401
+
+
+def _is_loopback(base_url: str) -> bool:
+    import ipaddress
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _demo_record(result: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import logging
 import os
@@ -61,9 +62,12 @@ def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
     # The version is stdout's last line; stderr carries torch's and vLLM's warnings.
     lines = done.stdout.strip().splitlines()
     match = _VERSION_LINE.match(lines[-1].strip()) if lines else None
-    if done.returncode != 0 or match is None:
+    if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or lines or ["(no output)"])[-1]
         raise PreflightError(f"`{path} --version` failed (exit {done.returncode}): {last}")
+    if match is None:
+        shown = lines[-1][:60] if lines else "nothing"
+        raise PreflightError(f"`{path} --version` printed {shown!r}, not a version: is it vLLM?")
     return VllmInfo(path=path, version=match.group(0))
 
 
@@ -139,15 +143,33 @@ def port_owner(port: int) -> str | None:
 
 def choose_port(host: str, port: int | None) -> int:
     """The given port if nothing holds it (else refuse, naming the owner), or a free one."""
-    from orchestrator.server import connect_host, port_is_free
+    from orchestrator.server import connect_host
 
-    if port is None:
+    if not port:  # None or 0: pick one
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, 0))
+            except OSError as exc:
+                raise PreflightError(
+                    f"cannot bind a port on --host {host}: {exc.strerror or exc}",
+                    hint="--host must be an address of this machine (default 127.0.0.1)",
+                ) from None
             return int(sock.getsockname()[1])
-    answering = _answers(connect_host(host), port)
-    if answering or not port_is_free(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held = _answers(connect_host(host), port)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PreflightError(
+                    f"cannot bind {host}:{port}: {exc.strerror or exc}",
+                    hint="--host must be an address of this machine (default 127.0.0.1)",
+                ) from None
+            held = True
+    if held:
         owner = port_owner(port) or "another process"
         raise PreflightError(
             f"port {port} on {host} is already held by {owner}",
@@ -243,12 +265,28 @@ def check_gpus(resolved: ResolvedProfile, gpus: Sequence[Gpu]) -> None:
             )
 
 
+def hf_token(env: Mapping[str, str]) -> str | None:
+    """The Hugging Face token: from the environment, else from `huggingface-cli login`'s token file."""
+    if token := env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
+        return token
+    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    try:
+        return (home / "token").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def hf_token_present(env: Mapping[str, str]) -> bool:
     """A Hugging Face token in the environment or in the huggingface CLI's token file."""
-    if env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
-        return True
-    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    return (home / "token").is_file()
+    return hf_token(env) is not None
+
+
+def user_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment `${VAR}` references resolve against: HF_TOKEN filled from a CLI login."""
+    resolved = dict(env)
+    if not resolved.get("HF_TOKEN") and (token := hf_token(env)):
+        resolved["HF_TOKEN"] = token
+    return resolved
 
 
 def check_env(resolved: ResolvedProfile, missing: Sequence[str], env: Mapping[str, str]) -> None:

@@ -212,6 +212,10 @@ class Profile(_Frozen):
                         f"[demos.{index}] {demo.chat_type.value!r} sends {count} {modality}(s) per prompt "
                         f"but {where}.limit_mm_per_prompt allows {allowed}"
                     )
+        if not self.variants:
+            raise ValueError(
+                "[variants] none: name at least one target it runs on (e.g. H100: {} or cpu: {})"
+            )
         return self
 
     # -- derived views -------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def find_profile(name: str, profiles_dir: str | None = None) -> Path:
     if candidate.suffix in (".yaml", ".yml") or "/" in name:
         if candidate.is_file():
             return candidate
-        raise ProfileError(f"{name}: no such profile file")
+        raise ProfileError(f"{name}: {'a directory, not' if candidate.is_dir() else 'no such'} profile file")
     for directory in profile_search_path(profiles_dir):
         for suffix in (".yaml", ".yml"):
             path = directory / f"{name}{suffix}"
@@ -382,8 +386,10 @@ def _anchor_media(data: dict[str, Any], base: Path) -> None:
 
 def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> str:
     loc = tuple(error["loc"])
-    # pydantic appends union member names to the location; keep only real keys and indexes.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+    kind = error["type"]
+    if kind != "extra_forbidden":  # an unknown key's location is the key itself, whatever its name
+        # pydantic appends union member names to the location; keep only real keys and indexes.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
     message = str(error["msg"]).removeprefix("Value error, ")
     if not loc and (marked := _LOC_MARK.match(message)):
         # A whole-profile check names the key it is about as "[a.b] ..."
@@ -392,7 +398,6 @@ def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> 
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(root, loc)
     where = f"{origin}:{line}" if line else origin
-    kind = error["type"]
     if kind == "extra_forbidden":
         options = _fields_at(Profile, loc[:-1])
         return f"{where}: unknown key {key!r}{_did_you_mean(str(loc[-1]), options)}"

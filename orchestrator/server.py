@@ -126,7 +126,12 @@ def wait_until(
         sleep(poll_s)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # The parent blocks stop signals around the launch; the server must receive them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # PR_SET_PDEATHSIG: if mmdemo dies the API server gets SIGKILL; the watchdog sweeps its engine.
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
@@ -174,7 +179,8 @@ class Server:
     ) -> None:
         self.plan = plan
         self.log_path = log_path
-        self.api_key = api_key or secrets.token_urlsafe(24)
+        # hex, not urlsafe: a key starting with "-" could not be passed back as `--api-key KEY`
+        self.api_key = api_key or secrets.token_hex(20)
         self.tag = secrets.token_hex(8)
         self.grace_s = grace_s
         self.redact = Redactor([*plan.secrets, self.api_key])
@@ -222,6 +228,9 @@ class Server:
         with self.log_path.open("ab") as out:
             out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
             out.flush()
+            # A Ctrl-C between fork and `self._proc = ...` would lose the child: hold stop signals
+            # until the server is on record, then take them (the handler raises, teardown runs).
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 self._proc = subprocess.Popen(
                     self.plan.argv,
@@ -230,15 +239,17 @@ class Server:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                    preexec_fn=_child_setup if sys.platform == "linux" else None,  # noqa: PLW1509
                 )
+                self.started_at = self._clock()
+                _LIVE.add(self)
             except OSError as exc:
                 raise ServerError(
                     f"could not start {self.plan.argv[0]!r}: {exc.strerror or exc}",
                     argv=self.display_argv,
                 ) from None
-        self.started_at = self._clock()
-        _LIVE.add(self)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if self._use_watchdog:
             self._watchdog = subprocess.Popen(
                 # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.

@@ -111,7 +111,9 @@ def census(tag: str, pgid: int | None, known: dict[int, int] | None = None) -> s
 
 def signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
     """Send `sig` to the group and to each pid; processes already gone are fine."""
-    if pgid is not None:
+    pids = list(pids)
+    # Signal the group only while one of ours is in it: a group id can be reused once it is empty.
+    if pgid is not None and any((stat := _stat(pid)) is not None and stat[2] == pgid for pid in pids):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
     for pid in pids:

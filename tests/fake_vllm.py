@@ -23,6 +23,7 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   REQUEST_FILE=path  written when a chat completion has been received (before LATENCY)
   CHAT_STATUS=code, CHAT_MESSAGE=text   every chat completion fails so
   VERSION=x          reported version (0.32.0)
+  LOG_ENV=A,B        print those environment variables into its log (for redaction tests)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 SWITCHES = ("READY_AFTER", "NEVER_READY", "CRASH_AFTER", "EXIT_CODE", "CRASH_LOG", "ENGINE_DEATH_AFTER",
             "IGNORE_SIGTERM", "WORKERS", "WORKER_IGNORE_SIGTERM", "WORKER_GRACE", "ESCAPE", "MODELS_DELAY",
             "LATENCY", "TOKEN_DELAY", "CHAT_STATUS", "CHAT_MESSAGE", "MARKER_FILE", "PORT_FILE", "REQUEST_FILE",
-            "READY_FILE", "RECORD", "VERSION")  # fmt: skip
+            "READY_FILE", "RECORD", "VERSION", "LOG_ENV")  # fmt: skip
 MODALITIES = {"image_url": "image", "video_url": "video", "input_audio": "audio", "audio_url": "audio"}
 FETCH_TIMEOUT_ENV = {"image": "VLLM_IMAGE_FETCH_TIMEOUT", "video": "VLLM_VIDEO_FETCH_TIMEOUT",
                      "audio": "VLLM_AUDIO_FETCH_TIMEOUT"}  # fmt: skip
@@ -574,6 +575,8 @@ class Main:
         switches = {s: env(s) for s in SWITCHES if env(s)}
         log(f"fake vllm serve pid={os.getpid()} switches={json.dumps(switches)}", source="fake_vllm.py:1")
         log(f"vLLM API server version {self.fake.version}")
+        for name in filter(None, env("LOG_ENV").split(",")):  # a careless server that prints its secrets
+            log(f"env {name}={os.environ.get(name, '(unset)')}")
         args = {"model_tag": opts["model"], "port": opts["port"]}
         log(f"non-default args: {args}", source="utils.py:1")
         signal.signal(signal.SIGTERM, self.on_signal)

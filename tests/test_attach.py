@@ -13,7 +13,7 @@ def test_demo_against_a_running_server(tmp_path: Path, mmdemo_env: dict[str, str
     with server_for(tmp_path) as server:
         server.wait_ready(10)
         done = mmdemo(
-            "demo", "--base-url", f"http://127.0.0.1:{server.port}", "--api-key", server.api_key,
+            "demo", "--base-url", f"http://127.0.0.1:{server.port}", f"--api-key={server.api_key}",
             "-c", "text-only,single-image,multi-audio", "--offline", "--runs-dir", str(tmp_path / "runs"),
             env=mmdemo_env,
         )  # fmt: skip
@@ -51,7 +51,7 @@ def test_attach_with_a_wrong_key_fails_clearly(tmp_path: Path, mmdemo_env: dict[
             "demo", "--base-url", f"http://127.0.0.1:{server.port}", "--api-key", "wrong", "-c", "text-only",
             "--runs-dir", str(tmp_path / "runs"), env=mmdemo_env,
         )  # fmt: skip
-        assert done.returncode != 0
+        assert done.returncode == 3
         assert "401" in done.stderr
         assert len(done.stderr.strip().splitlines()) <= 3
 

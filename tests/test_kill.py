@@ -65,3 +65,21 @@ def test_the_census_sees_what_tests_start() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    # `nohup mmdemo run ...`: a SIGHUP when the terminal goes away must not end the run.
+    env = {**mmdemo_env, "FAKE_VLLM_LATENCY": "0.5", "FAKE_VLLM_REQUEST_FILE": str(tmp_path / "trigger")}
+    argv = [sys.executable, "-m", "orchestrator", "run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE)]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--offline", "--only", "text-only"]
+
+    with (tmp_path / "out.txt").open("wb") as out:
+        proc = subprocess.Popen(["nohup", *argv], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for((tmp_path / "trigger").exists, timeout_s=30, what="a demo request in flight")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "out.txt").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

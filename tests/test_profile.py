@@ -45,6 +45,7 @@ BAD = [
     ("bad-bad-env-name", ":2: env: 'HF-TOKEN' is not a valid environment variable name"),
     ("bad-bad-version", ":3: requires.vllm_version: 'latest' is not a version like 0.10 or 0.10.2"),
     ("bad-empty-demos", ":2: demos: the list is empty"),
+    ("bad-no-variants", ": variants: none: name at least one target it runs on"),
     (
         "bad-gpu-utilization-out-of-range",
         ":3: serve.gpu_memory_utilization = 1.5: Input should be less than or equal to 1",

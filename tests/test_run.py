@@ -64,6 +64,7 @@ def test_secrets_never_reach_the_report_the_log_or_the_terminal(
     # The fake echoes the token and the API key it was given into its log, as a careless server might.
     env["FAKE_VLLM_CRASH_AFTER"] = "0.2"
     env["FAKE_VLLM_CRASH_LOG"] = f"token={secret}"
+    env["FAKE_VLLM_LOG_ENV"] = "VLLM_API_KEY,HF_TOKEN"
     profile = Path(__file__).parent / "profiles" / "fake-secret.yaml"
     done = mmdemo(
         "run", str(profile), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
@@ -73,6 +74,9 @@ def test_secrets_never_reach_the_report_the_log_or_the_terminal(
     run_dir = next((tmp_path / "runs").glob("*"))
     everything = done.stdout + done.stderr + "".join(p.read_text() for p in run_dir.iterdir())
     assert "token=***" in everything
+    log = (run_dir / "server.log").read_text()
+    assert "env VLLM_API_KEY=***" in log  # the per-run key, whatever it was
+    assert "env HF_TOKEN=***" in log
     assert secret not in everything
     report = json.loads((run_dir / "report.json").read_text())
     assert report["server"]["env"] == {"HF_TOKEN": "${HF_TOKEN}"}
@@ -278,3 +282,87 @@ def test_the_schema_check_catches_a_broken_report() -> None:
     assert "status: 'maybe' is not one of passed, failed, error, interrupted" in problems
     assert "demos.0.latency_s: str is not allowed" in problems
     assert "demos.0.answer: missing" in problems
+
+
+def test_server_text_that_looks_like_markup_is_shown_literally(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    message = "stop string [/INST] not allowed [bold]"
+    code, out, report = run_fake(
+        tmp_path, mmdemo_env, "--only", "text-only", chat_status="400", chat_message=message
+    )
+    assert code == 1, out
+    assert "[/INST]" in out
+    assert report["demos"][0]["error"] == message
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--host", "192.0.2.1"), 3, "error: cannot bind a port on --host 192.0.2.1"),
+        (("--host", "no-such-host.invalid"), 3, "error: cannot bind a port on --host no-such-host.invalid"),
+        (("--port", "70000"), 2, "argument --port: 70000 is not a port"),
+        (("--max-completion-tokens", "0"), 2, "argument --max-completion-tokens: 0 must be >= 1"),
+    ],
+)
+def test_bad_values_are_one_line_refusals(
+    tmp_path: Path, mmdemo_env: dict[str, str], args: tuple[str, ...], code: int, message: str
+) -> None:
+    got, out, _ = run_fake(tmp_path, mmdemo_env, *args)
+    assert got == code, out
+    assert message in out
+    assert "Traceback" not in out
+
+
+def test_unusable_cache_or_runs_dir_is_a_clear_error(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**mmdemo_env, "MMDEMO_CACHE_DIR": str(blocker)}
+    done = mmdemo(
+        "run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "r"), env=env
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot use the cache" in done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(next((tmp_path / "r").glob("*/report.json")).read_text())
+    assert report["status"] == "error"  # the report is written for a failed run too
+    done = mmdemo(
+        "run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(blocker), env=mmdemo_env
+    )
+    assert done.returncode == 2
+    assert "cannot create a run directory under" in done.stderr
+
+
+def test_port_zero_picks_a_free_port(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    code, out, report = run_fake(tmp_path, mmdemo_env, "--port", "0", "--only", "text-only")
+    assert code == 0, out
+    assert report["server"]["base_url"] != "http://127.0.0.1:0/v1"
+
+
+def test_max_completion_tokens_flag_wins_over_the_profile(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    record = tmp_path / "record.jsonl"
+    code, out, _ = run_fake(
+        tmp_path, mmdemo_env, "--only", "multi-image", "--max-completion-tokens", "3", record=str(record)
+    )
+    assert code == 0, out
+    bodies = [json.loads(line)["body"] for line in record.read_text().splitlines()]
+    chats = [b for b in bodies if b and "messages" in b]
+    assert chats
+    assert {b["max_completion_tokens"] for b in chats} == {3}
+
+
+def test_a_token_from_huggingface_cli_login_is_used(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    home = tmp_path / "hf"
+    home.mkdir()
+    (home / "token").write_text("hf_from_login_file\n")
+    env = {k: v for k, v in mmdemo_env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env["HF_HOME"] = str(home)
+    env["FAKE_VLLM_CRASH_AFTER"] = "0.1"
+    env["FAKE_VLLM_LOG_ENV"] = "HF_TOKEN"  # the server shows what it got (redacted by mmdemo)
+    profile = Path(__file__).parent / "profiles" / "fake-secret.yaml"
+    done = mmdemo("run", str(profile), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert done.returncode == 3, done.stdout + done.stderr  # launched (no refusal), then the fake crashed
+    run_dir = next((tmp_path / "runs").glob("*"))
+    everything = done.stdout + done.stderr + "".join(p.read_text() for p in run_dir.iterdir())
+    assert "env HF_TOKEN=***" in everything
+    assert "hf_from_login_file" not in everything
