@@ -541,9 +541,3 @@ def _assets_root() -> Path:
     from orchestrator.paths import assets_dir
 
     return assets_dir()
-
-
-def env_view(env: Mapping[str, str]) -> dict[str, str]:  # pragma: no cover - used by doctor
-    """The subset of the environment that matters to vLLM, secrets redacted."""
-    keep = {k: v for k, v in env.items() if k.startswith(("VLLM_", "HF_", "CUDA_", "MMDEMO_"))}
-    return {k: ("***" if any(s in k for s in ("TOKEN", "KEY", "SECRET")) else v) for k, v in keep.items()}
