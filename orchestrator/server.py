@@ -174,7 +174,6 @@ class Server:
         api_key: str | None = None,
         grace_s: float = DEFAULT_GRACE_S,
         gpu_pids: Callable[[], set[int] | None] | None = None,
-        use_watchdog: bool = True,
         clock: Clock = time.monotonic,
     ) -> None:
         self.plan = plan
@@ -185,7 +184,6 @@ class Server:
         self.grace_s = grace_s
         self.redact = Redactor([*plan.secrets, self.api_key])
         self._gpu_pids = gpu_pids
-        self._use_watchdog = use_watchdog
         self._clock = clock
         self._proc: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -250,23 +248,22 @@ class Server:
                 ) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        if self._use_watchdog:
-            self._watchdog = subprocess.Popen(
-                # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
-                [
-                    sys.executable,
-                    "-S",
-                    "-E",
-                    watchdog.__file__,
-                    self.tag,
-                    str(self._proc.pid),
-                    str(WATCHDOG_GRACE_S),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._watchdog = subprocess.Popen(
+            # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
+            [
+                sys.executable,
+                "-S",
+                "-E",
+                watchdog.__file__,
+                self.tag,
+                str(self._proc.pid),
+                str(WATCHDOG_GRACE_S),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._tracker = threading.Thread(target=self._track, name="descendant-tracker", daemon=True)
         self._tracker.start()
         log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
@@ -450,46 +447,28 @@ class Server:
     def _stop(self) -> Teardown:
         if self._proc is None:
             return Teardown(0.0, (), 0, 0, 0, None, True, None)
-        pgid = self._proc.pid
+        proc, pgid = self._proc, self._proc.pid
         t0 = self._clock()
         self._stopping.set()
         if self._tracker is not None:
             self._tracker.join()
         self.remember_descendants()
-        signals: list[str] = []
-        pids = self.census()
-        group = watchdog.group_pids(pgid)
-        escaped = len(pids - group)
-        killed = set(pids)
-        if pids:
-            watchdog.signal_all(pids, pgid, signal.SIGTERM)
-            signals.append("SIGTERM")
-            deadline = t0 + self.grace_s
-            while pids and self._clock() < deadline and not self._hurry.is_set():
-                self._proc.poll()
-                time.sleep(POLL_S)
-                pids = self.census()
-                killed |= pids
-        kill_deadline = self._clock() + 10.0
-        while pids and self._clock() < kill_deadline:
-            if "SIGKILL" not in signals:
-                signals.append("SIGKILL")
-            watchdog.signal_all(pids, pgid, signal.SIGKILL)
-            self._proc.poll()
-            time.sleep(POLL_S)
-            pids = self.census()
+        escaped = len(self.census() - watchdog.group_pids(pgid))
+        ending = watchdog.end_tree(
+            self.tag, pgid, self.grace_s, dict(self._seen), hurry=self._hurry.is_set, reap=proc.poll
+        )
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=1.0)
+            proc.wait(timeout=1.0)
         port_free = self._wait(lambda: port_is_free(self.plan.host, self.port), PORT_FREE_WAIT_S)
-        gpu_released = self._wait_gpu_release(killed)
+        gpu_released = self._wait_gpu_release(ending.signalled)
         self._disarm_watchdog()
         teardown = Teardown(
             duration_s=self._clock() - t0,
-            signals=tuple(signals),
-            processes_signalled=len(killed),
+            signals=tuple(ending.signals),
+            processes_signalled=len(ending.signalled),
             escaped=escaped,
-            remaining=len(pids),
-            returncode=self._proc.returncode,
+            remaining=len(ending.survivors),
+            returncode=proc.returncode,
             port_free=port_free,
             gpu_released=gpu_released,
         )
@@ -505,14 +484,11 @@ class Server:
         return True
 
     def _wait_gpu_release(self, killed: set[int]) -> bool | None:
-        if self._gpu_pids is None or self._gpu_pids() is None:
+        """Wait until NVML lists none of the killed pids; None where there is no NVML to ask."""
+        gpu_pids = self._gpu_pids
+        if gpu_pids is None or gpu_pids() is None:
             return None
-
-        def released() -> bool:
-            holding = self._gpu_pids() if self._gpu_pids else None
-            return holding is None or not (holding & killed)
-
-        return self._wait(released, GPU_RELEASE_WAIT_S)
+        return self._wait(lambda: not ((gpu_pids() or set()) & killed), GPU_RELEASE_WAIT_S)
 
     def _disarm_watchdog(self) -> None:
         dog = self._watchdog

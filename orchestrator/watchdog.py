@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TAG_VAR = "MMDEMO_RUN_TAG"
@@ -121,23 +122,53 @@ def signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
             os.kill(pid, sig)
 
 
+@dataclass
+class Ending:
+    """How end_tree went: the signals it sent, every process it signalled, and any survivors."""
+
+    signals: list[str] = field(default_factory=list)
+    signalled: set[int] = field(default_factory=set)
+    survivors: set[int] = field(default_factory=set)
+
+
 def end_tree(
-    tag: str, pgid: int | None, grace_s: float, known: dict[int, int] | None = None, kill_wait_s: float = 10.0
-) -> set[int]:
-    """TERM, wait up to grace_s, KILL, sweep until nothing is left; returns the survivors."""
+    tag: str,
+    pgid: int | None,
+    grace_s: float,
+    known: dict[int, int] | None = None,
+    *,
+    kill_wait_s: float = 10.0,
+    hurry: Callable[[], bool] = lambda: False,
+    reap: Callable[[], object] = lambda: None,
+) -> Ending:
+    """TERM, wait up to grace_s (or until hurry()), KILL, sweep until nothing is left.
+
+    `reap` is called on every pass so a parent can collect its own exited child (a zombie
+    counts as gone, but only once reaped does its pid stop being ours).
+    """
+    ending = Ending()
     pids = census(tag, pgid, known)
     if not pids:
-        return set()
+        return ending
+    ending.signalled |= pids
     signal_all(pids, pgid, signal.SIGTERM)
+    ending.signals.append("SIGTERM")
     deadline = time.monotonic() + grace_s
-    while (pids := census(tag, pgid, known)) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-    deadline = time.monotonic() + kill_wait_s
-    while pids and time.monotonic() < deadline:
-        signal_all(pids, pgid, signal.SIGKILL)
+    while pids and time.monotonic() < deadline and not hurry():
+        reap()
         time.sleep(POLL_S)
         pids = census(tag, pgid, known)
-    return pids
+        ending.signalled |= pids
+    deadline = time.monotonic() + kill_wait_s
+    if pids:
+        ending.signals.append("SIGKILL")
+    while pids and time.monotonic() < deadline:
+        signal_all(pids, pgid, signal.SIGKILL)
+        reap()
+        time.sleep(POLL_S)
+        pids = census(tag, pgid, known)
+    ending.survivors = pids
+    return ending
 
 
 def main(argv: list[str]) -> int:
@@ -159,8 +190,7 @@ def main(argv: list[str]) -> int:
         parts = line.split()
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
             known[int(parts[0])] = int(parts[1])
-    survivors = end_tree(tag, pgid, grace_s, known)
-    return 1 if survivors else 0
+    return 1 if end_tree(tag, pgid, grace_s, known).survivors else 0
 
 
 if __name__ == "__main__":
