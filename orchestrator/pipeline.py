@@ -234,27 +234,16 @@ def run(
     run_dir = make_run_dir(opts.runs_dir, profile.name)
     ev.stage("profile", f"{profile.name} ({profile.model}) on {variant}; run directory {run_dir}")
 
-    rep: dict[str, Any] = {
-        "schema_version": report.SCHEMA_VERSION,
-        "mmdemo_version": _version(),
-        "status": "failed",
-        "profile": profile.name,
-        "profile_path": profile.path,
-        "variant": variant,
-        "model": profile.model,
-        "model_path": profile.model_path,
-        "served_model_name": profile.served_model_name or profile.model,
-        "vllm": None,
-        "machine": machine_info(gpus),
-        "server": {},
-        "demos": [],
-        "summary": report.summarize([]),
-        "teardown": None,
-        "error": None,
-        "notes": [],
-        "started_at": started,
-        "finished_at": None,
-    }
+    rep = _new_report(
+        started,
+        profile=profile.name,
+        profile_path=profile.path,
+        variant=variant,
+        model=profile.model,
+        model_path=profile.model_path,
+        served_model_name=profile.served_model_name or profile.model,
+        machine=machine_info(gpus),
+    )
     if profile.local_model:
         rep["notes"].append(
             "This is a tiny model with random weights: its answers are gibberish. The verdict rests on "
@@ -283,9 +272,7 @@ def run(
                 requests = []
                 if not serving:
                     media = demos_mod.Media(store=store, url=origin.url_for)
-                    requests = demos_mod.build_requests(
-                        chosen, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS
-                    )
+                    requests = demos_mod.build_requests(chosen, media, DEFAULT_MAX_TOKENS)
                     ev.stage("assets", _provenance_summary(requests))
                 info = version.result()
                 rep["vllm"] = {"version": info.version, "path": info.path}
@@ -362,15 +349,7 @@ def run(
         error = InternalError(exc)
     if guard.received and not isinstance(error, Interrupted):
         error = Interrupted(guard.received[0])
-    rep["summary"] = report.summarize(rep["demos"])
-    if error is None and rep["summary"]["failed"]:
-        error = DemoFailed(rep["summary"]["failed"], rep["summary"]["total"])
-    rep["status"] = _status(error)
-    rep["error"] = _error_record(error) if error and not isinstance(error, DemoFailed) else None
-    rep["finished_at"] = _now()
-    clean = redact.data(rep)
-    files = report.write_all(run_dir, clean)
-    return Outcome(clean, run_dir, error.exit_code if error else 0, error, files)
+    return _conclude(rep, error, run_dir, redact)
 
 
 def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | None = None) -> Outcome:
@@ -392,28 +371,19 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
     if not models_served:
         raise UsageError(f"{base_url}/models lists no model")
     run_dir = make_run_dir(opts.runs_dir, name)  # only once there is something to report
-    model = profile.served_model_name or profile.model if profile else models_served[0]
+    model = (profile.served_model_name or profile.model) if profile else models_served[0]
     if model not in models_served:
         model = models_served[0]
-    rep: dict[str, Any] = {
-        "schema_version": report.SCHEMA_VERSION,
-        "mmdemo_version": _version(),
-        "status": "failed",
-        "profile": name,
-        "variant": "attached",
-        "model": model,
-        "served_model_name": model,
-        "vllm": None,
-        "machine": machine_info([]),
-        "server": {"base_url": base_url, "attached": True},
-        "demos": [],
-        "summary": {},
-        "teardown": None,
-        "error": None,
-        "notes": ["Attached to a running server: mmdemo neither launched nor stopped it."],
-        "started_at": _now(),
-        "finished_at": None,
-    }
+    rep = _new_report(
+        _now(),
+        profile=name,
+        variant="attached",
+        model=model,
+        served_model_name=model,
+        machine=machine_info([]),
+        server={"base_url": base_url, "attached": True},
+    )
+    rep["notes"].append("Attached to a running server: mmdemo neither launched nor stopped it.")
     store = assets_mod.AssetStore(
         opts.cache_dir or _assets_root(), offline=opts.offline, on_progress=ev.download
     )
@@ -423,7 +393,7 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
         # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
         url = origin.url_for if local else (lambda a: a.source_url or origin.url_for(a))
         media = demos_mod.Media(store=store, url=url)
-        requests = demos_mod.build_requests(demos, media, opts.max_completion_tokens or DEFAULT_MAX_TOKENS)
+        requests = demos_mod.build_requests(demos, media, DEFAULT_MAX_TOKENS)
 
         def unreachable(request: Any) -> bool:
             if request.variant == "file":  # needs --allowed-local-media-path on our cache
@@ -431,7 +401,7 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
             return request.variant == "url" and not local and any(not a.source_url for a in request.assets)
 
         skipped = [r.name for r in requests if unreachable(r)]
-        requests = [r for r in requests if not unreachable(r)]
+        requests = [r for r in requests if r.name not in skipped]
         if skipped:
             rep["notes"].append(
                 f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
@@ -447,11 +417,35 @@ def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | No
             on_result=ev.demo_done,
         )
     rep["demos"] = [_demo_record(r) for r in results]
+    return _conclude(rep, None, run_dir, redact)
+
+
+def _new_report(started: str, **fields: Any) -> dict[str, Any]:
+    """A report.json skeleton; the run fills in what it learns and _conclude the verdict."""
+    return {
+        "schema_version": report.SCHEMA_VERSION,
+        "mmdemo_version": _version(),
+        "status": "failed",
+        "vllm": None,
+        "server": {},
+        "demos": [],
+        "summary": report.summarize([]),
+        "teardown": None,
+        "error": None,
+        "notes": [],
+        "started_at": started,
+        "finished_at": None,
+        **fields,
+    }
+
+
+def _conclude(rep: dict[str, Any], error: MMDemoError | None, run_dir: Path, redact: Redactor) -> Outcome:
+    """The verdict (a failed demo when nothing worse happened), written redacted to the run directory."""
     rep["summary"] = report.summarize(rep["demos"])
-    error = (
-        DemoFailed(rep["summary"]["failed"], rep["summary"]["total"]) if rep["summary"]["failed"] else None
-    )
+    if error is None and rep["summary"]["failed"]:
+        error = DemoFailed(rep["summary"]["failed"], rep["summary"]["total"])
     rep["status"] = _status(error)
+    rep["error"] = _error_record(error) if error and not isinstance(error, DemoFailed) else None
     rep["finished_at"] = _now()
     clean = redact.data(rep)
     files = report.write_all(run_dir, clean)

@@ -13,42 +13,6 @@ from typing import Any
 from orchestrator.errors import UsageError
 
 SCHEMA_VERSION = 1
-# Keys every report.json has; tests and `report diff` rely on them.
-REQUIRED_KEYS = (
-    "schema_version",
-    "mmdemo_version",
-    "status",
-    "profile",
-    "variant",
-    "model",
-    "served_model_name",
-    "vllm",
-    "machine",
-    "server",
-    "demos",
-    "summary",
-    "teardown",
-    "error",
-    "started_at",
-    "finished_at",
-)
-DEMO_KEYS = (
-    "name",
-    "chat_type",
-    "variant",
-    "status",
-    "http_status",
-    "latency_s",
-    "ttft_s",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_per_s",
-    "answer",
-    "error",
-    "assets",
-)
-
-
 # The schema of report.json, version 1: key -> the JSON types its value may have.
 SCHEMA: dict[str, tuple[type, ...]] = {
     "schema_version": (int,),
@@ -85,6 +49,8 @@ DEMO_SCHEMA: dict[str, tuple[type, ...]] = {
     "assets": (list,),
 }
 STATUSES = ("passed", "failed", "error", "interrupted")
+REQUIRED_KEYS = tuple(SCHEMA)  # every report.json has these; `report diff` relies on them
+DEMO_KEYS = tuple(DEMO_SCHEMA)
 
 
 def validate(report: Mapping[str, Any]) -> list[str]:
