@@ -105,3 +105,30 @@ def mmdemo(
         timeout=timeout,
         check=False,
     )
+
+
+def signal_mmdemo(
+    args: list[str],
+    env: dict[str, str],
+    out: Path,
+    until: Callable[[], object],
+    sig: int,
+    *,
+    prefix: tuple[str, ...] = (),
+    timeout_s: float = 30.0,
+) -> int:
+    """Start `mmdemo ARGS` (output to `out`), wait until `until()` holds, send `sig`; its exit code.
+
+    The process is killed if it outlives the test, so no failure here leaves it running.
+    """
+    argv = [*prefix, sys.executable, "-m", "orchestrator", *args]
+    with out.open("wb") as handle:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        wait_for(until, timeout_s=timeout_s * 4, what="the moment to send the signal")
+        proc.send_signal(sig)
+        return proc.wait(timeout=timeout_s * 2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

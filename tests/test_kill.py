@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE, FAKE_PROFILE, REPO, marked_pids, wait_for
+from tests.conftest import FAKE, FAKE_PROFILE, marked_pids, signal_mmdemo, wait_for
 
 STATES = {
     # state: (command, switches, the file whose appearance means "we are there")
@@ -32,19 +32,10 @@ def test_nothing_survives(
     command, switches, trigger = STATES[state]
     env = {**mmdemo_env, **{f"FAKE_VLLM_{k}": v for k, v in switches.items()}}
     env[f"FAKE_VLLM_{trigger}"] = str(tmp_path / "trigger")
-    argv = [sys.executable, "-m", "orchestrator", command, str(FAKE_PROFILE), "--vllm-bin", str(FAKE)]
-    argv += ["--runs-dir", str(tmp_path / "runs"), "--grace", "2", "--timeout", "60"]
-    argv += ["--offline", "--only", "text-only"] if command == "run" else []
-    with (tmp_path / "out.txt").open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for((tmp_path / "trigger").exists, timeout_s=30, what=f"the server to be {state}")
-        proc.send_signal(sig)
-        code = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    args = [command, str(FAKE_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs")]
+    args += ["--grace", "2", "--timeout", "60"]
+    args += ["--offline", "--only", "text-only"] if command == "run" else []
+    code = signal_mmdemo(args, env, tmp_path / "out.txt", (tmp_path / "trigger").exists, sig)
     output = (tmp_path / "out.txt").read_text()
     # `serve` runs until a signal: SIGINT/SIGTERM are its normal stop, not an interruption.
     expected = -9 if sig is signal.SIGKILL else (0 if command == "serve" else 130)
@@ -70,16 +61,8 @@ def test_the_census_sees_what_tests_start() -> None:
 def test_nohup_keeps_sighup_ignored(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
     # `nohup mmdemo run ...`: a SIGHUP when the terminal goes away must not end the run.
     env = {**mmdemo_env, "FAKE_VLLM_LATENCY": "0.5", "FAKE_VLLM_REQUEST_FILE": str(tmp_path / "trigger")}
-    argv = [sys.executable, "-m", "orchestrator", "run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE)]
-    argv += ["--runs-dir", str(tmp_path / "runs"), "--offline", "--only", "text-only"]
-
-    with (tmp_path / "out.txt").open("wb") as out:
-        proc = subprocess.Popen(["nohup", *argv], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for((tmp_path / "trigger").exists, timeout_s=30, what="a demo request in flight")
-        proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "out.txt").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    args = ["run", str(FAKE_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs")]
+    args += ["--offline", "--only", "text-only"]
+    out = tmp_path / "out.txt"
+    code = signal_mmdemo(args, env, out, (tmp_path / "trigger").exists, signal.SIGHUP, prefix=("nohup",))
+    assert code == 0, out.read_text()

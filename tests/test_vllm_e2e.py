@@ -11,13 +11,11 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, marked_pids, mmdemo, wait_for
+from tests.conftest import REPO, marked_pids, mmdemo, signal_mmdemo, wait_for
 
 pytestmark = pytest.mark.vllm
 
@@ -149,24 +147,18 @@ def test_killing_mmdemo_while_the_real_server_starts_leaves_nothing(
     # SIGINT: mmdemo tears down (vLLM ignores SIGTERM mid-startup: the escalation must handle it).
     # SIGKILL: mmdemo gets no say; its watchdog must end the tree, whose renamed VLLM:: workers
     # hide their environment from /proc.
-    argv = [sys.executable, "-m", "orchestrator", "run", "cpu-tiny-omni", "--vllm-bin", vllm_bin]
-    argv += ["--runs-dir", str(tmp_path / "runs"), "--grace", "5", "--only", "text-only"]
-    with (tmp_path / "out.txt").open("wb") as out:
-        proc = subprocess.Popen(argv, env=mmdemo_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        server = wait_for(api_server_pid, timeout_s=60, what="vllm serve to start")
-        assert isinstance(server, int)
-        wait_for(
-            lambda: any("VLLM::" in p for p in session_processes(server)),
-            timeout_s=120,
-            what="vLLM's engine process to start",
-        )
-        proc.send_signal(sig)
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    args = ["run", "cpu-tiny-omni", "--vllm-bin", vllm_bin, "--runs-dir", str(tmp_path / "runs")]
+    args += ["--grace", "5", "--only", "text-only"]
+    seen: list[int] = []
+
+    def engine_started() -> bool:
+        # mid-startup: the API server is up and vLLM's engine process exists in its session
+        if not seen and (server := api_server_pid()) is not None:
+            seen.append(server)
+        return bool(seen) and any("VLLM::" in p for p in session_processes(seen[0]))
+
+    code = signal_mmdemo(args, mmdemo_env, tmp_path / "out.txt", engine_started, sig)
+    server = seen[0]
     output = (tmp_path / "out.txt").read_text()
     if sig is signal.SIGINT:
         assert code == 130, output
