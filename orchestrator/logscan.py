@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,9 +125,11 @@ def diagnose(lines: Iterable[str]) -> Diagnosis | None:
 class LogFollower:
     """Reads a log file incrementally: new complete lines, the current phase, and a tail."""
 
-    def __init__(self, path: Path, tail: int = 40) -> None:
+    def __init__(self, path: Path, tail: int = 40, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.phase = "launching"
+        self._clock = clock
+        self.changes: list[tuple[str, float]] = [("launching", clock())]  # (phase, when it began)
         self._offset = 0
         self._partial = b""
         self._tail: deque[str] = deque(maxlen=tail)
@@ -148,8 +151,18 @@ class LogFollower:
             self._tail.append(line)
             phase = phase_of(line)
             if phase and self._order[phase] >= self._order.get(self.phase, -1):
+                if phase != self.phase:
+                    self.changes.append((phase, self._clock()))
                 self.phase = phase
         return lines
+
+    def spans(self, start: float, end: float) -> list[tuple[str, float, float]]:
+        """Each phase seen with its start and end in seconds since `start`, the last ending at `end`."""
+        times = [*self.changes[1:], ("", end)]
+        return [
+            (phase, round(max(0.0, began - start), 3), round(max(0.0, until - start), 3))
+            for (phase, began), (_, until) in zip(self.changes, times, strict=True)
+        ]
 
     def tail(self) -> list[str]:
         """The last lines read, including an unterminated last line."""

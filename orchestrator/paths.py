@@ -8,9 +8,12 @@ from pathlib import Path
 
 def cache_dir() -> Path:
     """The cache root: $MMDEMO_CACHE_DIR, else $XDG_CACHE_HOME/mmdemo, else ~/.cache/mmdemo."""
-    if explicit := os.environ.get("MMDEMO_CACHE_DIR"):
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    from orchestrator.options import Environment
+
+    env = Environment.read()
+    if env.cache_dir:
+        return Path(env.cache_dir).expanduser()
+    xdg = env.xdg_cache_home or str(Path.home() / ".cache")
     return Path(xdg).expanduser() / "mmdemo"
 
 
@@ -37,9 +40,9 @@ def profile_search_path(profiles_dir: str | os.PathLike[str] | None = None) -> l
     dirs: list[Path] = []
     if profiles_dir:
         dirs.append(Path(profiles_dir))
-    for entry in os.environ.get("MMDEMO_PROFILES", "").split(os.pathsep):
-        if entry:
-            dirs.append(Path(entry))
+    from orchestrator.options import Environment
+
+    dirs.extend(Path(entry) for entry in Environment.read().profiles)
     dirs.append(Path.cwd() / "profiles")
     dirs.append(packaged_profiles_dir())
     unique: list[Path] = []
