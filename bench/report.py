@@ -16,7 +16,7 @@ from rich.table import Table
 from bench import real
 from bench.result import Scenario, Settings
 from orchestrator.assets import REGISTRY, AssetStore
-from orchestrator.pipeline import machine_info
+from orchestrator.targets import machine_info
 
 COLUMNS = ("scenario", "metric", "mmdemo", "baseline", "delta", "ratio", "target", "met")
 
@@ -37,7 +37,7 @@ def prepare_assets(settings: Settings) -> None:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, Python, and the version of the vLLM scenario 5 uses (None if absent)."""
-    info = machine_info([])
+    info = machine_info([]).model_dump()
     return {key: info[key] for key in ("cpu", "cores", "python", "platform")} | {"vllm": vllm_version()}
 
 

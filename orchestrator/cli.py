@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gc
+import json
 import logging
 import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import InternalError, Interrupted, MMDemoError, ServerError, UsageError
+from orchestrator.errors import InternalError, Interrupted, MMDemoError, ServerError
+from orchestrator.render.text import one_line, visible
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.pipeline import Outcome, RunOptions
-    from orchestrator.server import Ready, Server
+    from orchestrator.options import Options
+    from orchestrator.session import Outcome
+    from orchestrator.targets import Endpoint
+
+STARTED = time.monotonic()  # the command's start: the origin of the run's timeline
 
 EXIT_CODES = """exit codes:
   0    every demo passed (or the command succeeded)
@@ -84,7 +91,10 @@ _COUNT = _number(int, 1, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+    """The whole command line; every default comes from options.DEFAULTS."""
+    from orchestrator.options import DEFAULT_MAX_TOKENS
+    from orchestrator.options import DEFAULTS as D
+
     parser = argparse.ArgumentParser(
         prog="mmdemo",
         description="Prove a multimodal model works on vLLM: launch, demo every chat type, report, tear down.",
@@ -97,38 +107,73 @@ def build_parser() -> argparse.ArgumentParser:
 
     def launcher(p: argparse.ArgumentParser) -> None:
         p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
-        p.add_argument("--gpu", default="auto", help="variant to use: auto (detect), a GPU class, or cpu")
-        p.add_argument("--host", default="127.0.0.1", help="address the server binds (default 127.0.0.1)")
-        p.add_argument("--port", type=_port, help="server port (default or 0: a free one)")
+        p.add_argument("--gpu", default=D.gpu, help="variant to use: auto (detect), a GPU class, or cpu")
+        p.add_argument("--host", default=D.host, help=f"address the server binds (default {D.host})")
+        p.add_argument("--port", type=_port, default=D.port, help="server port (default or 0: a free one)")
+        vllm_bin(p)
+        p.add_argument(
+            "--timeout",
+            type=_SECONDS,
+            default=D.timeout_s,
+            help="seconds to wait for readiness (default: the variant's)",
+        )
+        p.add_argument(
+            "--grace",
+            type=_GRACE,
+            default=D.grace_s,
+            help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
+        )
+        p.add_argument("--follow-logs", action="store_true", help="stream the server log while waiting")
+        p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where run directories go")
+        p.add_argument(
+            "--api-key",
+            default=D.api_key,
+            help="the API key the server requires (default: a fresh random key per run; "
+            "EMPTY is what vLLM's example client sends); with --base-url: the attached server's key",
+        )
+        p.add_argument(
+            "--quick-start", action="store_true", help="eager mode, no compilation: a faster start for a demo"
+        )
+        p.add_argument(
+            "--dummy-weights",
+            action="store_true",
+            help="random weights from the config (--load-format dummy): no download",
+        )
+
+    def vllm_bin(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--vllm-bin",
-            default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"),
-            help="the vLLM command (default: $MMDEMO_VLLM_BIN or `vllm` on PATH)",
+            default=D.vllm_bin,
+            help="the vLLM command (default: $MMDEMO_VLLM_BIN, `vllm` on PATH, then the project's .venv-vllm)",
         )
-        p.add_argument(
-            "--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)"
-        )
-        p.add_argument("--grace", type=_GRACE, default=15.0, help="seconds between SIGTERM and SIGKILL")
-        p.add_argument("--follow-logs", action="store_true", help="stream the server log while waiting")
-        p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go")
 
     def demo_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--only", type=_chat_types, default=(), help="chat types to run, comma-separated")
-        p.add_argument("--concurrency", type=_COUNT, help="at most N requests at once (default: all)")
+        p.add_argument("--only", type=_chat_types, default=D.only, help="chat types to run, comma-separated")
+        p.add_argument(
+            "--concurrency",
+            type=_COUNT,
+            default=D.concurrency,
+            help="at most N requests at once (default: all)",
+        )
         p.add_argument("--sequential", action="store_true", help="one request at a time, like the example")
         p.add_argument(
-            "--max-completion-tokens", type=_COUNT, help="per request (default: the profile's, else 128)"
+            "--max-completion-tokens",
+            type=_COUNT,
+            default=D.max_completion_tokens,
+            help=f"per request (default: the profile's, else {DEFAULT_MAX_TOKENS})",
         )
-        p.add_argument("--request-timeout", type=_SECONDS, default=120.0, help="seconds per demo request")
+        p.add_argument(
+            "--request-timeout", type=_SECONDS, default=D.request_timeout_s, help="seconds per demo request"
+        )
         p.add_argument("--offline", action="store_true", help="never download media; use synthetic assets")
 
     sub.add_parser("list", help="profiles with model, chat types, variants, minimum memory")
     p = sub.add_parser("plan", help="the exact `vllm serve` command and demos, without running anything")
     p.add_argument("profile")
-    p.add_argument("--gpu", default="auto")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--gpu", default=D.gpu)
+    p.add_argument("--host", default=D.host)
     p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"))
+    vllm_bin(p)
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
     p.add_argument("paths", nargs="*")
 
@@ -136,32 +181,33 @@ def build_parser() -> argparse.ArgumentParser:
     launcher(p)
     demo_opts(p)
     p.add_argument("--base-url", help="attach to a running server instead of launching one")
-    p.add_argument("--api-key", help="API key of an attached server (default: $VLLM_API_KEY)")
 
     p = sub.add_parser("serve", help="launch and keep serving until Ctrl-C, then tear down")
     launcher(p)
 
     p = sub.add_parser("demo", help="run chat types against a running server (no profile)")
     p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key")
+    p.add_argument("--api-key", help="the server's API key (default: $VLLM_API_KEY, else EMPTY)")
     p.add_argument("--chat-type", "-c", type=_chat_types, default=None, help="default: all six")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--runs-dir", type=Path, default=D.runs_dir)
     demo_opts(p)
 
-    sub.add_parser("doctor", help="what this machine has: vLLM, GPUs, token, caches, runnable profiles")
+    p = sub.add_parser("doctor", help="what this machine has: vLLM, GPUs, token, caches, runnable profiles")
+    vllm_bin(p)
 
     p = sub.add_parser("report", help="work with run reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
-    d = rsub.add_parser("diff", help="what changed between two runs")
+    d = rsub.add_parser("diff", help="what changed between two runs (report schema 1 or 2)")
     d.add_argument("run_a")
     d.add_argument("run_b")
+    rsub.add_parser("schema", help="print the JSON Schema of report.json")
 
     p = sub.add_parser("models", help="tiny local models for the CPU profiles")
     msub = p.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build a tiny model into the cache (needs the vLLM env's torch)")
     b.add_argument("name", nargs="?", default="tiny-omni")
     b.add_argument("--force", action="store_true")
-    b.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"))
+    vllm_bin(b)
     return parser
 
 
@@ -180,33 +226,43 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    with translate_errors() as exit_code:
+        exit_code.append(int(_COMMANDS[args.command](args)))
+    return exit_code[-1]
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[list[int]]:
+    """The one edge where errors become messages and exit codes (pypa/build's _handle_build_error)."""
+    codes: list[int] = []
     try:
-        return int(_COMMANDS[args.command](args))
+        yield codes
     except MMDemoError as exc:
-        _show_error(exc)
-        return exc.exit_code
+        show_error(exc)
+        codes.append(exc.exit_code)
     except KeyboardInterrupt:
         _console(stderr=True).print("[red]interrupted[/]")
-        return 130
+        codes.append(130)
     except Exception as exc:  # a bug; say so in one line (the traceback with -vv)
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         internal = InternalError(exc)
-        _show_error(internal)
-        return internal.exit_code
+        show_error(internal)
+        codes.append(internal.exit_code)
 
 
-def _show_error(exc: MMDemoError) -> None:
+def show_error(exc: MMDemoError) -> None:
+    """The error, its evidence (command, log tail) and hint, on stderr, sanitised."""
     err = _console(stderr=True)
-    err.print(f"[bold red]error:[/] {_esc(exc)}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {_esc(exc)}", highlight=False)
     if isinstance(exc, ServerError):
         if exc.argv:
-            err.print(f"  command: {shlex.join(exc.argv)}", markup=False)
+            err.print(f"  command: {_esc(shlex.join(exc.argv))}", highlight=False)
         if exc.log_path:
-            err.print(f"  server log: {exc.log_path}", markup=False)
+            err.print(f"  server log: {_esc(exc.log_path)}", highlight=False)
         if exc.log_tail:
             err.print(f"  last {len(exc.log_tail)} log lines:", markup=False)
             for line in exc.log_tail:
-                err.print(f"  | {line}", markup=False)
+                err.print(f"  | {_esc(line)}", highlight=False)
     if exc.hint:
         err.print(f"[yellow]hint:[/] {_esc(exc.hint)}")
 
@@ -244,16 +300,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator import preflight
     from orchestrator.command import build_plan
     from orchestrator.gpu import detect
+    from orchestrator.options import Environment
     from orchestrator.paths import assets_dir
-    from orchestrator.pipeline import select_demos
     from orchestrator.profile import load_profile
+    from orchestrator.targets import select_demos
 
     profile = load_profile(args.profile, args.profiles_dir)
     variant = preflight.choose_variant(profile, args.gpu, detect() if args.gpu == "auto" else [])
     resolved = profile.resolve(variant)
     plan = build_plan(
         resolved,
-        vllm_bin=args.vllm_bin,
+        vllm_bin=args.vllm_bin or Environment.read().vllm_bin or "vllm",
         host=args.host,
         port=args.port,
         media_dir=str(assets_dir()),
@@ -323,32 +380,34 @@ class TerminalEvents:
             self.console.print(text, markup=False)
 
     def log_line(self, line: str) -> None:
-        if self.follow_logs:
-            self.console.print(
-                f"[dim]  | {_esc(line)}[/]", markup=True, highlight=False
-            ) if self.tty else print(f"  | {line}", flush=True)
+        if not self.follow_logs:
+            return
+        if self.tty:
+            self.console.print(f"[dim]  | {_esc(line)}[/]", highlight=False)
+        else:
+            print(f"  | {visible(line)}", flush=True)
 
-    def ready(self, server: Server, ready: Ready) -> None:
+    def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
         gc.enable()  # the imports are done; a long run or `serve` should collect as usual
         self._stop_status()
-        self.console.print(f"[green]ready[/]    in {ready.elapsed_s:.1f} s at {_esc(server.base_url)}")
+        self.console.print(f"[green]ready[/]    in {elapsed_s:.1f} s at {_esc(endpoint.base_url)}")
 
     def download(self, key: str, done: int, total: int | None) -> None:
         size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MB"
         if self.tty:
-            text = f"downloading {key}: {size}"
+            text = f"downloading {_esc(key)}: {size}"
             if self._status is None:
                 self._status = self.console.status(text)
                 self._status.start()
             else:
                 self._status.update(text)
         elif total and done >= total:
-            self.console.print(f"downloaded {key}: {size}", markup=False)
+            self.console.print(f"downloaded {_esc(key)}: {size}", highlight=False)
 
     def demo_done(self, result: Any) -> None:
         mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
         detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")
-        self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(detail)}", highlight=False)
+        self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(one_line(detail, 200))}", highlight=False)
 
     def _stop_status(self) -> None:
         if self._status is not None:
@@ -356,137 +415,173 @@ class TerminalEvents:
             self._status = None
 
 
-def _options(args: argparse.Namespace) -> RunOptions:
-    from orchestrator.pipeline import RunOptions
+def _options(args: argparse.Namespace) -> Options:
+    """The parsed command line as Options (defaults already from options.DEFAULTS)."""
+    from orchestrator.options import DEFAULTS
 
     concurrency = 1 if getattr(args, "sequential", False) else getattr(args, "concurrency", None)
-    if concurrency is not None and concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
-    return RunOptions(
-        profile=getattr(args, "profile", None),
-        gpu=getattr(args, "gpu", "auto"),
-        host=getattr(args, "host", "127.0.0.1"),
-        port=getattr(args, "port", None),
-        vllm_bin=getattr(args, "vllm_bin", "vllm"),
-        timeout_s=getattr(args, "timeout", None),
-        grace_s=getattr(args, "grace", 15.0),
-        only=getattr(args, "only", ()) or (),
-        concurrency=concurrency,
-        max_completion_tokens=getattr(args, "max_completion_tokens", None),
-        request_timeout_s=getattr(args, "request_timeout", 120.0),
-        offline=getattr(args, "offline", False),
-        runs_dir=args.runs_dir,
-        profiles_dir=args.profiles_dir,
-        base_url=getattr(args, "base_url", None),
-        api_key=getattr(args, "api_key", None),
-    )
+    given: dict[str, Any] = {
+        "profile": getattr(args, "profile", None),
+        "gpu": getattr(args, "gpu", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "vllm_bin": getattr(args, "vllm_bin", None),
+        "timeout_s": getattr(args, "timeout", None),
+        "grace_s": getattr(args, "grace", None),
+        "only": getattr(args, "only", None),
+        "concurrency": concurrency,
+        "max_completion_tokens": getattr(args, "max_completion_tokens", None),
+        "request_timeout_s": getattr(args, "request_timeout", None),
+        "offline": getattr(args, "offline", None),
+        "runs_dir": getattr(args, "runs_dir", None),
+        "profiles_dir": getattr(args, "profiles_dir", None),
+        "base_url": getattr(args, "base_url", None),
+        "api_key": getattr(args, "api_key", None),
+        "follow_logs": getattr(args, "follow_logs", None),
+        "quick_start": getattr(args, "quick_start", None),
+        "dummy_weights": getattr(args, "dummy_weights", None),
+    }
+    return dataclasses.replace(DEFAULTS, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator import pipeline
+    from orchestrator.session import run_session
+    from orchestrator.targets import Attached, Launched
 
     console = _console()
     events = TerminalEvents(console, follow_logs=args.follow_logs)
     opts = _options(args)
-    outcome = pipeline.attach(opts, (), events) if opts.base_url else pipeline.run(opts, events)
-    events._stop_status()
+    target = Attached(opts) if opts.base_url else Launched(opts)
+    try:
+        outcome = run_session(target, opts, events, origin=STARTED)
+    finally:
+        events._stop_status()
     return _finish(console, outcome)
 
 
 def _finish(console: Console, outcome: Outcome) -> int:
     from rich.table import Table
 
-    rep = outcome.report
-    if rep["demos"]:
+    record = outcome.record
+    if record.demos:
         table = Table("demo", "status", "latency", "TTFT", "tokens in/out", "answer or error", title="demos")
-        for d in rep["demos"]:
-            ok = d["status"] == "passed"
-            text = " ".join(str(d["answer"] if ok else d["error"]).split())
+        for d in record.demos:
+            ok = d.status == "passed"
+            status = (
+                ("[green]understood[/]" if d.verdict == "understood" else "[green]passed[/]")
+                if ok
+                else "[red]failed[/]"
+            )
             table.add_row(
-                _esc(d["name"]),
-                "[green]passed[/]" if ok else "[red]failed[/]",
-                f"{d['latency_s']:.2f} s" if d["latency_s"] is not None else "–",
-                f"{d['ttft_s']:.2f} s" if d["ttft_s"] is not None else "–",
-                f"{_n(d['prompt_tokens'])}/{_n(d['completion_tokens'])}",
-                _esc(text[:70] + ("…" if len(text) > 70 else "")),
+                _esc(d.name),
+                status,
+                f"{d.latency_s:.2f} s",
+                f"{d.ttft_s:.2f} s" if d.ttft_s is not None else "–",
+                f"{_n(d.prompt_tokens)}/{_n(d.completion_tokens)}",
+                _esc(one_line(d.answer if ok else d.error, 70)),
             )
         console.print(table)
-    teardown = rep.get("teardown")
+    teardown = record.teardown
     if teardown:
         console.print(
-            f"teardown {teardown['duration_s']:.2f} s ({' -> '.join(teardown['signals']) or 'already gone'}), "
-            f"{teardown['remaining']} process(es) left, port {'free' if teardown['port_free'] else 'HELD'}",
+            f"teardown {teardown.duration_s:.2f} s ({' -> '.join(teardown.signals) or 'already gone'}), "
+            f"{teardown.remaining} process(es) left, port {'free' if teardown.port_free else 'HELD'}",
             highlight=False,
         )
-    for note in rep.get("notes") or []:
+    for note in record.notes:
         console.print(f"[dim]note: {_esc(note)}[/]")
     if outcome.error is not None:
-        _show_error(outcome.error)
-    summary = rep["summary"]
-    verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{rep['status'].upper()}[/]"
-    console.print(
-        f"{verdict} {summary.get('passed', 0)}/{summary.get('total', 0)} demos; report: {_esc(outcome.run_dir)}"
-    )
+        show_error(outcome.error)
+    summary = record.summary
+    verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{record.status.upper()}[/]"
+    understood = f", {summary.understood} understood" if summary.understood else ""
+    page = outcome.run_dir / "report.html"
+    where = page if page.exists() else outcome.run_dir
+    console.print(f"{verdict} {summary.passed}/{summary.total} demos{understood}; report: {_esc(where)}")
     return outcome.exit_code
 
 
 def _esc(value: object) -> str:
-    """Text from outside (server messages, paths, log lines) shown literally, never as rich markup."""
-    from rich.markup import escape
+    """Text from outside (answers, server messages, paths, log lines): no control bytes, no markup."""
+    from orchestrator.render.text import terminal
 
-    return escape(str(value))
+    return terminal(str(value))
 
 
 def _n(value: object) -> str:
     return "–" if value is None else str(value)
 
 
+EXAMPLE = "openai_chat_completion_client_for_multimodal.py"
+
+
+def serve_banner(endpoint: Endpoint) -> str:
+    """What `mmdemo serve` prints once ready: the endpoint, a curl line, and the upstream example's runs."""
+    model, key = endpoint.model, endpoint.api_key
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    lines = [
+        f"base URL: {endpoint.base_url}",
+        f"model:    {model}",
+        f"API key:  {key}",
+        "try:",
+        "  curl -s "
+        + shlex.quote(f"{endpoint.base_url}/chat/completions")
+        + f" -H {shlex.quote('Authorization: Bearer ' + key)} -H 'Content-Type: application/json' -d "
+        + shlex.quote(body),
+    ]
+    if endpoint.base_url.endswith(":8000/v1") and key == "EMPTY":
+        lines.append(f"vLLM's example client ({EXAMPLE}, unmodified) works against this server:")
+        lines += [f"  python {EXAMPLE} -c {c}" for c in CHAT_TYPES]
+    else:
+        lines.append(
+            f"vLLM's example client ({EXAMPLE}) expects http://localhost:8000/v1 and the key EMPTY: "
+            "serve with --port 8000 --api-key EMPTY to run it unmodified"
+        )
+    return "\n".join(lines)
+
+
+CHAT_TYPES = ("text-only", "single-image", "multi-image", "video", "audio", "multi-audio")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator import pipeline
+    from orchestrator.session import Session, run_session
+    from orchestrator.targets import Launched
 
     console = _console()
     events = TerminalEvents(console, follow_logs=args.follow_logs)
 
-    def serve_forever(server: Server) -> None:
-        model = server.plan.served_model_name
-        console.print(
-            f"base URL: {server.base_url}\nmodel:    {model}\nAPI key:  {server.api_key}", markup=False
-        )
-        body = '{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}]}' % model  # noqa: UP031
-        console.print(
-            "try:\n  curl -s "
-            + shlex.quote(f"{server.base_url}/chat/completions")
-            + f" -H 'Authorization: Bearer {server.api_key}' -H 'Content-Type: application/json' -d "
-            + shlex.quote(body),
-            markup=False,
-        )
+    def serve_forever(endpoint: Endpoint, session: Session) -> None:
+        console.print(_esc(serve_banner(endpoint)), highlight=False)
         console.print("serving until Ctrl-C", markup=False)
         while True:
-            code = server.returncode()
-            if code is not None:
-                raise server.failure("vllm serve exited while serving", returncode=code)
-            time.sleep(0.2)
+            endpoint.check("while serving")  # the server died: its evidence becomes the error
+            session.stop.sleep(0.2)
 
-    outcome = pipeline.run(_options(args), events, serve_forever=serve_forever)
-    events._stop_status()
+    opts = _options(args)
+    try:
+        outcome = run_session(Launched(opts), opts, events, serve=serve_forever, origin=STARTED)
+    finally:
+        events._stop_status()
     if outcome.error is not None and not isinstance(outcome.error, Interrupted):
-        _show_error(outcome.error)
+        show_error(outcome.error)
         return outcome.exit_code
-    teardown = outcome.report.get("teardown") or {}
-    console.print(
-        f"stopped: teardown {teardown.get('duration_s', 0):.2f} s, {teardown.get('remaining')} left"
-    )
+    teardown = outcome.record.teardown
+    if teardown:
+        console.print(
+            f"stopped: teardown {teardown.duration_s:.2f} s, {teardown.remaining} left", highlight=False
+        )
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from orchestrator import pipeline
     from orchestrator.profile import ChatType
+    from orchestrator.session import run_session
+    from orchestrator.targets import Attached
 
     console = _console()
     opts = _options(args)
-    chat_types = args.chat_type or tuple(ChatType)
-    return _finish(console, pipeline.attach(opts, chat_types, TerminalEvents(console)))
+    target = Attached(opts, args.chat_type or tuple(ChatType))
+    return _finish(console, run_session(target, opts, TerminalEvents(console), origin=STARTED))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -498,24 +593,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from orchestrator import report
+    from orchestrator import record
 
-    a, b = report.load(args.run_a), report.load(args.run_b)
-    if a["profile"] != b["profile"]:
+    if args.report_command == "schema":
+        sys.stdout.write(record.schema_text())
+        return 0
+    a, b = record.load(args.run_a), record.load(args.run_b)
+    if a.profile != b.profile:
         _console(stderr=True).print(
-            f"note: comparing different profiles ({a['profile']} vs {b['profile']})", markup=False
+            f"note: comparing different profiles ({_esc(a.profile)} vs {_esc(b.profile)})"
         )
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0
-    for row in report.diff(a, b):
+    for row in record.diff(a, b):
         moved = row["status_a"] != row["status_b"]
         changed += moved
         ratio = row["latency_ratio"]
         table.add_row(
             _esc(row["name"]),
-            row["status_a"],
-            f"[bold]{row['status_b']}[/]" if moved else row["status_b"],
-            "changed" if row["answer_changed"] else "same",
+            _esc(row["status_a"]),
+            f"[bold]{_esc(row['status_b'])}[/]" if moved else _esc(row["status_b"]),
+            row["answer"],
             f"{ratio:.2f}x" if ratio is not None else "–",
         )
     _console().print(table)
@@ -524,8 +622,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from orchestrator import models
+    from orchestrator.options import Environment
 
-    path = models.build(args.name, args.vllm_bin, force=args.force)
+    path = models.build(args.name, args.vllm_bin or Environment.read().vllm_bin or "vllm", force=args.force)
     _console().print(f"{args.name}: {path}", markup=False)
     return 0
 

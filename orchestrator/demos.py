@@ -6,20 +6,26 @@ per way the example sends media (URL, base64, file, input_audio).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.errors import ProfileError, ServerError
+from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
+from orchestrator.record import AssetRecord, DemoRecord, Verdict
 
 if TYPE_CHECKING:
     from openai import OpenAI
+
+    from orchestrator.session import Session
+    from orchestrator.targets import Prepared, Reach
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +117,10 @@ class DemoResult:
     error: str | None
     started_at: float  # time.monotonic()
     ended_at: float
-    assets: list[dict[str, str | None]] = field(default_factory=list)
+    assets: tuple[Asset, ...] = ()
+    prompt: str = ""
+    expected: tuple[tuple[str, ...], ...] = ()
+    missing: tuple[tuple[str, ...], ...] = ()
 
 
 def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int = 128) -> list[DemoRequest]:
@@ -177,8 +186,13 @@ def run_demos(
     concurrency: int | None,
     timeout_s: float,
     on_result: Callable[[DemoResult], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> list[DemoResult]:
-    """Send every request (at most `concurrency` at once; None = all) and return results in order."""
+    """Send every request (at most `concurrency` at once; None = all) and return results in order.
+
+    Returns early, with whatever finished, once `cancelled()` is true: the caller is stopping and
+    tearing the server down ends the requests still in flight.
+    """
     from openai import DefaultHttpxClient, OpenAI  # deferred: the CLI must start fast
 
     if not requests:
@@ -191,27 +205,27 @@ def run_demos(
     with OpenAI(
         base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, http_client=http_client
     ) as client:
-        cancelled = threading.Event()
+        quiet = threading.Event()
 
         def one(request: DemoRequest) -> DemoResult:
             result = _run_one(client, request, model=model, base_url=base_url, timeout_s=timeout_s)
             # Once the run is interrupted, failures of requests still in flight are ours, not news.
-            if on_result is not None and not cancelled.is_set():
+            if on_result is not None and not quiet.is_set() and not cancelled():
                 with report_lock:
                     on_result(result)
             return result
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo")
-        try:
-            futures = [pool.submit(one, request) for request in requests]
-            results = [f.result() for f in futures]
-        except BaseException:
-            # Interrupted: do not wait for requests in flight; tearing the server down ends them.
-            cancelled.set()
+        futures = [pool.submit(one, request) for request in requests]
+        pending = set(futures)
+        while pending and not cancelled():
+            _, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+        if pending:  # do not wait for requests in flight
+            quiet.set()
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            return [f.result() for f in futures if f.done() and not f.cancelled()]
         pool.shutdown(wait=True)
-        return results
+        return [f.result() for f in futures]
 
 
 class _Overdue(Exception):
@@ -281,8 +295,10 @@ def _run_one(
     answer = "".join(got.parts)
     if error is None and not answer.strip():
         error = "the server answered with empty text"
-    if error is None and (missing := [w for w in request.expect if w.lower() not in answer.lower()]):
-        error = f"the answer lacks the expected word(s): {', '.join(missing)}"
+    expected = expectation_groups(request.expect)
+    missing = missing_groups(answer, expected)
+    if error is None and missing:
+        error = f"the answer lacks the expected word(s): {', '.join('|'.join(g) for g in missing)}"
     latency = ended - got.started
     completion_tokens = getattr(got.usage, "completion_tokens", None)
     result = DemoResult(
@@ -301,10 +317,10 @@ def _run_one(
         error=error,
         started_at=got.started,
         ended_at=ended,
-        assets=[
-            {"key": a.key, "provenance": a.provenance, "sha256": a.sha256, "source_url": a.source_url}
-            for a in request.assets
-        ],
+        assets=request.assets,
+        prompt=PROMPTS[request.chat_type],
+        expected=expected,
+        missing=missing,
     )
     log.info("demo %s: %s in %.2f s%s", request.name, result.status, latency, f" ({error})" if error else "")
     return result
@@ -345,3 +361,134 @@ def list_models(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> 
     if not isinstance(entries, list):
         raise ServerError(f"GET {url} answered without a model list")
     return [str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry]
+
+
+# -- expectations and the record -------------------------------------------------------------------
+
+
+def expectation_groups(expect: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """`["duck|mallard", "lion"]` -> (("duck", "mallard"), ("lion",)): every group needs one of its words."""
+    return tuple(tuple(w.strip() for w in item.split("|") if w.strip()) for item in expect if item.strip())
+
+
+def missing_groups(answer: str, groups: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """The groups none of whose words the answer contains (case-insensitive)."""
+    text = answer.lower()
+    return tuple(g for g in groups if not any(w.lower() in text for w in g))
+
+
+def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
+    """One demo result as report.json keeps it."""
+    if result.error is not None and not result.answer:
+        verdict: Verdict = "no answer"
+    elif result.expected and not result.missing and result.passed:
+        verdict = "understood"
+    else:
+        verdict = "answered"
+    return DemoRecord(
+        name=result.name,
+        chat_type=result.chat_type.value,
+        variant=result.variant,
+        status=result.status,
+        verdict=verdict,
+        http_status=result.http_status,
+        latency_s=round(result.latency_s, 4),
+        ttft_s=None if result.ttft_s is None else round(result.ttft_s, 4),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        tokens_per_s=None if result.tokens_per_s is None else round(result.tokens_per_s, 4),
+        prompt=result.prompt,
+        answer=result.answer,
+        error=result.error,
+        expected=[list(g) for g in result.expected],
+        missing=[list(g) for g in result.missing],
+        started_s=round(result.started_at - phase_start, 4),
+        assets=[
+            AssetRecord(
+                key=a.key,
+                kind=a.kind,
+                provenance=a.provenance,
+                sha256=a.sha256,
+                source_url=a.source_url,
+                path=str(a.path),
+                reason=getattr(a, "reason", None),
+            )
+            for a in result.assets
+        ],
+    )
+
+
+# -- media, prepared while the server starts -------------------------------------------------------
+
+
+class MediaStep:
+    """The demo requests and their media, built in the background while vLLM loads."""
+
+    def __init__(self, session: Session, future: Future[list[DemoRequest]] | None, reach: Reach) -> None:
+        self.session = session
+        self.future = future
+        self.reach = reach
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(
+        cls, session: Session, prepared: Prepared, options: Options, *, enabled: bool = True
+    ) -> Iterator[MediaStep]:
+        """Start building the requests (downloads included); the origin serves media until the end."""
+        if not enabled:  # `serve` sends no demos
+            yield cls(session, None, prepared.reach)
+            return
+        from orchestrator.assets import AssetServer
+        from orchestrator.paths import assets_dir
+
+        store = AssetStore(
+            options.cache_dir or assets_dir(), offline=options.offline, on_progress=session.events.download
+        )
+        if prepared.reach.files:
+            session.media_root = store.root
+        demos = prepared.demos
+        if not prepared.check_expectations:  # random weights: an answer is all there is to expect
+            demos = tuple(d.model_copy(update={"expect": ()}) for d in demos)
+        with AssetServer(store.root) as origin:
+            # A server on this machine fetches URL media from our loopback origin; a remote one (another
+            # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
+            url = origin.url_for if prepared.reach.loopback else (lambda a: a.source_url or origin.url_for(a))
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
+            future = pool.submit(build_requests, demos, Media(store=store, url=url), DEFAULT_MAX_TOKENS)
+            future.add_done_callback(lambda _: session.mark("media ready"))
+            pool.shutdown(wait=False)
+            try:
+                yield cls(session, future, prepared.reach)
+            finally:
+                future.cancel()
+                session.record.asset_server_requests = origin.requests_served
+
+    def requests(self) -> list[DemoRequest]:
+        """The requests, once their media are ready; those the server cannot reach are left out."""
+        assert self.future is not None, "no media in serve mode"
+        built = self.session.wait(self.future)
+        skipped = [r.name for r in built if not self._reachable(r)]
+        if skipped:
+            self.session.record.notes.append(
+                f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
+            )
+        chosen = [r for r in built if r.name not in skipped]
+        self.session.events.stage("assets", provenance_summary(chosen))
+        return chosen
+
+    def _reachable(self, request: DemoRequest) -> bool:
+        if request.variant == "file":  # needs --allowed-local-media-path on our cache
+            return self.reach.files
+        if request.variant == "url" and not self.reach.loopback:
+            return all(a.source_url for a in request.assets)
+        return True
+
+
+def provenance_summary(requests: Sequence[DemoRequest]) -> str:
+    """'6 media: 4 cached, 2 synthetic' for the terminal."""
+    seen = {a.key: a.provenance for r in requests for a in r.assets}
+    counts: dict[str, int] = {}
+    for provenance in seen.values():
+        counts[provenance] = counts.get(provenance, 0) + 1
+    detail = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    return f"{len(seen)} media: {detail}" if seen else "no media"

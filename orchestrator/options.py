@@ -10,8 +10,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.profile import ChatType
+if TYPE_CHECKING:  # the CLI reads these defaults before it imports pydantic and the profile schema
+    from orchestrator.profile import ChatType
 
 DEFAULT_MAX_TOKENS = 128  # the upstream example's --max-completion-tokens default
 

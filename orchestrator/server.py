@@ -23,14 +23,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from orchestrator import watchdog
 from orchestrator.command import LaunchPlan, Redactor
-from orchestrator.errors import ServerError, describe_returncode
+from orchestrator.errors import Interrupted, ServerError, describe_returncode
 from orchestrator.logscan import LogFollower, diagnose
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ class Timeout(Exception):
     """The deadline passed before the server was ready."""
 
 
+class Cancelled(Exception):
+    """A stop was requested while we waited."""
+
+
 class Exited(Exception):
     """The server process ended while we waited."""
 
@@ -97,6 +101,7 @@ def wait_until(
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float = POLL_S,
     on_tick: Callable[[float], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> float:
     """Poll until `probe` says READY within one deadline; returns the monotonic time it did.
 
@@ -106,6 +111,8 @@ def wait_until(
     start = clock()
     deadline = start + timeout_s
     while True:
+        if cancelled():
+            raise Cancelled
         code = exited()
         if code is not None:
             raise Exited(code)
@@ -175,6 +182,7 @@ class Server:
         grace_s: float = DEFAULT_GRACE_S,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.plan = plan
         self.log_path = log_path
@@ -192,6 +200,8 @@ class Server:
         self._lock = threading.Lock()
         self.follower = LogFollower(log_path)
         self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.extra_env = dict(extra_env or {})
         self._seen: dict[int, int] = {}  # descendant pid -> its start time (guards against pid reuse)
         self._stopping = threading.Event()
         self._tracker: threading.Thread | None = None
@@ -222,7 +232,13 @@ class Server:
     def start(self) -> None:
         """Start the server in a new session, its output into the log file, the watchdog behind it."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.plan.env, "VLLM_API_KEY": self.api_key, watchdog.TAG_VAR: self.tag}
+        env = {
+            **os.environ,
+            **self.plan.env,
+            **self.extra_env,  # e.g. a matrix cell's CUDA_VISIBLE_DEVICES
+            "VLLM_API_KEY": self.api_key,
+            watchdog.TAG_VAR: self.tag,
+        }
         with self.log_path.open("ab") as out:
             out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
             out.flush()
@@ -331,6 +347,7 @@ class Server:
         on_tick: Callable[[float, str], None] | None = None,
         on_log: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> Ready:
         """Block until /health is 200 and /v1/models lists the served model, or raise ServerError."""
         assert self._proc is not None, "start() first"
@@ -351,16 +368,20 @@ class Server:
                 clock=self._clock,
                 sleep=sleep,
                 on_tick=tick,
+                cancelled=cancelled,
             )
+        except Cancelled:
+            raise Interrupted("stop") from None
         except Exited as died:
             raise self.failure("vllm serve exited before it was ready", returncode=died.returncode) from None
         except Timeout:
             raise self.failure(
-                f"vllm serve was not ready within {timeout_s:.0f} s (last phase: {self.follower.phase})",
+                f"vllm serve was not ready within {timeout_s:g} s (last phase: {self.follower.phase})",
                 timeout_s=timeout_s,
                 hint="raise --timeout if the model is still downloading or compiling",
             ) from None
         tick(ready_at - start)
+        self.ready_at = ready_at
         return Ready(elapsed_s=ready_at - start, ready_at=ready_at, models=self._models(5.0))
 
     def failure(

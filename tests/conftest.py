@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +75,38 @@ def no_leftover_processes() -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         pytest.fail(f"processes left running after the test: {names}")
+
+
+@functools.cache
+def _report_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((REPO / "orchestrator" / "report.schema.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def schema_problems(report: dict[str, Any]) -> list[str]:
+    """Every way a report.json departs from the shipped JSON Schema, one line each."""
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+        for e in _report_validator().iter_errors(report)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def every_report_validates(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every report.json a test writes under its tmp_path validates against the shipped schema."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is None:
+        return
+    for path in root.rglob("report.json"):
+        with contextlib.suppress(ValueError):  # tests that corrupt a report on purpose name it otherwise
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("schema_version") == 2:
+                problems = schema_problems(data)
+                assert not problems, f"{path} does not match report.schema.json: {problems[:3]}"
 
 
 @pytest.fixture(scope="session")

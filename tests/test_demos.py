@@ -314,8 +314,8 @@ def test_a_streamed_answer_passes_with_timings_and_usage(
     assert 0 < result.ttft_s <= result.latency_s
     assert result.latency_s == pytest.approx(result.ended_at - result.started_at)
     assert result.tokens_per_s == pytest.approx(4 / result.latency_s)
-    assert [a["key"] for a in result.assets] == ["duck", "lion"]
-    assert all(a["provenance"] == "synthetic" and a["sha256"] for a in result.assets)
+    assert [a.key for a in result.assets] == ["duck", "lion"]
+    assert all(a.provenance == "synthetic" and a.sha256 for a in result.assets)
 
     [record] = chat.records
     assert record["auth"] == "Bearer sk-test"

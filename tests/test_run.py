@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report import DEMO_KEYS, REQUIRED_KEYS, validate
-from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
+from orchestrator.record import DemoRecord, RunRecord
+from tests.conftest import FAKE, FAKE_PROFILE, mmdemo, schema_problems
 
 
 def run_fake(tmp_path: Path, env: dict[str, str], *extra: str, **switches: str) -> tuple[int, str, dict]:
@@ -31,8 +31,8 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
     code, out, report = run_fake(tmp_path, mmdemo_env)
     assert code == 0, out
     assert "PASSED 11/11 demos" in out
-    assert set(REQUIRED_KEYS) <= set(report)
-    assert validate(report) == []
+    assert set(RunRecord.model_fields) == set(report)
+    assert schema_problems(report) == []
     assert report["status"] == "passed"
     names = [d["name"] for d in report["demos"]]
     assert names == [
@@ -40,7 +40,7 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
         "video/url", "video/base64", "audio/input_audio", "audio/url", "audio/base64", "multi-audio/input_audio",
     ]  # fmt: skip
     for demo in report["demos"]:
-        assert set(DEMO_KEYS) <= set(demo)
+        assert set(DemoRecord.model_fields) == set(demo)
         assert demo["http_status"] == 200
         assert demo["completion_tokens"] > 0
         assert demo["ttft_s"] <= demo["latency_s"]
@@ -52,7 +52,7 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
     suite = ET.parse(run_dir / "junit.xml").getroot()
     assert suite.get("tests") == "11"
     assert suite.get("failures") == "0"
-    assert "| multi-audio/input_audio" in (run_dir / "report.md").read_text()
+    assert "| multi-audio/input\\_audio" in (run_dir / "report.md").read_text()
     assert (run_dir / "server.log").read_text().count("Application startup complete") == 1
 
 
@@ -173,7 +173,7 @@ def test_server_failures_exit_3_with_evidence(
     assert "last " in out  # the log tail is shown
     assert "| " in out
     assert report["status"] == "error"
-    assert validate(report) == []
+    assert schema_problems(report) == []
     assert report["error"]["log_tail"]
     assert report["error"]["diagnosis"] == diagnosis
     if diagnosis:
@@ -276,12 +276,25 @@ def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> 
 
 
 def test_the_schema_check_catches_a_broken_report() -> None:
-    broken = {"schema_version": 1, "status": "maybe", "demos": [{"name": "x", "latency_s": "fast"}]}
-    problems = validate(broken)
-    assert "profile: missing" in problems
-    assert "status: 'maybe' is not one of passed, failed, error, interrupted" in problems
-    assert "demos.0.latency_s: str is not allowed" in problems
-    assert "demos.0.answer: missing" in problems
+    broken = {"schema_version": 2, "status": "maybe", "demos": [{"name": "x", "latency_s": "fast"}]}
+    problems = schema_problems(broken)
+    assert "(top): 'profile' is a required property" in problems
+    assert any(p.startswith("status: 'maybe' is not one of") for p in problems)
+    assert "demos.0.latency_s: 'fast' is not of type 'number'" in problems
+    assert "demos.0: 'answer' is a required property" in problems
+
+
+def test_the_shipped_schema_is_the_one_the_record_generates() -> None:
+    from orchestrator.record import schema_text
+
+    shipped = (Path(__file__).parent.parent / "orchestrator" / "report.schema.json").read_text()
+    assert shipped == schema_text(), "regenerate: mmdemo report schema > orchestrator/report.schema.json"
+
+
+def test_report_schema_command_prints_the_schema(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("report", "schema", env=mmdemo_env)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["properties"]["schema_version"]["const"] == 2
 
 
 def test_server_text_that_looks_like_markup_is_shown_literally(
