@@ -142,6 +142,18 @@ def mmdemo(
     )
 
 
+def example_client_chat(port: int, content: Any, max_tokens: int = 16) -> str | None:
+    """One chat completion the way vLLM's example client sends it: localhost, key EMPTY, first model."""
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"http://localhost:{port}/v1", api_key="EMPTY", max_retries=0, timeout=60) as client:
+        model = client.models.list().data[0].id
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_completion_tokens=max_tokens
+        )
+        return chat.choices[0].message.content
+
+
 def signal_mmdemo(
     args: list[str],
     env: dict[str, str],

@@ -66,3 +66,22 @@ def test_attach_to_nothing_says_so_and_leaves_no_run_directory(
     assert done.returncode == 3
     assert done.stderr.splitlines()[0] == "error: cannot connect to http://127.0.0.1:9/v1/models"
     assert not (tmp_path / "runs").exists()
+
+
+def test_attach_with_an_unusable_cache_still_leaves_a_report(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("a file, not a directory")
+    with server_for(tmp_path) as server:
+        server.wait_ready(10)
+        done = mmdemo(
+            "demo", "--base-url", f"http://127.0.0.1:{server.port}", f"--api-key={server.api_key}",
+            "-c", "single-image", "--runs-dir", str(tmp_path / "runs"),
+            env={**mmdemo_env, "MMDEMO_CACHE_DIR": str(not_a_dir)},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error:" in done.stderr
+    report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
+    assert report["status"] == "error"
+    assert str(not_a_dir) in report["error"]["message"]

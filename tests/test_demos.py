@@ -498,7 +498,6 @@ def fake_vllm(tmp_path: Path) -> Iterator[Callable[..., FakeVllm]]:
         fake.stop()
 
 
-@pytest.mark.skipif(not FAKE_VLLM.exists(), reason="tests/fake_vllm.py is not there yet")
 def test_every_demo_passes_end_to_end_with_local_media(
     fake_vllm: Callable[..., FakeVllm], tmp_path: Path
 ) -> None:
