@@ -95,7 +95,6 @@ def build_plan(
     port: int = 8000,
     media_dir: str | None = None,
     user_env: Mapping[str, str] | None = None,
-    extra_secrets: Sequence[str] = (),
 ) -> LaunchPlan:
     """Render `vllm serve MODEL ...` for one resolved profile; never reads os.environ itself."""
     profile = resolved.profile
@@ -113,7 +112,7 @@ def build_plan(
         env=values,
         display_env=display,
         missing_env=tuple(missing),
-        secrets=tuple(s for s in (*secrets, *extra_secrets) if s),
+        secrets=tuple(s for s in secrets if s),
         served_model_name=served,
         host=host,
         port=port,
@@ -126,10 +125,6 @@ class Redactor:
     def __init__(self, secrets: Sequence[str] = ()) -> None:
         # Longest first so a secret that contains another is replaced whole; ignore trivial strings.
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def add(self, secret: str) -> None:
-        if len(secret) >= 4 and secret not in self._secrets:
-            self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:

@@ -1,6 +1,6 @@
 """GPU detection (NVML, then nvidia-smi) and the mapping from marketing names to variant names.
 
-Detection is injected: callers take a `GpuProbe` so tests pass a fake and nothing here needs a GPU.
+Detection is injected: callers take a probe function so tests pass a fake and nothing here needs a GPU.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,6 @@ class Gpu:
         return variant_for_name(self.name, self.memory_total_mib)
 
 
-GpuProbe = Callable[[], Sequence[Gpu]]
 
 
 def variant_for_name(name: str, memory_total_mib: int | None = None) -> str | None:

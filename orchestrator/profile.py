@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ProfileError
-from orchestrator.gpu import CPU, GPU_CLASSES, VARIANT_NAMES
+from orchestrator.gpu import CPU, VARIANT_NAMES
 from orchestrator.paths import models_dir, profile_search_path
 
 
@@ -45,7 +45,6 @@ CHAT_TYPE_NEEDS: dict[ChatType, tuple[str, int] | None] = {
     ChatType.MULTI_AUDIO: ("audio", 2),
 }
 
-MODALITIES = ("image", "video", "audio")
 LOCAL_MODEL_PREFIX = "mmdemo:"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -287,10 +286,6 @@ class ResolvedProfile:
     def is_cpu(self) -> bool:
         return self.variant == CPU
 
-    def env_references(self) -> list[str]:
-        """Names of the user's environment variables that `${VAR}` values refer to."""
-        return sorted({m for value in self.env.values() for m in _ENV_REF.findall(value)})
-
 
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
@@ -476,7 +471,3 @@ def _did_you_mean(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
-
-def gpu_class_memory(variant: str) -> int | None:
-    """The memory (GiB) of the card a variant targets, None for cpu."""
-    return GPU_CLASSES.get(variant)

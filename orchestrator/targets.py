@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight
-from orchestrator.command import Redactor, build_plan, expand_env
+from orchestrator.command import Redactor, build_plan
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, ResolvedProfile, load_profile
@@ -209,18 +209,10 @@ class Launched:
         preflight.check_variant(resolved)
         port = preflight.choose_port(opts.host, opts.port)
         preflight.check_gpus(resolved, self.gpus)
-        user_env = preflight.user_env(self._environ)
-        preflight.check_env(resolved, expand_env(resolved.env, user_env)[2], user_env)
         info = session.wait(self._version)
         record.vllm = VllmRecord(version=info.version, path=info.path)
         preflight.check_version(info, resolved)
-        local_model = resolved.profile.local_model
-        if local_model and not models.is_built(local_model):
-            events.stage("model", f"building tiny model {local_model}")
-            models.build(local_model, info.path)
-        preflight.check_model(resolved)
-        session.mark("preflight done")
-        session.stop.check()
+        user_env = preflight.user_env(self._environ)
         plan = build_plan(
             resolved,
             vllm_bin=info.path,
@@ -229,6 +221,14 @@ class Launched:
             media_dir=str(session.media_root.resolve()) if session.media_root else None,
             user_env=user_env,
         )
+        preflight.check_env(resolved, plan.missing_env, user_env)
+        local_model = resolved.profile.local_model
+        if local_model and not models.is_built(local_model):
+            events.stage("model", f"building tiny model {local_model}")
+            models.build(local_model, info.path)
+        preflight.check_model(resolved)
+        session.mark("preflight done")
+        session.stop.check()
         server = Server(
             plan,
             log_path=session.run_dir / "server.log",
