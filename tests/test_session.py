@@ -1,0 +1,127 @@
+"""The session in-process, over a fake target: a record whenever a run directory exists, stops, serve."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import PreflightError, UsageError
+from orchestrator.options import Options
+from orchestrator.record import MachineRecord, RunRecord
+from orchestrator.session import Session, Stop, run_session
+from orchestrator.targets import Endpoint, Prepared, Reach
+
+
+class FakeTarget:
+    """A target whose enter() does what the test says, and records that it left."""
+
+    def __init__(
+        self, *, refuse: bool = False, fail: Exception | None = None, stop_inside: bool = False
+    ) -> None:
+        self.refuse, self.fail, self.stop_inside = refuse, fail, stop_inside
+        self.left = False
+        self.hurried = 0
+
+    def prepare(self, started_at: str) -> Prepared:
+        if self.refuse:
+            raise UsageError("no such profile")
+        record = RunRecord(
+            mmdemo_version="0",
+            profile="fake",
+            variant="cpu",
+            model="m",
+            served_model_name="m",
+            machine=MachineRecord(cpu="c", cores=1, python="3", platform="p", accelerator="CPU only"),
+            started_at=started_at,
+        )
+        return Prepared(record, (), Reach(loopback=True, files=True))
+
+    @contextlib.contextmanager
+    def enter(self, session: Session) -> Iterator[Endpoint]:
+        session.stop.on_hurry(self.hurry)
+        try:
+            session.mark("launch")
+            if self.fail is not None:
+                raise self.fail
+            if self.stop_inside:
+                session.stop.request("SIGTERM")
+                session.stop.request("SIGINT")  # a second one hurries teardown
+                session.stop.check()
+            yield Endpoint("http://127.0.0.1:9/v1", "k", "m")
+        finally:
+            self.left = True
+            session.mark("teardown done")
+
+    def hurry(self) -> None:
+        self.hurried += 1
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> Options:
+    return Options(runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", offline=True)
+
+
+def report_of(outcome_dir: Path) -> dict:
+    return json.loads((outcome_dir / "report.json").read_text())
+
+
+def test_a_refused_prepare_leaves_no_run_directory(options: Options) -> None:
+    with pytest.raises(UsageError):
+        run_session(FakeTarget(refuse=True), options)
+    assert not options.runs_dir.exists()
+
+
+def test_a_failure_inside_the_target_is_recorded_and_the_target_left(options: Options) -> None:
+    target = FakeTarget(fail=PreflightError("port 8000 is taken"))
+    outcome = run_session(target, options)
+    assert target.left
+    assert outcome.exit_code == 3
+    report = report_of(outcome.run_dir)
+    assert report["status"] == "error"
+    assert report["error"]["message"] == "port 8000 is taken"
+    events = [e["event"] for e in report["timeline"] if e["event"] != "media ready"]  # that one races
+    assert events == ["command start", "launch", "teardown done"]
+    assert (outcome.run_dir / "junit.xml").exists()
+
+
+def test_a_bug_is_an_internal_error_with_a_record(options: Options) -> None:
+    outcome = run_session(FakeTarget(fail=KeyError("oops")), options)
+    assert outcome.exit_code == 4
+    assert report_of(outcome.run_dir)["error"]["type"] == "InternalError"
+
+
+def test_a_stop_interrupts_tears_down_and_a_second_one_hurries(options: Options) -> None:
+    target = FakeTarget(stop_inside=True)
+    outcome = run_session(target, options)
+    assert target.left
+    assert target.hurried == 1
+    assert outcome.exit_code == 130
+    assert report_of(outcome.run_dir)["status"] == "interrupted"
+    assert str(outcome.error) == "interrupted by SIGTERM"
+
+
+def test_serve_waits_until_stopped(options: Options) -> None:
+    stop = Stop()
+    seen: list[str] = []
+
+    def serve(endpoint: Endpoint, session: Session) -> None:
+        seen.append(endpoint.base_url)
+        stop.request("SIGINT")
+        session.stop.sleep(5)  # raises at once: the stop is set
+
+    outcome = run_session(FakeTarget(), options, stop=stop, serve=serve)
+    assert seen == ["http://127.0.0.1:9/v1"]
+    assert outcome.exit_code == 130
+    assert report_of(outcome.run_dir)["status"] == "interrupted"
+
+
+def test_no_demos_is_a_pass_with_a_complete_record(options: Options) -> None:
+    outcome = run_session(FakeTarget(), options)
+    assert outcome.exit_code == 0
+    report = report_of(outcome.run_dir)
+    assert report["summary"] == {"total": 0, "passed": 0, "failed": 0, "understood": 0}
+    assert report["finished_at"]
