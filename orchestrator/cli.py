@@ -102,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=_port, help="server port (default or 0: a free one)")
         p.add_argument(
             "--vllm-bin",
-            default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"),
-            help="the vLLM command (default: $MMDEMO_VLLM_BIN or `vllm` on PATH)",
+            help="the vLLM command (default: $MMDEMO_VLLM_BIN, `vllm` on PATH, else the project's .venv-vllm)",
         )
         p.add_argument(
             "--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)"
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="auto")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"))
+    p.add_argument("--vllm-bin", help="the vLLM command (default: discover it, as `doctor` shows)")
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
     p.add_argument("paths", nargs="*")
 
@@ -148,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     demo_opts(p)
 
-    sub.add_parser("doctor", help="what this machine has: vLLM, GPUs, token, caches, runnable profiles")
+    p = sub.add_parser("doctor", help="what this machine has: vLLM, GPUs, token, caches, runnable profiles")
+    p.add_argument("--vllm-bin", help="the vLLM command (default: discover it)")
 
     p = sub.add_parser("report", help="work with run reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = msub.add_parser("build", help="build a tiny model into the cache (needs the vLLM env's torch)")
     b.add_argument("name", nargs="?", default="tiny-omni")
     b.add_argument("--force", action="store_true")
-    b.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"))
+    b.add_argument("--vllm-bin", help="the vLLM command (default: discover it, as `doctor` shows)")
     return parser
 
 
@@ -253,7 +253,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     resolved = profile.resolve(variant)
     plan = build_plan(
         resolved,
-        vllm_bin=args.vllm_bin,
+        vllm_bin=_vllm_for_plan(args.vllm_bin),
         host=args.host,
         port=args.port,
         media_dir=str(assets_dir()),
@@ -271,6 +271,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out.print(f"# demos: {', '.join(d.chat_type.value for d in demos)}", markup=False)
     out.print(f"# ready timeout: {resolved.ready_timeout_s:g} s", markup=False)
     return 0
+
+
+def _vllm_for_plan(vllm_bin: str | None) -> str:
+    """The vLLM the run would use; the plan still prints where none is installed."""
+    from orchestrator.backend import locate_vllm
+
+    try:
+        return locate_vllm(vllm_bin)[0]
+    except MMDemoError:
+        return vllm_bin or "vllm"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -367,7 +377,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         gpu=getattr(args, "gpu", "auto"),
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", None),
-        vllm_bin=getattr(args, "vllm_bin", "vllm"),
+        vllm_bin=getattr(args, "vllm_bin", None),
         timeout_s=getattr(args, "timeout", None),
         grace_s=getattr(args, "grace", 15.0),
         only=getattr(args, "only", ()) or (),

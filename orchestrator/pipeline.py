@@ -41,7 +41,7 @@ class RunOptions:
     gpu: str = "auto"
     host: str = "127.0.0.1"
     port: int | None = None
-    vllm_bin: str = "vllm"
+    vllm_bin: str | None = None  # None: discover it (backend.locate_vllm)
     timeout_s: float | None = None
     grace_s: float = DEFAULT_GRACE_S
     only: tuple[ChatType, ...] = ()
