@@ -66,7 +66,16 @@ def locate_vllm(
 
 
 def vllm_python(vllm_path: str) -> Path:
-    """The Python of the environment that holds this `vllm` command (the one beside it)."""
+    """The Python of the environment that holds this `vllm` command: its shebang's, else the one beside it."""
+    try:
+        with open(vllm_path, "rb") as handle:
+            first = handle.readline(512).decode("utf-8", "replace").strip()
+    except OSError:
+        first = ""
+    if first.startswith("#!") and "python" in first:
+        python = Path(first[2:].strip().split()[0])
+        if python.is_absolute() and os.access(python, os.X_OK):
+            return python
     python = Path(vllm_path).parent / "python"
     if not python.exists():
         raise PreflightError(f"no python next to {vllm_path}: mmdemo needs the environment vLLM runs in")

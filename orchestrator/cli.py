@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm-bin", help="the vLLM command (default: discover it, as `doctor` shows)")
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
     p.add_argument("paths", nargs="*")
+    p.add_argument(
+        "--against-vllm",
+        action="store_true",
+        help="also parse every variant's `vllm serve` line with the installed vLLM's own parser",
+    )
+    p.add_argument("--vllm-bin", help="the vLLM to check against (default: discover it)")
 
     p = sub.add_parser("run", help="launch, wait ready, run the demos, report, tear down", epilog=EXIT_CODES)
     launcher(p)
@@ -284,18 +290,29 @@ def _vllm_for_plan(vllm_bin: str | None) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.profile import iter_profile_files, parse_profile_file
+    from orchestrator.profile import Profile, iter_profile_files, parse_profile_file
 
     paths = [Path(p) for p in args.paths] or list(iter_profile_files(args.profiles_dir))
     out, err = _console(), _console(stderr=True)
     failed = 0
+    valid: list[Profile] = []
     for path in paths:
         try:
-            parse_profile_file(path)
+            valid.append(parse_profile_file(path))
             out.print(f"ok    {path}", markup=False)
         except MMDemoError as exc:
             err.print(f"error {exc}", markup=False)
             failed += 1
+    if args.against_vllm and valid:
+        from orchestrator.vllmcheck import check_against_vllm
+
+        checked = check_against_vllm(valid, args.vllm_bin)
+        for verdict in checked.verdicts:
+            line = _esc(verdict.line(checked.version))
+            (out if verdict.ok else err).print(
+                f"{'ok   ' if verdict.ok else 'error'} {line}", highlight=False
+            )
+        failed += len(checked.failed)
     return 2 if failed else 0
 
 
