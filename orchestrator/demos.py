@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.errors import ProfileError, ServerError
+from orchestrator.expect import check_expect
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ def _run_one(
     answer = "".join(got.parts)
     if error is None and not answer.strip():
         error = "the server answered with empty text"
-    if error is None and (missing := [w for w in request.expect if w.lower() not in answer.lower()]):
+    if error is None and (missing := check_expect(answer, request.expect)[1]):
         error = f"the answer lacks the expected word(s): {', '.join(missing)}"
     latency = ended - got.started
     completion_tokens = getattr(got.usage, "completion_tokens", None)

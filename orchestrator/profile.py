@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ProfileError
+from orchestrator.expect import alternatives
 from orchestrator.gpu import CPU, GPU_CLASSES, VARIANT_NAMES
 from orchestrator.paths import models_dir, profile_search_path
 
@@ -189,8 +190,15 @@ class Demo(_Frozen):
 
     chat_type: ChatType
     max_completion_tokens: int | None = Field(None, gt=0)
-    expect: tuple[str, ...] = ()
+    expect: tuple[str, ...] = ()  # groups of alternatives, "duck|mallard|bird" (see expect.py)
     media: tuple[str, ...] = ()
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_groups(cls, groups: tuple[str, ...]) -> tuple[str, ...]:
+        for group in groups:
+            alternatives(group)
+        return groups
 
 
 class Profile(_Frozen):

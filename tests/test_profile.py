@@ -76,6 +76,7 @@ BAD = [
         ":5: key 'serve.max_model_len' appears twice in one mapping (lines 3 and 5)",
     ),
     ("bad-yaml-alias", ":3: YAML anchor &args is not allowed in a profile"),
+    ("bad-expect-empty-alternative", ":5: demos.0.expect: 'duck||bird' has an empty alternative"),
     ("bad-removed-flag", ":3: serve.extra_args: `--task` was replaced by `--runner`"),
     ("bad-unknown-variant", ":2: variants: unknown variant 'H10' (did you mean 'H100'?)"),
     ("bad-wrong-type", ":3: serve.max_model_len = 'lots': Input should be a valid integer"),
