@@ -171,6 +171,19 @@ def test_shipped_gpu_profiles_cover_big_and_24gb_cards() -> None:
         assert any(v is not None for v in small), f"{path}: no 24 GB card variant nor a reason"
 
 
+def test_shipped_gpu_profiles_expect_words_a_real_model_would_say() -> None:
+    # Tiny random models answer gibberish and declare none; a real model is judged by its words.
+    must = {ChatType.TEXT: "Paris", ChatType.SINGLE_IMAGE: "boardwalk", ChatType.MULTI_IMAGE: "mallard"}
+    for path in SHIPPED:
+        profile = parse_profile_file(path)
+        if profile.local_model:
+            assert not any(d.expect for d in profile.demos), path
+            continue
+        for demo in profile.demos:
+            if demo.chat_type in must:
+                assert any(must[demo.chat_type] in group.split("|") for group in demo.expect), (path, demo)
+
+
 def test_shipped_profiles_cover_all_six_chat_types() -> None:
     omni = parse_profile_file(REPO / "profiles" / "qwen2.5-omni-3b.yaml")
     tiny = parse_profile_file(REPO / "profiles" / "cpu-tiny-omni.yaml")
@@ -181,7 +194,7 @@ def test_shipped_profiles_cover_all_six_chat_types() -> None:
 def test_variant_overrides_merge_field_by_field() -> None:
     profile = parse_profile_file(REPO / "profiles" / "llava-1.5-7b.yaml")
     l4 = profile.resolve("L4")
-    assert l4.serve.max_model_len == 2048
+    assert l4.serve.max_model_len == 4096  # inherited: vLLM's example runs it on one L4
     assert l4.serve.gpu_memory_utilization == 0.92
     assert l4.serve.limit_mm_per_prompt == {"image": 1}  # inherited from the base
     assert l4.requires.gpu_memory_gib == 22
