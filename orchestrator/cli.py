@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     vllm_bin(p)
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
     p.add_argument("paths", nargs="*")
+    p.add_argument(
+        "--against-vllm",
+        action="store_true",
+        help="also parse every variant's `vllm serve` line with the installed vLLM's own parser",
+    )
+    vllm_bin(p)
 
     p = sub.add_parser("run", help="launch, wait ready, run the demos, report, tear down", epilog=EXIT_CODES)
     launcher(p)
@@ -300,7 +306,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator import preflight
     from orchestrator.command import build_plan
     from orchestrator.gpu import detect
-    from orchestrator.options import Environment
     from orchestrator.paths import assets_dir
     from orchestrator.profile import load_profile
     from orchestrator.targets import select_demos
@@ -310,7 +315,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     resolved = profile.resolve(variant)
     plan = build_plan(
         resolved,
-        vllm_bin=args.vllm_bin or Environment.read().vllm_bin or "vllm",
+        vllm_bin=_vllm_for_plan(args.vllm_bin),
         host=args.host,
         port=args.port,
         media_dir=str(assets_dir()),
@@ -330,19 +335,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vllm_for_plan(vllm_bin: str | None) -> str:
+    """The vLLM the run would use; the plan still prints where none is installed."""
+    from orchestrator.backend import locate_vllm
+
+    try:
+        return locate_vllm(vllm_bin)[0]
+    except MMDemoError:
+        return vllm_bin or "vllm"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.profile import iter_profile_files, parse_profile_file
+    from orchestrator.profile import Profile, iter_profile_files, parse_profile_file
 
     paths = [Path(p) for p in args.paths] or list(iter_profile_files(args.profiles_dir))
     out, err = _console(), _console(stderr=True)
     failed = 0
+    valid: list[Profile] = []
     for path in paths:
         try:
-            parse_profile_file(path)
+            valid.append(parse_profile_file(path))
             out.print(f"ok    {path}", markup=False)
         except MMDemoError as exc:
             err.print(f"error {exc}", markup=False)
             failed += 1
+    if args.against_vllm and valid:
+        from orchestrator.vllmcheck import check_against_vllm
+
+        checked = check_against_vllm(valid, args.vllm_bin)
+        for verdict in checked.verdicts:
+            line = _esc(verdict.line(checked.version))
+            (out if verdict.ok else err).print(
+                f"{'ok   ' if verdict.ok else 'error'} {line}", highlight=False
+            )
+        failed += len(checked.failed)
     return 2 if failed else 0
 
 
@@ -622,9 +648,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from orchestrator import models
-    from orchestrator.options import Environment
 
-    path = models.build(args.name, args.vllm_bin or Environment.read().vllm_bin or "vllm", force=args.force)
+    path = models.build(args.name, args.vllm_bin, force=args.force)
     _console().print(f"{args.name}: {path}", markup=False)
     return 0
 

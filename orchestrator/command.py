@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.profile import ResolvedProfile, ServeSettings
+from orchestrator.errors import UsageError
+from orchestrator.profile import ResolvedProfile, ServeSettings, option_name
 
 DEFAULT_HOST = "127.0.0.1"
 REDACTED = "***"
@@ -49,6 +50,23 @@ def serve_args(serve: ServeSettings) -> list[str]:
         args += render_flag(name, value)
     args += serve.extra_args
     return args
+
+
+DUMMY_WEIGHTS = ("--load-format", "dummy")
+
+
+def with_dummy_weights(serve: ServeSettings, where: str = "the profile") -> ServeSettings:
+    """The settings plus `--load-format dummy`: random weights built from the model's config alone.
+
+    Refused where the profile already picks a load format: the two would contradict each other.
+    """
+    for arg in serve.extra_args:
+        if option_name(arg, known=(DUMMY_WEIGHTS[0],)) == DUMMY_WEIGHTS[0]:
+            raise UsageError(
+                f"--dummy-weights adds {' '.join(DUMMY_WEIGHTS)}, but {where} already sets {arg!r} in extra_args",
+                hint="drop --dummy-weights, or the load format from the profile's extra_args",
+            )
+    return serve.model_copy(update={"extra_args": (*serve.extra_args, *DUMMY_WEIGHTS)})
 
 
 def render_flag(name: str, value: Any) -> list[str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.errors import ProfileError, ServerError
+from orchestrator.expect import alternatives, check_expect
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
 from orchestrator.record import AssetRecord, DemoRecord, Verdict
@@ -295,8 +296,8 @@ def _run_one(
     answer = "".join(got.parts)
     if error is None and not answer.strip():
         error = "the server answered with empty text"
-    expected = expectation_groups(request.expect)
-    missing = missing_groups(answer, expected)
+    expected = tuple(alternatives(group) for group in request.expect)
+    missing = tuple(alternatives(group) for group in check_expect(answer, request.expect)[1])
     if error is None and missing:
         error = f"the answer lacks the expected word(s): {', '.join('|'.join(g) for g in missing)}"
     latency = ended - got.started
@@ -364,17 +365,6 @@ def list_models(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> 
 
 
 # -- expectations and the record -------------------------------------------------------------------
-
-
-def expectation_groups(expect: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """`["duck|mallard", "lion"]` -> (("duck", "mallard"), ("lion",)): every group needs one of its words."""
-    return tuple(tuple(w.strip() for w in item.split("|") if w.strip()) for item in expect if item.strip())
-
-
-def missing_groups(answer: str, groups: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
-    """The groups none of whose words the answer contains (case-insensitive)."""
-    text = answer.lower()
-    return tuple(g for g in groups if not any(w.lower() in text for w in g))
 
 
 def to_record(result: DemoResult, phase_start: float) -> DemoRecord:

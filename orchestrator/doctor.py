@@ -23,15 +23,14 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    vllm_bin = os.environ.get("MMDEMO_VLLM_BIN", "vllm")
     try:
-        info = preflight.vllm_version(vllm_bin)
-        vllm_line = f"{info.version} ({info.path})"
+        info = preflight.vllm_version(getattr(args, "vllm_bin", None))
+        vllm_line = f"{info.version} ({escape(info.path)}), found by {escape(info.found_by)}"
     except MMDemoError as exc:
         info = None
         vllm_line = f"[red]not usable[/]: {escape(str(exc))}"
     gpus = detect()
-    console.print(f"vLLM:        {vllm_line}")
+    console.print(f"vLLM:        {vllm_line}", highlight=False)
     if gpus:
         for g in gpus:
             free = f"{g.memory_free_gib:.1f} GiB free of " if g.memory_free_gib is not None else ""

@@ -73,8 +73,6 @@ class Gpu:
         return variant_for_name(self.name, self.memory_total_mib)
 
 
-
-
 def variant_for_name(name: str, memory_total_mib: int | None = None) -> str | None:
     """Map a marketing name ("NVIDIA H100 80GB HBM3") to a variant name, or None if unknown."""
     text = name.upper().replace("NVIDIA", " ")

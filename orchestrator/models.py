@@ -30,7 +30,7 @@ def is_built(name: str) -> bool:
     return (model_dir(name) / MARKER).is_file()
 
 
-def builder_python(vllm_bin: str) -> Path:
+def builder_python(vllm_bin: str | None) -> Path:
     """The Python of the environment that holds the `vllm` command."""
     from orchestrator.preflight import find_vllm
 
@@ -41,7 +41,7 @@ def builder_python(vllm_bin: str) -> Path:
     return python
 
 
-def build(name: str, vllm_bin: str, *, force: bool = False, seed: int = 0) -> Path:
+def build(name: str, vllm_bin: str | None, *, force: bool = False, seed: int = 0) -> Path:
     """Build the tiny model NAME unless it is already there; returns its directory."""
     if name not in BUILDERS:
         raise UsageError(f"no tiny-model builder named {name!r}", hint=f"known: {', '.join(BUILDERS)}")

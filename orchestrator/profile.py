@@ -10,7 +10,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ProfileError
+from orchestrator.expect import alternatives
 from orchestrator.gpu import CPU, VARIANT_NAMES
 from orchestrator.paths import models_dir, profile_search_path
 
@@ -67,6 +68,46 @@ REMOVED_FLAGS = {
 }
 
 
+# Other spellings vLLM's serve parser accepts for a flag mmdemo names or owns (vLLM 0.32's parser).
+FLAG_ALIASES = {
+    "-tp": "--tensor-parallel-size",
+    "--device-memory-utilization": "--gpu-memory-utilization",
+}
+
+
+def _plain_option(arg: str) -> str | None:
+    """The option an argv word spells, normalised the way vLLM's FlexibleArgumentParser does.
+
+    `--max_model_len=10` -> `--max-model-len`; `--limit-mm-per-prompt.image` -> `--limit-mm-per-prompt`;
+    `--no-enforce-eager` -> `--enforce-eager`; `-tp` -> `--tensor-parallel-size`; values -> None.
+    """
+    if not arg.startswith("-") or arg in ("-", "--") or arg[1:2].isdigit():
+        return None
+    key = arg.split("=", 1)[0].split(".", 1)[0]
+    if not key.startswith("--"):
+        return FLAG_ALIASES.get(key, key)
+    key = "--" + key[2:].replace("_", "-")
+    if key.startswith("--no-"):
+        key = "--" + key[len("--no-") :]
+    return FLAG_ALIASES.get(key, key)
+
+
+def option_name(arg: str, known: Iterable[str] = ()) -> str | None:
+    """The flag vLLM's parser takes an argv word for, `known` flags' abbreviations resolved.
+
+    argparse accepts any unambiguous prefix of a long option (`--max-model` is `--max-model-len`);
+    no vLLM 0.32 serve flag is a prefix of one mmdemo names or owns, so such a prefix can only be that.
+    """
+    key = _plain_option(arg)
+    if key is None or not key.startswith("--"):
+        return key
+    known = tuple(known)
+    if key in known or key in REMOVED_FLAGS:
+        return key
+    longer = sorted(k for k in known if k.startswith(key) and len(key) > 3)
+    return longer[0] if len(longer) == 1 else key
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,17 +134,17 @@ class ServeSettings(_Frozen):
     def _no_owned_flags(cls, args: tuple[str, ...]) -> tuple[str, ...]:
         named = {_flag(name) for name in cls.model_fields if name != "extra_args"}
         for arg in args:
-            if not arg.startswith("--"):
+            base = option_name(arg, known=(*named, *OWNED_FLAGS))
+            if base is None:
                 continue
-            flag = arg.split("=", 1)[0]
-            base = flag.split(".", 1)[0]
-            if base.startswith("--no-"):
-                base = "--" + base[len("--no-") :]
+            shown = arg.split("=", 1)[0]
+            if base != _plain_option(arg):
+                shown = f"{shown} (vLLM reads it as {base})"
             if base in named:
                 field = base[2:].replace("-", "_")
-                raise ValueError(f"{flag} repeats the named setting serve.{field}; set it there instead")
+                raise ValueError(f"{shown} repeats the named setting serve.{field}; set it there instead")
             if base in OWNED_FLAGS:
-                raise ValueError(f"{flag} is set by mmdemo: {OWNED_FLAGS[base]}")
+                raise ValueError(f"{shown} is set by mmdemo: {OWNED_FLAGS[base]}")
             if base in REMOVED_FLAGS:
                 raise ValueError(REMOVED_FLAGS[base])
         return args
@@ -148,8 +189,15 @@ class Demo(_Frozen):
 
     chat_type: ChatType
     max_completion_tokens: int | None = Field(None, gt=0)
-    expect: tuple[str, ...] = ()
+    expect: tuple[str, ...] = ()  # groups of alternatives, "duck|mallard|bird" (see expect.py)
     media: tuple[str, ...] = ()
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_groups(cls, groups: tuple[str, ...]) -> tuple[str, ...]:
+        for group in groups:
+            alternatives(group)
+        return groups
 
 
 class Profile(_Frozen):
@@ -334,6 +382,9 @@ def parse_profile_file(path: Path) -> Profile:
     """Parse and validate one YAML file into a Profile, or raise a one-line ProfileError."""
     origin = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:  # refused before reading: a profile is a few hundred bytes
+            raise ProfileError(_too_big(origin, size))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{origin}: cannot read profile: {exc}") from None
@@ -342,8 +393,12 @@ def parse_profile_file(path: Path) -> Profile:
 
 def parse_profile_text(text: str, origin: str, default_name: str) -> Profile:
     """Parse YAML text (named `origin` in messages) into a Profile."""
+    if (size := len(text.encode("utf-8", "surrogatepass"))) > MAX_PROFILE_BYTES:
+        raise ProfileError(_too_big(origin, size))
     try:
+        _refuse_anchors(text, origin)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_repeated_keys(node, origin, ())
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -361,6 +416,47 @@ def parse_profile_text(text: str, origin: str, default_name: str) -> Profile:
         # Unknown keys first: a misspelled key often also makes a required key "missing".
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         raise ProfileError(_describe(errors[0], origin, node)) from None
+
+
+MAX_PROFILE_BYTES = 1_000_000
+
+
+def _too_big(origin: str, size: int) -> str:
+    return f"{origin}: {size / 1e6:.1f} MB is not a profile: a profile may be at most 1 MB"
+
+
+def _refuse_anchors(text: str, origin: str) -> None:
+    """Refuse `&anchor` and `*alias`: 400 bytes of nested aliases expand into gigabytes of argv."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        name = getattr(event, "anchor", None)
+        if name is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            where = f"{origin}:{event.start_mark.line + 1}" if event.start_mark else origin
+            raise ProfileError(
+                f"{where}: YAML {'alias' if sign == '*' else 'anchor'} {sign}{name} is not "
+                "allowed in a profile (anchors and aliases can expand without bound): write the value out"
+            )
+
+
+def _refuse_repeated_keys(node: yaml.Node | None, origin: str, path: tuple[str, ...]) -> None:
+    """A key twice in one mapping is an error: YAML loaders silently keep the last one."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in seen:
+                dotted = ".".join((*path, key))
+                raise ProfileError(
+                    f"{origin}:{line}: key {dotted!r} appears twice in one mapping "
+                    f"(lines {seen[key]} and {line}); keep one"
+                )
+            if key is not None:
+                seen[key] = line
+            _refuse_repeated_keys(value_node, origin, (*path, key or "?"))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(item, origin, (*path, str(index)))
 
 
 def _anchor_media(data: dict[str, Any], base: Path) -> None:
@@ -470,4 +566,3 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 def _did_you_mean(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-

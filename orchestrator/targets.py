@@ -164,10 +164,9 @@ class Launched:
         if opts.profile is None:
             raise UsageError("a profile is required")
         profile = load_profile(opts.profile, opts.profiles_dir)
-        vllm_bin = opts.vllm_bin or Environment.read(self._environ).vllm_bin or "vllm"
         # Reading vLLM's version takes a subprocess (seconds): start it now, collect it in preflight.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-version")
-        self._version = pool.submit(preflight.vllm_version, vllm_bin)
+        self._version = pool.submit(preflight.vllm_version, opts.vllm_bin)
         pool.shutdown(wait=False)
         self.gpus = [] if opts.gpu == gpu_mod.CPU else list(self._probe_gpus())  # cpu: no NVML to ask
         variant = preflight.choose_variant(profile, opts.gpu, self.gpus)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ProfileError
-from orchestrator.profile import ChatType, find_profile, iter_profile_files, parse_profile_file
+from orchestrator.profile import (
+    ChatType,
+    find_profile,
+    iter_profile_files,
+    parse_profile_file,
+    parse_profile_text,
+)
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -36,6 +42,41 @@ BAD = [
         ":3: serve.extra_args: --max-model-len repeats the named setting serve.max_model_len",
     ),
     ("bad-owned-flag-in-extra-args", ":3: serve.extra_args: --port is set by mmdemo"),
+    (
+        "bad-underscore-flag-in-extra-args",
+        ":3: serve.extra_args: --max_model_len repeats the named setting serve.max_model_len",
+    ),
+    (
+        "bad-equals-flag-in-extra-args",
+        ":3: serve.extra_args: --max-model-len repeats the named setting serve.max_model_len",
+    ),
+    (
+        "bad-dotted-flag-in-extra-args",
+        ":3: serve.extra_args: --limit-mm-per-prompt.image repeats the named setting serve.limit_mm_per_prompt",
+    ),
+    (
+        "bad-abbreviated-flag-in-extra-args",
+        ":3: serve.extra_args: --max-model (vLLM reads it as --max-model-len) repeats the named setting",
+    ),
+    (
+        "bad-short-flag-in-extra-args",
+        ":3: serve.extra_args: -tp repeats the named setting serve.tensor_parallel_size",
+    ),
+    (
+        "bad-negated-flag-in-extra-args",
+        ":3: serve.extra_args: --no-enforce_eager repeats the named setting serve.enforce_eager",
+    ),
+    (
+        "bad-underscore-owned-flag-in-extra-args",
+        ":3: serve.extra_args: --allowed_local_media_path is set by mmdemo",
+    ),
+    ("bad-repeated-key", ":4: key 'model' appears twice in one mapping (lines 1 and 4)"),
+    (
+        "bad-repeated-nested-key",
+        ":5: key 'serve.max_model_len' appears twice in one mapping (lines 3 and 5)",
+    ),
+    ("bad-yaml-alias", ":3: YAML anchor &args is not allowed in a profile"),
+    ("bad-expect-empty-alternative", ":5: demos.0.expect: 'duck||bird' has an empty alternative"),
     ("bad-removed-flag", ":3: serve.extra_args: `--task` was replaced by `--runner`"),
     ("bad-unknown-variant", ":2: variants: unknown variant 'H10' (did you mean 'H100'?)"),
     ("bad-wrong-type", ":3: serve.max_model_len = 'lots': Input should be a valid integer"),
@@ -63,6 +104,48 @@ def test_bad_profile_message(fixture: str, expected: str) -> None:
     assert "\n" not in message
 
 
+def test_oversized_profile_is_refused_before_parsing(tmp_path: Path) -> None:
+    # Generated, not a fixture: a 1 MB file in the repository would cost more than it shows.
+    path = tmp_path / "huge.yaml"
+    path.write_text("model: org/model\ndemos: [text-only\n" + "# padding\n" * 100_001)
+    with pytest.raises(ProfileError) as info:
+        parse_profile_file(path)  # unparsable too: the size must be what refuses it
+    assert str(info.value) == f"{path}: 1.0 MB is not a profile: a profile may be at most 1 MB"
+    with pytest.raises(ProfileError, match="at most 1 MB"):
+        parse_profile_text(path.read_text(), "huge", default_name="huge")
+
+
+def test_alias_is_refused_on_its_own_line() -> None:
+    text = "model: org/model\nserve: {max_model_len: 2048}\nvariants:\n  cpu: {serve: *base}\ndemos: [text-only]\n"
+    with pytest.raises(ProfileError, match=r"^x\.yaml:4: YAML alias \*base is not allowed in a profile"):
+        parse_profile_text(text, "x.yaml", default_name="x")
+
+
+def test_nested_aliases_do_not_expand() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    text = "\n".join(lines) + "\nmodel: org/model\ndemos: [text-only]\n"
+    with pytest.raises(ProfileError, match=r"^bomb:1: YAML anchor &a0 is not allowed"):
+        parse_profile_text(text, "bomb", default_name="bomb")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--seed", "0"],
+        ["--max-num-seqs=5"],
+        ["--limit-mm-per-prompt-x", "1"],  # not a prefix of a named flag: vLLM judges it
+        ["--compilation-config.level", "0"],
+        ["-O", "0"],
+        ["--seed", "-1"],
+    ],
+)
+def test_extra_args_that_name_no_owned_setting_pass(args: list[str]) -> None:
+    text = f"model: org/model\nserve: {{extra_args: {args!r}}}\nvariants: {{cpu: {{}}}}\ndemos: [text-only]\n"
+    profile = parse_profile_text(text, "ok.yaml", default_name="ok")
+    assert profile.serve.extra_args == tuple(args)
+
+
 def test_every_bad_fixture_is_tested() -> None:
     fixtures = {p.stem for p in (HERE / "profiles").glob("bad-*.yaml")}
     assert fixtures == {b[0] for b in BAD}
@@ -88,6 +171,19 @@ def test_shipped_gpu_profiles_cover_big_and_24gb_cards() -> None:
         assert any(v is not None for v in small), f"{path}: no 24 GB card variant nor a reason"
 
 
+def test_shipped_gpu_profiles_expect_words_a_real_model_would_say() -> None:
+    # Tiny random models answer gibberish and declare none; a real model is judged by its words.
+    must = {ChatType.TEXT: "Paris", ChatType.SINGLE_IMAGE: "boardwalk", ChatType.MULTI_IMAGE: "mallard"}
+    for path in SHIPPED:
+        profile = parse_profile_file(path)
+        if profile.local_model:
+            assert not any(d.expect for d in profile.demos), path
+            continue
+        for demo in profile.demos:
+            if demo.chat_type in must:
+                assert any(must[demo.chat_type] in group.split("|") for group in demo.expect), (path, demo)
+
+
 def test_shipped_profiles_cover_all_six_chat_types() -> None:
     omni = parse_profile_file(REPO / "profiles" / "qwen2.5-omni-3b.yaml")
     tiny = parse_profile_file(REPO / "profiles" / "cpu-tiny-omni.yaml")
@@ -98,7 +194,7 @@ def test_shipped_profiles_cover_all_six_chat_types() -> None:
 def test_variant_overrides_merge_field_by_field() -> None:
     profile = parse_profile_file(REPO / "profiles" / "llava-1.5-7b.yaml")
     l4 = profile.resolve("L4")
-    assert l4.serve.max_model_len == 2048
+    assert l4.serve.max_model_len == 4096  # inherited: vLLM's example runs it on one L4
     assert l4.serve.gpu_memory_utilization == 0.92
     assert l4.serve.limit_mm_per_prompt == {"image": 1}  # inherited from the base
     assert l4.requires.gpu_memory_gib == 22
