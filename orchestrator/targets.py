@@ -8,6 +8,7 @@ that brings the endpoint up and, for a launched server, always tears it down.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight
-from orchestrator.command import Redactor, build_plan
+from orchestrator.command import Redactor, build_plan, with_dummy_weights
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, ResolvedProfile, load_profile
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 RANDOM_MODEL_NOTE = (
     "This is a tiny model with random weights: its answers are gibberish. The verdict rests on the "
     "server accepting and answering every request."
+)
+
+DUMMY_WEIGHTS_NOTE = (
+    "--dummy-weights: vLLM built the full-size model with random weights (--load-format dummy). This run "
+    "checks memory fit, context budget and start-up; its answers mean nothing, so the verdict is 'answered'."
 )
 
 
@@ -170,7 +176,7 @@ class Launched:
         pool.shutdown(wait=False)
         self.gpus = [] if opts.gpu == gpu_mod.CPU else list(self._probe_gpus())  # cpu: no NVML to ask
         variant = preflight.choose_variant(profile, opts.gpu, self.gpus)
-        self.resolved = resolved = profile.resolve(variant)
+        self.resolved = resolved = self._adjusted(profile.resolve(variant))
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
             name
@@ -189,12 +195,21 @@ class Launched:
             machine=machine_info(self.gpus),
             started_at=started_at,
         )
-        random_weights = profile.local_model is not None or opts.dummy_weights
-        if random_weights:
+        if profile.local_model is not None:
             record.notes.append(RANDOM_MODEL_NOTE)
+        if opts.dummy_weights:
+            record.notes.append(DUMMY_WEIGHTS_NOTE)
+        random_weights = profile.local_model is not None or opts.dummy_weights
         return Prepared(
             record, demos, Reach(loopback=True, files=True), check_expectations=not random_weights
         )
+
+    def _adjusted(self, resolved: ResolvedProfile) -> ResolvedProfile:
+        """The variant's serve settings with what the run options add (--dummy-weights)."""
+        serve = resolved.serve
+        if self.options.dummy_weights:
+            serve = with_dummy_weights(serve, f"profile {resolved.profile.name!r}")
+        return dataclasses.replace(resolved, serve=serve)
 
     @contextlib.contextmanager
     def enter(self, session: Session) -> Iterator[Endpoint]:

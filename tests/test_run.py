@@ -379,3 +379,48 @@ def test_a_token_from_huggingface_cli_login_is_used(tmp_path: Path, mmdemo_env: 
     everything = done.stdout + done.stderr + "".join(p.read_text() for p in run_dir.iterdir())
     assert "env HF_TOKEN=***" in everything
     assert "hf_from_login_file" not in everything
+
+
+EXPECT_PROFILE = Path(__file__).parent / "profiles" / "fake-expect.yaml"
+
+
+def test_understood_answered_and_the_missing_words(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo(
+        "run", str(EXPECT_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
+        "--grace", "2", env=mmdemo_env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    run_dir = next((tmp_path / "runs").glob("*"))
+    report = json.loads((run_dir / "report.json").read_text())
+    by_name = {d["name"]: d for d in report["demos"]}
+    text = by_name["text-only/text"]
+    assert (text["status"], text["verdict"], text["expected"], text["missing"]) == (
+        "passed",
+        "understood",
+        [["Paris", "capital"]],
+        [],
+    )
+    images = by_name["multi-image/url"]
+    assert (images["status"], images["verdict"], images["missing"]) == (
+        "failed",
+        "answered",
+        [["zebra", "okapi"]],
+    )
+    assert report["summary"]["understood"] == 1
+    assert "answered, missing zebra\\|okapi" in (run_dir / "report.md").read_text()
+
+
+def test_dummy_weights_load_random_weights_and_only_answer(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    done = mmdemo(
+        "run", str(EXPECT_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
+        "--grace", "2", "--dummy-weights", env=mmdemo_env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
+    assert report["flags"] == ["dummy-weights"]
+    argv = report["server"]["argv"]
+    assert argv[argv.index("--load-format") + 1] == "dummy"
+    assert {d["verdict"] for d in report["demos"]} == {"answered"}
+    assert any("--dummy-weights" in note for note in report["notes"])
