@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InternalError, Interrupted, MMDemoError, ServerError
-from orchestrator.render.text import one_line, visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -411,6 +410,8 @@ class TerminalEvents:
         if self.tty:
             self.console.print(f"[dim]  | {_esc(line)}[/]", highlight=False)
         else:
+            from orchestrator.render.text import visible
+
             print(f"  | {visible(line)}", flush=True)
 
     def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
@@ -433,6 +434,8 @@ class TerminalEvents:
     def demo_done(self, result: Any) -> None:
         mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
         detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")
+        from orchestrator.render.text import one_line
+
         self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(one_line(detail, 200))}", highlight=False)
 
     def _stop_status(self) -> None:
@@ -487,6 +490,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _finish(console: Console, outcome: Outcome) -> int:
     from rich.table import Table
+
+    from orchestrator.render.text import one_line
 
     record = outcome.record
     if record.demos:
