@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.errors import ProfileError, ServerError
+from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
 
 if TYPE_CHECKING:

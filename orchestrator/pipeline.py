@@ -211,8 +211,8 @@ def run(
     serve_forever: Callable[[Server], None] | None = None,
 ) -> Outcome:
     """`mmdemo run` (and, with serve_forever, `mmdemo serve`): the whole pipeline."""
-    from orchestrator import assets as assets_mod
     from orchestrator import demos as demos_mod
+    from orchestrator import media as assets_mod
 
     ev = events or QuietEvents()
     started = _now()
@@ -354,8 +354,8 @@ def run(
 
 def attach(opts: RunOptions, chat_types: Sequence[ChatType], events: Events | None = None) -> Outcome:
     """Run demos against a server that is already up: no launch, no teardown."""
-    from orchestrator import assets as assets_mod
     from orchestrator import demos as demos_mod
+    from orchestrator import media as assets_mod
 
     ev = events or QuietEvents()
     assert opts.base_url
