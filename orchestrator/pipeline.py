@@ -25,8 +25,9 @@ from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight, report
 from orchestrator.command import Redactor, build_plan, expand_env
 from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError, UsageError
+from orchestrator.proctree import Teardown
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, load_profile
-from orchestrator.server import DEFAULT_GRACE_S, Ready, Server, Teardown
+from orchestrator.server import DEFAULT_GRACE_S, Ready, Server
 
 log = logging.getLogger(__name__)
 
