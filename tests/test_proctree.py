@@ -36,8 +36,9 @@ def test_the_watchdog_is_started_with_the_runs_grace() -> None:
     proc = leader(tree)
     tree.start(proc)
     try:
-        argv = watchdog_argv(tree.tag)
-        assert argv is not None
+        # Until the forked watchdog has exec'd, /proc shows the parent's command line: poll for it.
+        argv = wait_for(lambda: watchdog_argv(tree.tag), what="the watchdog to show in /proc")
+        assert isinstance(argv, list)
         assert argv[-3:] == [tree.tag, str(proc.pid), "7.25"]
     finally:
         tree.hurry()
