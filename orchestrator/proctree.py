@@ -78,9 +78,14 @@ class ProcessTree:
         """The leader's pid (also its group and session id), once started."""
         return self._leader.pid if self._leader else None
 
-    def start(self, leader: subprocess.Popen[bytes]) -> None:
-        """Guard the tree under `leader` (a session leader): the watchdog and the descendant tracker."""
+    def adopt(self, leader: subprocess.Popen[bytes]) -> None:
+        """Take `leader`, a session leader just started, as the tree's root: end() ends it from now on."""
         self._leader = leader
+
+    def start(self) -> None:
+        """Guard the adopted tree: the watchdog behind it and the descendant tracker."""
+        leader = self._leader
+        assert leader is not None, "adopt() first"
         self._watchdog = subprocess.Popen(
             # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
             [sys.executable, "-S", "-E", watchdog.__file__, self.tag, str(leader.pid), str(self.grace_s)],

@@ -226,6 +226,8 @@ class Server:
                     preexec_fn=_child_setup if sys.platform == "linux" else None,  # noqa: PLW1509
                 )
                 self.started_at = self._clock()
+                # On record before stop signals are taken again: a Ctrl-C from here on ends the tree.
+                self.tree.adopt(self._proc)
                 _LIVE.add(self)
             except OSError as exc:
                 raise ServerError(
@@ -234,7 +236,7 @@ class Server:
                 ) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.tree.start(self._proc)
+        self.tree.start()
         log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
 
     def __enter__(self) -> Server:

@@ -34,7 +34,8 @@ def leader(tree: ProcessTree) -> subprocess.Popen[bytes]:
 def test_the_watchdog_is_started_with_the_runs_grace() -> None:
     tree = ProcessTree(grace_s=7.25)
     proc = leader(tree)
-    tree.start(proc)
+    tree.adopt(proc)
+    tree.start()
     try:
         # Until the forked watchdog has exec'd, /proc shows the parent's command line: poll for it.
         argv = wait_for(lambda: watchdog_argv(tree.tag), what="the watchdog to show in /proc")
@@ -51,7 +52,8 @@ def test_the_watchdog_is_started_with_the_runs_grace() -> None:
 def test_a_dead_supervisor_is_ended_by_the_watchdog_after_the_runs_grace_not_a_fixed_one() -> None:
     tree = ProcessTree(grace_s=0.3)
     proc = leader(tree)
-    tree.start(proc)
+    tree.adopt(proc)
+    tree.start()
     try:
         dog = tree._watchdog
         assert dog is not None
@@ -74,7 +76,8 @@ def test_end_is_idempotent_and_waits_for_the_port() -> None:
         start_new_session=True,
         env={**os.environ, **tree.env},
     )
-    tree.start(proc)
+    tree.adopt(proc)
+    tree.start()
     polls = {"n": 0}
 
     def port_free() -> bool:
@@ -113,7 +116,8 @@ def test_descendants_are_tracked_and_reported_to_the_watchdog() -> None:
         stdout=subprocess.PIPE,
         env={**os.environ, **tree.env},
     )
-    tree.start(proc)
+    tree.adopt(proc)
+    tree.start()
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
@@ -124,3 +128,14 @@ def test_descendants_are_tracked_and_reported_to_the_watchdog() -> None:
     assert teardown.processes_signalled == 2
     assert teardown.remaining == 0
     assert not watchdog.alive(child)
+
+
+def test_an_adopted_tree_is_ended_even_before_it_is_guarded() -> None:
+    # A Ctrl-C right after the launch, before the watchdog starts, must still end the server.
+    tree = ProcessTree(grace_s=0.2)
+    proc = leader(tree)
+    tree.adopt(proc)
+    teardown = tree.end(port_free=lambda: True)
+    assert teardown.signals == ("SIGTERM", "SIGKILL")
+    assert teardown.remaining == 0
+    assert proc.returncode == -9
