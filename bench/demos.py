@@ -17,8 +17,8 @@ from pathlib import Path
 from bench import fake
 from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.assets import AssetServer, AssetStore
 from orchestrator.demos import DEFAULT_ASSETS, DemoRequest, DemoResult, Media, build_requests, run_demos
+from orchestrator.media import AssetServer, AssetStore
 from orchestrator.server import Server
 
 NAME = "2 demos"

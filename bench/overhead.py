@@ -20,8 +20,8 @@ from pathlib import Path
 from bench import fake
 from bench.procs import spawned, timed_run
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.assets import AssetServer, AssetStore
 from orchestrator.demos import Media, build_requests
+from orchestrator.media import AssetServer, AssetStore
 
 NAME = "4 overhead"
 RUN_TARGET_S = 0.5

@@ -20,10 +20,10 @@ from bench.overhead import mmdemo_argv
 from bench.procs import spawned, timed_run
 from bench.result import Row, Scenario, Settings
 from orchestrator import models, watchdog
-from orchestrator.assets import AssetServer, AssetStore
 from orchestrator.command import build_plan
 from orchestrator.demos import Media, build_requests
 from orchestrator.errors import MMDemoError
+from orchestrator.media import AssetServer, AssetStore
 from orchestrator.paths import assets_dir
 from orchestrator.profile import load_profile
 

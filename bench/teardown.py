@@ -16,8 +16,8 @@ from pathlib import Path
 from bench import fake
 from bench.procs import spawned
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.assets import AssetStore
 from orchestrator.demos import Media, build_requests, run_demos
+from orchestrator.media import AssetStore
 from orchestrator.profile import ChatType
 from orchestrator.server import port_is_free
 

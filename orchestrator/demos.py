@@ -15,9 +15,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from orchestrator.assets import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.errors import ProfileError, ServerError
 from orchestrator.expect import alternatives, check_expect
+from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
 from orchestrator.record import AssetRecord, DemoRecord, Verdict
@@ -428,7 +428,7 @@ class MediaStep:
         if not enabled:  # `serve` sends no demos
             yield cls(session, None, prepared.reach)
             return
-        from orchestrator.assets import AssetServer
+        from orchestrator.media import AssetServer
         from orchestrator.paths import assets_dir
 
         store = AssetStore(

@@ -1,9 +1,7 @@
-"""The supervised server: launch `vllm serve`, know the moment it is ready or dead, tear it all down.
+"""The supervised server: launch `vllm serve`, know the moment it is ready or dead, have it torn down.
 
-Teardown is the promise users trust mmdemo for: SIGTERM to the whole process group, a grace period
-(vLLM's engine needs ~5 s; an early SIGKILL orphans workers), SIGKILL, a sweep of every process that
-carries the run's environment tag (escapees of the group included), then a wait until the port is
-free and, on a GPU, until NVML no longer lists the killed PIDs.
+The process tree it starts (tag, descendants, watchdog, teardown) is owned by `proctree.ProcessTree`;
+the evidence of a failure is gathered by `evidence`.
 """
 
 from __future__ import annotations
@@ -21,26 +19,22 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from orchestrator import watchdog
+from orchestrator import evidence
 from orchestrator.command import LaunchPlan, Redactor
 from orchestrator.errors import Interrupted, ServerError, describe_returncode
-from orchestrator.logscan import LogFollower, diagnose
+from orchestrator.logscan import LogFollower
+from orchestrator.proctree import ProcessTree, Teardown
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 15.0
 POLL_S = 0.02
-PORT_FREE_WAIT_S = 5.0
-GPU_RELEASE_WAIT_S = 30.0
-WATCHDOG_GRACE_S = 3.0
-TRACK_S = 0.25
 
 Clock = Callable[[], float]
 
@@ -60,20 +54,6 @@ class Ready:
     elapsed_s: float
     ready_at: float
     models: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Teardown:
-    """How the server ended: for the report. `remaining` must be 0."""
-
-    duration_s: float
-    signals: tuple[str, ...]
-    processes_signalled: int
-    escaped: int
-    remaining: int
-    returncode: int | None
-    port_free: bool
-    gpu_released: bool | None
 
 
 class Timeout(Exception):
@@ -144,6 +124,13 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+def seconds(value: float) -> str:
+    """A duration as people read it: `600 s`, `1 s`, `0.5 s`, never a sub-second one as `0 s`."""
+    if value >= 10:
+        return f"{value:.0f} s"
+    return f"{value:.2g} s"
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port (a bind would succeed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -188,25 +175,24 @@ class Server:
         self.log_path = log_path
         # hex, not urlsafe: a key starting with "-" could not be passed back as `--api-key KEY`
         self.api_key = api_key or secrets.token_hex(20)
-        self.tag = secrets.token_hex(8)
-        self.grace_s = grace_s
+        self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock)
+        self.ready_at: float | None = None
+        self.extra_env = dict(extra_env or {})  # e.g. a matrix cell's CUDA_VISIBLE_DEVICES
         self.redact = Redactor([*plan.secrets, self.api_key])
-        self._gpu_pids = gpu_pids
         self._clock = clock
         self._proc: subprocess.Popen[bytes] | None = None
-        self._watchdog: subprocess.Popen[bytes] | None = None
-        self._hurry = threading.Event()
-        self._teardown: Teardown | None = None
-        self._lock = threading.Lock()
         self.follower = LogFollower(log_path)
         self.started_at: float | None = None
-        self.ready_at: float | None = None
-        self.extra_env = dict(extra_env or {})
-        self._seen: dict[int, int] = {}  # descendant pid -> its start time (guards against pid reuse)
-        self._stopping = threading.Event()
-        self._tracker: threading.Thread | None = None
 
     # -- launch ------------------------------------------------------------------------------
+
+    @property
+    def tag(self) -> str:
+        return self.tree.tag
+
+    @property
+    def grace_s(self) -> float:
+        return self.tree.grace_s
 
     @property
     def host(self) -> str:
@@ -232,13 +218,7 @@ class Server:
     def start(self) -> None:
         """Start the server in a new session, its output into the log file, the watchdog behind it."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            **self.plan.env,
-            **self.extra_env,  # e.g. a matrix cell's CUDA_VISIBLE_DEVICES
-            "VLLM_API_KEY": self.api_key,
-            watchdog.TAG_VAR: self.tag,
-        }
+        env = {**os.environ, **self.plan.env, **self.extra_env, "VLLM_API_KEY": self.api_key, **self.tree.env}
         with self.log_path.open("ab") as out:
             out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
             out.flush()
@@ -256,6 +236,8 @@ class Server:
                     preexec_fn=_child_setup if sys.platform == "linux" else None,  # noqa: PLW1509
                 )
                 self.started_at = self._clock()
+                # On record before stop signals are taken again: a Ctrl-C from here on ends the tree.
+                self.tree.adopt(self._proc)
                 _LIVE.add(self)
             except OSError as exc:
                 raise ServerError(
@@ -264,24 +246,7 @@ class Server:
                 ) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self._watchdog = subprocess.Popen(
-            # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
-            [
-                sys.executable,
-                "-S",
-                "-E",
-                watchdog.__file__,
-                self.tag,
-                str(self._proc.pid),
-                str(WATCHDOG_GRACE_S),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._tracker = threading.Thread(target=self._track, name="descendant-tracker", daemon=True)
-        self._tracker.start()
+        self.tree.start()
         log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
 
     def __enter__(self) -> Server:
@@ -376,7 +341,7 @@ class Server:
             raise self.failure("vllm serve exited before it was ready", returncode=died.returncode) from None
         except Timeout:
             raise self.failure(
-                f"vllm serve was not ready within {timeout_s:g} s (last phase: {self.follower.phase})",
+                f"vllm serve was not ready within {seconds(timeout_s)} (last phase: {self.follower.phase})",
                 timeout_s=timeout_s,
                 hint="raise --timeout if the model is still downloading or compiling",
             ) from None
@@ -393,135 +358,32 @@ class Server:
         hint: str | None = None,
     ) -> ServerError:
         """A ServerError carrying the evidence: argv, how it ended, the log tail and a diagnosis."""
-        tail = [self.redact(line) for line in self.follower.tail()]
-        found = diagnose(tail)
-        return ServerError(
-            reason=reason,
+        return evidence.server_error(
+            reason,
             argv=self.display_argv,
+            follower=self.follower,
+            redact=self.redact,
             returncode=returncode,
             timeout_s=timeout_s,
-            log_tail=tail,
-            diagnosis=found.message if found else None,
-            log_path=str(self.log_path),
-            hint=found.hint if found else hint,
+            hint=hint,
         )
 
     def redact_log(self) -> None:
         """Rewrite server.log with every secret replaced (once the server has stopped writing it)."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return
-        clean = self.redact(text)
-        if clean != text:
-            tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-            tmp.write_text(clean, encoding="utf-8")
-            os.replace(tmp, self.log_path)
+        evidence.redact_log(self.log_path, self.redact)
 
-    # -- teardown ----------------------------------------------------------------------------
+    # -- teardown: the process tree's ----------------------------------------------------------
 
     def hurry(self) -> None:
         """Skip what is left of the grace period (a second Ctrl-C)."""
-        self._hurry.set()
+        self.tree.hurry()
 
     def census(self) -> set[int]:
         """Live processes of this server: its group and session, tagged ones, and descendants seen."""
-        return watchdog.census(self.tag, self.pid, dict(self._seen))
-
-    def remember_descendants(self) -> None:
-        """Record the server's descendants now, so one that leaves group and session is still found."""
-        import psutil
-
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        try:
-            children = psutil.Process(self._proc.pid).children(recursive=True)
-        except psutil.Error:
-            return
-        for child in children:
-            started = watchdog.start_time(child.pid)
-            if started is not None and child.pid not in self._seen:
-                self._seen[child.pid] = started
-                self._tell_watchdog(f"{child.pid} {started}\n".encode())
-
-    def _track(self) -> None:
-        # Descendants are recorded while they are still descendants: once their parent dies, or
-        # once they leave the session, nothing else links them to this run.
-        while not self._stopping.wait(TRACK_S):
-            self.remember_descendants()
-
-    def _tell_watchdog(self, message: bytes) -> None:
-        dog = self._watchdog
-        if dog is not None and dog.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                dog.stdin.write(message)
-                dog.stdin.flush()
+        return self.tree.census()
 
     def stop(self) -> Teardown:
         """End the whole tree; idempotent. Never raises for processes that are already gone."""
-        with self._lock:
-            if self._teardown is None:
-                self._teardown = self._stop()
-            _LIVE.discard(self)
-            return self._teardown
-
-    def _stop(self) -> Teardown:
-        if self._proc is None:
-            return Teardown(0.0, (), 0, 0, 0, None, True, None)
-        proc, pgid = self._proc, self._proc.pid
-        t0 = self._clock()
-        self._stopping.set()
-        if self._tracker is not None:
-            self._tracker.join()
-        self.remember_descendants()
-        escaped = len(self.census() - watchdog.group_pids(pgid))
-        ending = watchdog.end_tree(
-            self.tag, pgid, self.grace_s, dict(self._seen), hurry=self._hurry.is_set, reap=proc.poll
-        )
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=1.0)
-        port_free = self._wait(lambda: port_is_free(self.plan.host, self.port), PORT_FREE_WAIT_S)
-        gpu_released = self._wait_gpu_release(ending.signalled)
-        self._disarm_watchdog()
-        teardown = Teardown(
-            duration_s=self._clock() - t0,
-            signals=tuple(ending.signals),
-            processes_signalled=len(ending.signalled),
-            escaped=escaped,
-            remaining=len(ending.survivors),
-            returncode=proc.returncode,
-            port_free=port_free,
-            gpu_released=gpu_released,
-        )
-        log.info("teardown: %s", teardown)
+        teardown = self.tree.end(port_free=lambda: port_is_free(self.plan.host, self.port))
+        _LIVE.discard(self)
         return teardown
-
-    def _wait(self, done: Callable[[], bool], limit_s: float) -> bool:
-        deadline = self._clock() + limit_s
-        while not done():
-            if self._clock() >= deadline:
-                return False
-            time.sleep(POLL_S)
-        return True
-
-    def _wait_gpu_release(self, killed: set[int]) -> bool | None:
-        """Wait until NVML lists none of the killed pids; None where there is no NVML to ask."""
-        gpu_pids = self._gpu_pids
-        if gpu_pids is None or gpu_pids() is None:
-            return None
-        return self._wait(lambda: not ((gpu_pids() or set()) & killed), GPU_RELEASE_WAIT_S)
-
-    def _disarm_watchdog(self) -> None:
-        dog = self._watchdog
-        if dog is None or dog.stdin is None:
-            return
-        with contextlib.suppress(OSError):
-            dog.stdin.write(watchdog.DISARM)
-            dog.stdin.flush()
-        with contextlib.suppress(OSError):
-            dog.stdin.close()
-        try:
-            dog.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            dog.kill()
-            dog.wait()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import watchdog
 from orchestrator.watchdog import pids_with_env
 
 HERE = Path(__file__).parent
@@ -45,6 +46,18 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, what: str
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.01)
+
+
+def watchdog_argv(tag: str) -> list[str] | None:
+    """The command line of the watchdog guarding the run tagged `tag`, read from /proc; None if none."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")[:-1]
+        except OSError:
+            continue
+        if watchdog.__file__ in argv and tag in argv:
+            return argv
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -631,8 +631,10 @@ class Main:
             emit(2, f"OSError: [Errno {exc.errno}] {exc.strerror}")
             self.exit(1)
         port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        # Set before the first request can be served: MODELS_DELAY counts from it, and a /v1/models
+        # answered while it was still 0 listed the model at once, then not (a flake under load).
         self.fake.ready_at = time.monotonic()  # /health answers from here on
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         log(f"Starting vLLM API server 0 on http://{opts['host']}:{port}", source="launcher.py:1")
         log("Available routes are:", source="launcher.py:1")
         for route, methods in ROUTES.items():

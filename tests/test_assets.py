@@ -19,8 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
-from orchestrator import assets
-from orchestrator.assets import (
+from orchestrator import media
+from orchestrator.errors import AssetError
+from orchestrator.media import (
     REGISTRY,
     USER_AGENT,
     AssetServer,
@@ -29,7 +30,6 @@ from orchestrator.assets import (
     data_url,
     file_url,
 )
-from orchestrator.errors import AssetError
 
 
 class Origin:
@@ -218,7 +218,7 @@ def test_a_cached_file_without_sidecar_is_recorded_on_first_use(tmp_path: Path) 
 def test_a_missing_file_falls_back_to_synthetic_without_retrying(
     tmp_path: Path, origin: Origin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="orchestrator.assets"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.media.store"):
         asset = store(tmp_path, origin).get("winning_call")
     assert asset.provenance == "synthetic"
     assert asset.path == tmp_path / "synthetic" / "winning_call.wav"
@@ -391,7 +391,7 @@ def test_encodings(tmp_path: Path) -> None:
     assert url.startswith("data:audio/wav;base64,")
     assert base64.b64decode(url.split(",", 1)[1]) == raw
     assert file_url(asset) == "file://" + str(asset.path.resolve())
-    assert assets.file_url(asset).startswith("file:///")
+    assert media.file_url(asset).startswith("file:///")
 
 
 def test_an_unwritable_cache_is_an_asset_error(tmp_path: Path, origin: Origin) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator.assets import Asset, AssetServer, AssetStore
 from orchestrator.demos import (
     DemoRequest,
     DemoResult,
@@ -28,6 +27,7 @@ from orchestrator.demos import (
     run_demos,
 )
 from orchestrator.errors import ProfileError, ServerError
+from orchestrator.media import Asset, AssetServer, AssetStore
 from orchestrator.profile import ChatType, Demo
 
 FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")

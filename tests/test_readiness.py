@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.server import Exited, Probe, Timeout, wait_until
+from orchestrator.server import Exited, Probe, Timeout, seconds, wait_until
 
 
 class FakeClock:
@@ -85,3 +85,19 @@ def test_ticks_report_elapsed_time() -> None:
         on_tick=ticks.append,
     )
     assert ticks == [0.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.5, "0.5 s"),
+        (0.04, "0.04 s"),
+        (1.0, "1 s"),
+        (2.25, "2.2 s"),
+        (9.94, "9.9 s"),
+        (10.0, "10 s"),
+        (600, "600 s"),
+    ],
+)
+def test_deadlines_are_shown_truthfully(value: float, shown: str) -> None:
+    assert seconds(value) == shown

@@ -13,7 +13,7 @@ from orchestrator import watchdog
 from orchestrator.command import LaunchPlan
 from orchestrator.errors import ServerError
 from orchestrator.server import Server, port_is_free
-from tests.conftest import FAKE, wait_for
+from tests.conftest import FAKE, wait_for, watchdog_argv
 
 
 def free_port() -> int:
@@ -156,7 +156,7 @@ def test_crash_before_ready_carries_evidence(tmp_path: Path) -> None:
 def test_never_ready_times_out(tmp_path: Path) -> None:
     with server_for(tmp_path, never_ready="1", grace_s=1.0) as server, pytest.raises(ServerError) as info:
         server.wait_ready(0.5)
-    assert "was not ready within 0.5 s" in str(info.value)
+    assert "was not ready within 0.5 s (last phase: " in str(info.value)
     assert info.value.timeout_s == 0.5
     assert server.stop().remaining == 0
 
@@ -194,3 +194,11 @@ def test_escaped_worker_without_the_tag_is_found_as_a_recorded_descendant(tmp_pa
     teardown = server.stop()
     assert teardown.remaining == 0
     assert not any(watchdog.alive(pid) for pid in escaped)
+
+
+def test_the_watchdog_gets_the_same_grace_as_the_server(tmp_path: Path) -> None:
+    # vLLM's engine needs ~5 s after SIGTERM: a watchdog with a shorter grace would orphan workers.
+    with server_for(tmp_path, grace_s=4.5) as server:
+        argv = wait_for(lambda: watchdog_argv(server.tag), what="the watchdog to show in /proc")
+        assert isinstance(argv, list)
+        assert argv[-3:] == [server.tag, str(server.pid), "4.5"]

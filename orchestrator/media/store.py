@@ -1,4 +1,4 @@
-"""Demo media: the upstream example's assets, a verified cache, synthetic stand-ins and a loopback origin.
+"""The asset cache: downloads once, verifies always, substitutes synthetic media; encodings to send.
 
 Downloads are trusted on first use: the first download records its sha256 in `<file>.sha256` and
 every later run verifies the cached bytes against it, so a changed file is an error, never reused.
@@ -7,88 +7,30 @@ every later run verifies the cached bytes against it, so a changed file is an er
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import urllib.parse
-import wave
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import IO, TYPE_CHECKING, Literal
 
 from orchestrator.errors import AssetError
+from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind, guess
+from orchestrator.media.synthetic import EXTENSIONS, GENERATORS
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["image", "video", "audio"]
 Provenance = Literal["cache", "download", "synthetic", "profile"]
 ProgressHook = Callable[[str, int, int | None], None]
-
-S3 = "https://vllm-public-assets.s3.us-west-2.amazonaws.com"
-# The upstream example's own header: some hosts refuse requests without a User-Agent.
-USER_AGENT = "vLLM Example Client"
-
-
-# Extension -> media type, for the registry and for profile media: a fixed table, not the host's mime.types.
-# fmt: off
-MEDIA_TYPES: dict[str, str] = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-    ".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
-    ".wav": "audio/wav", ".ogg": "audio/ogg", ".mp3": "audio/mpeg", ".flac": "audio/flac",
-}
-# fmt: on
-_SYNTHETIC = {"image": ".jpg", "video": ".mp4", "audio": ".wav"}
-
-
-def _guess(ref: str, name: str) -> tuple[Kind, str]:
-    media_type = MEDIA_TYPES.get(Path(name).suffix.lower())
-    if media_type is None:
-        known = " ".join(MEDIA_TYPES)
-        raise AssetError(f"media {ref!r}: cannot tell image, video or audio from its extension ({known})")
-    return cast(Kind, media_type.split("/", 1)[0]), media_type
-
-
-@dataclass(frozen=True)
-class AssetSpec:
-    """One upstream asset: where it lives and what it is; sha256 None means trust on first use."""
-
-    key: str
-    url: str
-    media_type: str
-    kind: Kind
-    filename: str
-    sha256: str | None = None
-
-
-def _spec(key: str, url: str, sha256: str | None = None) -> AssetSpec:
-    filename = url.rsplit("/", 1)[1]
-    kind, media_type = _guess(url, filename)
-    return AssetSpec(key, url, media_type, kind, filename, sha256)
-
-
-REGISTRY: dict[str, AssetSpec] = {
-    spec.key: spec
-    for spec in (
-        _spec("image", f"{S3}/vision_model_images/2560px-Gfp-wisconsin-madison-the-nature-boardwalk.jpg"),
-        _spec("duck", f"{S3}/multimodal_asset/duck.jpg"),
-        _spec("lion", f"{S3}/multimodal_asset/lion.jpg"),
-        _spec("winning_call", f"{S3}/multimodal_asset/winning_call.ogg"),
-        _spec("azacinto_foscolo", f"{S3}/multimodal_asset/azacinto_foscolo.ogg"),
-        _spec("video", "http://commondatastorage.googleapis.com/gtv-videos-bucket/sample/ForBiggerFun.mp4"),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -186,7 +128,7 @@ class AssetStore:
         source = Path(local).expanduser()
         if not source.is_file():
             raise AssetError(f"profile media {path_or_url!r}: no such file")
-        kind, media_type = _guess(path_or_url, source.name)
+        kind, media_type = guess(path_or_url, source.name)
         digest = _sha256(source)
         # Copied under the cache root so file:// (--allowed-local-media-path) and the loopback origin see it.
         dest = self.root / "custom" / f"{digest[:16]}-{source.name}"
@@ -201,7 +143,7 @@ class AssetStore:
 
     def _custom_url(self, url: str) -> Asset:
         name = Path(urllib.parse.urlsplit(url).path).name or "media"
-        kind, media_type = _guess(url, name)
+        kind, media_type = guess(url, name)
         key = "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
         path = self.root / "custom" / f"{key}-{name}"
         if path.is_file():
@@ -297,7 +239,7 @@ class AssetStore:
         return digest
 
     def _synthetic(self, spec: AssetSpec, reason: str) -> Asset:
-        ext = _SYNTHETIC[spec.kind]
+        ext = EXTENSIONS[spec.kind]
         media_type = MEDIA_TYPES[ext]
         path = self.root / "synthetic" / f"{spec.key}{ext}"
         sidecar = _sidecar(path)
@@ -305,93 +247,13 @@ class AssetStore:
         if not (path.is_file() and recorded == _sha256(path)):
             # Ours and deterministic: regenerating a damaged copy loses nothing.
             with _atomic(path) as out:
-                _GENERATORS[spec.kind](out, spec.key)
+                GENERATORS[spec.kind](out, spec.key)
             recorded = _sha256(path)
             _write_sidecar(sidecar, recorded, path.name)
         # Asked for (offline): say so quietly; a failed download is worth a warning.
         level = logging.INFO if self.offline else logging.WARNING
         log.log(level, "asset %s: using a synthetic %s (%s)", spec.key, spec.kind, reason)
         return Asset(spec.key, spec.kind, path, media_type, recorded, "synthetic", None)
-
-
-# -- the loopback origin ---------------------------------------------------------------------------
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    server: _CountingServer
-
-    def send_head(self) -> Any:
-        with self.server.lock:
-            self.server.served += 1
-        return super().send_head()
-
-    def list_directory(self, path: str | os.PathLike[str]) -> None:
-        self.send_error(404, "no directory listings")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("asset server: " + format, *args)
-
-
-class _CountingServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # vLLM fetches every URL of a concurrent run at once; 5 would drop SYNs
-
-    def __init__(self, address: tuple[str, int], handler: Callable[..., _Handler]) -> None:
-        super().__init__(address, handler)
-        self.served = 0
-        self.lock = threading.Lock()
-
-
-class AssetServer:
-    """Serve a directory on 127.0.0.1 (a free port) so the model server fetches media by URL."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
-        self._server: _CountingServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> AssetServer:
-        handler = functools.partial(_Handler, directory=str(self.root))
-        self._server = _CountingServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="asset-server",
-            daemon=True,
-        )
-        self._thread.start()
-        log.debug("asset server: serving %s at %s", self.root, self.base_url)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = self._thread = None
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:PORT` while serving."""
-        if self._server is None:
-            raise RuntimeError("the asset server is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def requests_served(self) -> int:
-        """How many GET/HEAD requests have been answered so far."""
-        return self._server.served if self._server is not None else 0
-
-    def url_for(self, asset: Asset) -> str:
-        """The loopback URL of a cached asset."""
-        try:
-            rel = asset.path.resolve().relative_to(self.root)
-        except ValueError:
-            raise AssetError(f"asset {asset.key!r}: {asset.path} is outside the served {self.root}") from None
-        return f"{self.base_url}/{urllib.parse.quote(rel.as_posix())}"
 
 
 # -- encodings -------------------------------------------------------------------------------------
@@ -453,64 +315,3 @@ def _atomic(path: Path) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# -- synthetic media (deterministic per key) -------------------------------------------------------
-
-_PALETTES = {
-    "duck": ((250, 230, 120), (255, 200, 0), (230, 120, 20)),
-    "lion": ((110, 160, 70), (200, 140, 60), (120, 70, 20)),
-}
-_TONES = {"winning_call": (440.0, 660.0, 880.0), "azacinto_foscolo": (262.0, 330.0, 392.0, 523.0)}
-
-
-def _make_jpeg(out: IO[bytes], key: str) -> None:
-    from PIL import Image, ImageDraw  # deferred: the CLI must start fast
-
-    bg, a, b = _PALETTES.get(key, ((90, 140, 210), (240, 240, 240), (40, 120, 60)))
-    image = Image.new("RGB", (256, 256), bg)
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((40, 40, 150, 150), fill=a)
-    draw.rectangle((130, 120, 230, 220), fill=b)
-    draw.polygon([(20, 230), (90, 170), (120, 240)], fill=(200, 30, 30))
-    image.save(out, format="JPEG", quality=90)
-
-
-def _make_mp4(out: IO[bytes], key: str) -> None:
-    import av  # deferred: the CLI must start fast
-    import numpy as np
-
-    with av.open(out, mode="w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for i in range(16):
-            frame = np.zeros((64, 64, 3), dtype=np.uint8)
-            frame[:, :] = (30, 60, 120)
-            x = 4 * i  # a square crossing the frame, so frames differ
-            frame[20:40, x : x + 16] = (250, 200, 40)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def _make_wav(out: IO[bytes], key: str) -> None:
-    import numpy as np  # deferred: the CLI must start fast
-
-    rate, seconds_per_tone = 16000, 0.75
-    t = np.arange(int(rate * seconds_per_tone)) / rate
-    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.02)  # no clicks between tones
-    tones = [0.3 * np.sin(2 * np.pi * f * t) * fade for f in _TONES.get(key, (500.0, 700.0))]
-    pcm = (np.concatenate(tones) * 32767).astype("<i2")
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-
-
-_GENERATORS: dict[str, Callable[[IO[bytes], str], None]] = {
-    "image": _make_jpeg,
-    "video": _make_mp4,
-    "audio": _make_wav,
-}

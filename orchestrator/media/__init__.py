@@ -1,0 +1,21 @@
+"""Demo media: the upstream example's assets, a verified cache, synthetic stand-ins and a loopback origin."""
+
+from orchestrator.media.origin import AssetServer
+from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind
+from orchestrator.media.store import Asset, AssetStore, ProgressHook, Provenance, b64, data_url, file_url
+
+__all__ = [
+    "MEDIA_TYPES",
+    "REGISTRY",
+    "USER_AGENT",
+    "Asset",
+    "AssetServer",
+    "AssetSpec",
+    "AssetStore",
+    "Kind",
+    "ProgressHook",
+    "Provenance",
+    "b64",
+    "data_url",
+    "file_url",
+]
