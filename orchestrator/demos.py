@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from orchestrator.errors import ProfileError, ServerError
 from orchestrator.expect import alternatives, check_expect
 from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
-from orchestrator.options import DEFAULT_MAX_TOKENS, Options
+from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
 from orchestrator.record import AssetRecord, DemoRecord, Verdict
 
@@ -401,7 +401,7 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
                 sha256=a.sha256,
                 source_url=a.source_url,
                 path=str(a.path),
-                reason=getattr(a, "reason", None),
+                reason=a.reason,
             )
             for a in result.assets
         ],
@@ -432,7 +432,11 @@ class MediaStep:
         from orchestrator.paths import assets_dir
 
         store = AssetStore(
-            options.cache_dir or assets_dir(), offline=options.offline, on_progress=session.events.download
+            options.cache_dir or assets_dir(),
+            offline=options.offline,
+            on_progress=session.events.download,
+            origin=Environment.read().asset_origin,
+            budget_s=options.media_budget_s,
         )
         if prepared.reach.files:
             session.media_root = store.root
@@ -475,9 +479,10 @@ class MediaStep:
 
 
 def _warm_then_build(demos: Sequence[Demo], media: Media) -> list[DemoRequest]:
-    """Import the openai SDK (~0.25 s) while vLLM starts, then build the requests and their media."""
+    """Import the openai SDK (~0.25 s) while vLLM starts, fetch the media in parallel, build the requests."""
     with contextlib.suppress(Exception):
         import openai  # noqa: F401
+    media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
     return build_requests(demos, media, DEFAULT_MAX_TOKENS)
 
 

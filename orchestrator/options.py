@@ -60,6 +60,7 @@ class Environment:
     cache_dir: str | None = None  # MMDEMO_CACHE_DIR
     xdg_cache_home: str | None = None  # XDG_CACHE_HOME
     profiles: tuple[str, ...] = ()  # MMDEMO_PROFILES, os.pathsep-separated
+    asset_origin: str | None = None  # MMDEMO_ASSET_ORIGIN: a mirror of the upstream assets' paths
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -71,4 +72,5 @@ class Environment:
             cache_dir=env.get("MMDEMO_CACHE_DIR") or None,
             xdg_cache_home=env.get("XDG_CACHE_HOME") or None,
             profiles=tuple(p for p in env.get("MMDEMO_PROFILES", "").split(os.pathsep) if p),
+            asset_origin=env.get("MMDEMO_ASSET_ORIGIN") or None,
         )

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class Asset:
     sha256: str
     provenance: Provenance
     source_url: str | None
+    reason: str | None = None  # why a synthetic stand-in was sent instead
 
 
 class _DownloadFailed(Exception):
@@ -64,6 +66,7 @@ class AssetStore:
         tries: int = 3,
         backoff_s: float = 0.25,
         timeout_s: float = 30.0,
+        budget_s: float | None = None,
     ) -> None:
         self.root = Path(root)
         self.offline = offline
@@ -73,7 +76,18 @@ class AssetStore:
         self._tries = max(1, tries)
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
+        self._budget_s = budget_s
+        self._deadline: float | None = None  # set by the first download: the budget covers them all
+        self._dead_hosts: dict[str, str] = {}  # host -> how it failed: not asked again this run
         self._memo: dict[str, Asset] = {}
+
+    def prefetch(self, keys: Iterable[str]) -> list[Asset]:
+        """Fetch registry assets in parallel, under one budget; each still falls back to synthetic."""
+        wanted = list(dict.fromkeys(keys))
+        if len(wanted) <= 1:
+            return [self.get(key) for key in wanted]
+        with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="asset") as pool:
+            return list(pool.map(self.get, wanted))
 
     def url_of(self, spec: AssetSpec) -> str:
         """Where a registry asset is fetched from: upstream, or the same path under `origin`."""
@@ -176,14 +190,30 @@ class AssetStore:
             _write_sidecar(sidecar, actual, path.name)
         return actual
 
+    def _remaining(self) -> float:
+        """Seconds left of the download budget (the first call starts it)."""
+        if self._budget_s is None:
+            return self._timeout_s
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._budget_s
+        return self._deadline - time.monotonic()
+
     def _download(self, key: str, url: str, path: Path, pinned: str | None) -> str:
         """Fetch `url` into `path` atomically with retries; check and record its sha256."""
         import requests  # deferred: the CLI must start fast
 
+        host = urllib.parse.urlsplit(url).hostname or ""
         last = ""
+        unreachable = False
         for attempt in range(self._tries):
+            if host in self._dead_hosts:  # one host that timed out is not waited on for every asset
+                last = f"{host} already failed this run ({self._dead_hosts[host]})"
+                break
+            if self._remaining() <= 0:
+                last = f"the {self._budget_s:g} s budget for media downloads is spent"
+                break
             if attempt:
-                time.sleep(self._backoff_s * 2 ** (attempt - 1))
+                time.sleep(min(self._backoff_s * 2 ** (attempt - 1), max(0.0, self._remaining())))
             try:
                 if self._session is not None:
                     digest = self._fetch(self._session, key, url, path, pinned)
@@ -196,11 +226,14 @@ class AssetStore:
                 if status is not None and 400 <= status < 500 and status not in (408, 429):
                     break  # a missing or forbidden file does not appear by asking again
             except requests.ConnectionError as exc:
-                host = urllib.parse.urlsplit(url).hostname
+                unreachable = True
                 if "NameResolutionError" in str(exc) or "Name or service not known" in str(exc):
                     last = f"cannot resolve {host} (offline?)"
                     break  # no DNS answer now will not become one in half a second
                 last = f"cannot connect to {host}: {type(exc).__name__}"
+            except requests.Timeout as exc:
+                unreachable = True
+                last = f"{host} did not answer in time ({type(exc).__name__})"
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except OSError as exc:  # after RequestException, which is one too: this is our disk
@@ -209,11 +242,14 @@ class AssetStore:
                 log.info("asset %s: downloaded %s (sha256 %s)", key, url, digest)
                 return digest
             log.info("asset %s: try %d/%d of %s failed: %s", key, attempt + 1, self._tries, url, last)
+        if unreachable:
+            self._dead_hosts.setdefault(host, last)
         raise _DownloadFailed(last)
 
     def _fetch(self, session: requests.Session, key: str, url: str, path: Path, pinned: str | None) -> str:
         headers = {"User-Agent": USER_AGENT}
-        with session.get(url, headers=headers, stream=True, timeout=(5.0, self._timeout_s)) as response:
+        limit = max(0.1, min(self._timeout_s, self._remaining()))
+        with session.get(url, headers=headers, stream=True, timeout=(min(5.0, limit), limit)) as response:
             response.raise_for_status()
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -253,7 +289,7 @@ class AssetStore:
         # Asked for (offline): say so quietly; a failed download is worth a warning.
         level = logging.INFO if self.offline else logging.WARNING
         log.log(level, "asset %s: using a synthetic %s (%s)", spec.key, spec.kind, reason)
-        return Asset(spec.key, spec.kind, path, media_type, recorded, "synthetic", None)
+        return Asset(spec.key, spec.kind, path, media_type, recorded, "synthetic", None, reason)
 
 
 # -- encodings -------------------------------------------------------------------------------------
