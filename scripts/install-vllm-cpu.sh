@@ -56,16 +56,18 @@ if u.find_spec("torchaudio"): import torchaudio'
 
 # Each Python start that imports torch costs seconds: run a set of probes in one
 # interpreter and print the names of those that fail (all of them, if it dies).
+# (Only lines marked FAILED count: an imported library may print to stdout.)
 failing() {  # NAME=CODE ...
-  "$PY" - "$@" 2>/dev/null <<'EOF' || printf '%s\n' "${@%%=*}"
+  { "$PY" - "$@" 2>/dev/null <<'EOF' || printf 'FAILED %s\n' "${@%%=*}"
 import sys
 for arg in sys.argv[1:]:
     name, _, code = arg.partition("=")
     try:
         exec(code, {})
     except BaseException:
-        print(name)
+        print("FAILED", name)
 EOF
+  } | sed -n 's/^FAILED //p'
 }
 
 VERIFY=(meta="$PROBE_META" torchvision="$PROBE_TV" media="$PROBE_MEDIA" builder="$PROBE_BUILDER")
@@ -204,7 +206,7 @@ VER=$("$VENV/bin/vllm" --version 2>&1 | tail -n1) || die "vllm --version failed:
 log "  vllm --version: $VER"
 BAD=$(failing "${VERIFY[@]}" resample="$PROBE_RESAMPLE")
 for probe in "$PROBE_META" "$PROBE_TV" "$PROBE_MEDIA" "$PROBE_BUILDER"; do
-  if grep -vqx resample <<<"$BAD"; then  # one failed: run each alone for its error
+  if [[ -n $(grep -vx resample <<<"$BAD") ]]; then  # one failed: run each alone for its error
     out=$("$PY" -c "$probe" 2>&1) || die "check failed: $probe
 $out"
   fi
