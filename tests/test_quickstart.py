@@ -107,3 +107,20 @@ def test_quick_start_is_idempotent() -> None:
     twice, added = quick_start(once)
     assert added == ()
     assert twice == once
+
+
+def test_bench_launches_differ_only_in_the_quick_start_flags() -> None:
+    from bench.quickstart import variants
+    from orchestrator.command import serve_args
+
+    launches = {name: serve_args(r.serve) for name, r in variants().items()}
+    assert "--no-enforce-eager" in launches["compile"]
+    assert "--optimization-level" not in launches["compile"]
+    assert "--enforce-eager" in launches["profile"]
+    quick = launches["quick-start"]
+    assert quick[quick.index("--optimization-level") + 1] == "0"
+    assert quick[quick.index("--max-num-seqs") + 1] == str(QUICK_MAX_NUM_SEQS)
+    # quick_start leaves an explicit `enforce_eager: false` alone: -O0 is what turns compilation off.
+    assert "--no-enforce-eager" in quick
+    common = [a for a in launches["compile"] if a != "--no-enforce-eager"]
+    assert all(a in quick for a in common)
