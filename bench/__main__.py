@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench import demos, overhead, readiness, real, report, teardown
+from bench import demos, overhead, quickstart, readiness, real, report, teardown
 from bench.procs import marked, sweep
 from bench.result import Row, Scenario, Settings
 
@@ -22,6 +22,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (teardown.run, True),
     (overhead.run, True),
     (real.run, False),  # not fast: a real CPU vLLM, about two minutes
+    (quickstart.run, False),  # not fast: three real CPU vLLM starts
 ]
 
 
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             leaked = sweep(session)
     if args.fast:
-        scenarios.append(Scenario(real.NAME, [Row(real.NAME, "skipped: --fast", None)], skipped="--fast"))
+        for name in (real.NAME, quickstart.NAME):
+            scenarios.append(Scenario(name, [Row(name, "skipped: --fast", None)], skipped="--fast"))
     data = report.to_json(scenarios, started, vars(args) | {"out": str(args.out)}, leaked)
     console.print(report.table(scenarios))
     path = report.write(args.out, started, data)

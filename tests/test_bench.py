@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.__main__ import main
 
-SCENARIOS = {"1 readiness", "2 demos", "3 teardown", "4 overhead", "5 real server"}
+SCENARIOS = {"1 readiness", "2 demos", "3 teardown", "4 overhead", "5 real server", "6 quick start"}
 ROW_KEYS = {"scenario", "metric", "value", "baseline", "delta", "ratio", "target", "met", "unit", "note"}
 
 
@@ -22,7 +22,7 @@ def test_fast_bench_writes_every_row_and_the_machine(tmp_path: Path) -> None:
     assert {"date", "machine", "args", "targets", "rows", "raw", "skipped", "leaked_processes"} <= set(data)
     assert {"cpu", "cores", "python", "vllm"} <= set(data["machine"])
     assert data["leaked_processes"] == []
-    assert data["skipped"] == {"5 real server": "--fast"}
+    assert data["skipped"] == {"5 real server": "--fast", "6 quick start": "--fast"}
     assert {row["scenario"] for row in data["rows"]} == SCENARIOS
     for row in data["rows"]:
         assert set(row) == ROW_KEYS
