@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--quick-start", action="store_true", help="eager mode, no compilation: a faster start for a demo"
+        )
+        p.add_argument(
+            "--no-prefetch",
+            dest="prefetch",
+            action="store_false",
+            default=D.prefetch,
+            help="leave the weight download to vLLM (default: prefetch a hub model with a progress bar)",
         )
         p.add_argument(
             "--dummy-weights",
@@ -438,6 +445,12 @@ class TerminalEvents:
 
         self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(one_line(detail, 200))}", highlight=False)
 
+    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+        from orchestrator.progress import DownloadProgress
+
+        self._stop_status()
+        return DownloadProgress(self.console, label)
+
     def _stop_status(self) -> None:
         if self._status is not None:
             self._status.stop()
@@ -469,6 +482,7 @@ def _options(args: argparse.Namespace) -> Options:
         "follow_logs": getattr(args, "follow_logs", None),
         "quick_start": getattr(args, "quick_start", None),
         "dummy_weights": getattr(args, "dummy_weights", None),
+        "prefetch": getattr(args, "prefetch", None),
     }
     return dataclasses.replace(DEFAULTS, **{k: v for k, v in given.items() if v is not None})
 

@@ -43,6 +43,7 @@ class Events(Protocol):
     def demo_done(self, result: Any) -> None: ...
     def ready(self, endpoint: Endpoint, elapsed_s: float) -> None: ...
     def download(self, key: str, done: int, total: int | None) -> None: ...
+    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]: ...
 
 
 class QuietEvents:
@@ -65,6 +66,9 @@ class QuietEvents:
 
     def download(self, key: str, done: int, total: int | None) -> None:
         pass
+
+    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+        return contextlib.nullcontext(lambda done, total: None)
 
 
 class Stop:

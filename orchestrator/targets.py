@@ -12,25 +12,35 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight
-from orchestrator.command import Redactor, build_plan, with_dummy_weights
+from orchestrator.command import Redactor, build_plan, quick_start, with_dummy_weights
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
 from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, ResolvedProfile, load_profile
-from orchestrator.record import MachineRecord, PhaseSpan, RunRecord, ServerRecord, TeardownRecord, VllmRecord
+from orchestrator.record import (
+    DownloadRecord,
+    MachineRecord,
+    PhaseSpan,
+    RunRecord,
+    ServerRecord,
+    TeardownRecord,
+    VllmRecord,
+)
 
 if TYPE_CHECKING:
     from orchestrator.session import Session
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RANDOM_MODEL_NOTE = (
     "This is a tiny model with random weights: its answers are gibberish. The verdict rests on the "
@@ -77,6 +87,20 @@ class Target(Protocol):
 
     def prepare(self, started_at: str) -> Prepared: ...
     def enter(self, session: Session) -> contextlib.AbstractContextManager[Endpoint]: ...
+
+
+def _background(function: Callable[..., T], *args: Any) -> Future[T]:
+    """`function(*args)` in a daemon thread: the caller waits on it and stays interruptible."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=getattr(function, "__name__", "background"), daemon=True).start()
+    return future
 
 
 # -- demos of a profile --------------------------------------------------------------------------
@@ -163,6 +187,7 @@ class Launched:
         self._version: Future[preflight.VllmInfo] | None = None
         self.resolved: ResolvedProfile | None = None
         self.gpus: list[gpu_mod.Gpu] = []
+        self.quick_flags: tuple[str, ...] = ()
 
     def prepare(self, started_at: str) -> Prepared:
         """Load the profile, start reading vLLM's version, pick the variant and the demos."""
@@ -199,17 +224,43 @@ class Launched:
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:
             record.notes.append(DUMMY_WEIGHTS_NOTE)
+        if self.quick_flags:
+            record.notes.append(f"--quick-start added {', '.join(self.quick_flags)}.")
         random_weights = profile.local_model is not None or opts.dummy_weights
         return Prepared(
             record, demos, Reach(loopback=True, files=True), check_expectations=not random_weights
         )
 
     def _adjusted(self, resolved: ResolvedProfile) -> ResolvedProfile:
-        """The variant's serve settings with what the run options add (--dummy-weights)."""
+        """The variant's serve settings with what the run options add (--dummy-weights, --quick-start)."""
         serve = resolved.serve
         if self.options.dummy_weights:
             serve = with_dummy_weights(serve, f"profile {resolved.profile.name!r}")
+        if self.options.quick_start:
+            serve, self.quick_flags = quick_start(serve)
         return dataclasses.replace(resolved, serve=serve)
+
+    def _prefetch(self, session: Session) -> None:
+        """Download a hub model's snapshot before launch, with progress; refuse what cannot fit."""
+        from orchestrator import prefetch
+
+        model = self.resolved.profile.model_path if self.resolved else ""
+        if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
+            return
+        hub = prefetch.plan(model)
+        prefetch.check_disk(hub)
+        if hub.missing_bytes:
+            session.events.stage("weights", f"{model}: {prefetch.human_bytes(hub.missing_bytes)} to download")
+        with session.events.download_bar(model) as bar:
+            fetched = session.wait(_background(prefetch.fetch, hub, bar))
+        session.record.download = DownloadRecord(
+            repo=model,
+            bytes_total=hub.total_bytes,
+            bytes_downloaded=fetched.bytes_downloaded,
+            seconds=round(fetched.seconds, 3),
+            path=str(fetched.path),
+        )
+        session.mark("weights ready")
 
     @contextlib.contextmanager
     def enter(self, session: Session) -> Iterator[Endpoint]:
@@ -242,6 +293,7 @@ class Launched:
             models.build(local_model, info.path)
         preflight.check_model(resolved)
         session.mark("preflight done")
+        self._prefetch(session)
         session.stop.check()
         server = Server(
             plan,
