@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from orchestrator.background import background
 from orchestrator.errors import ProfileError, ServerError
 from orchestrator.expect import alternatives, check_expect
 from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
@@ -447,10 +448,8 @@ class MediaStep:
             # A server on this machine fetches URL media from our loopback origin; a remote one (another
             # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
             url = origin.url_for if prepared.reach.loopback else (lambda a: a.source_url or origin.url_for(a))
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
-            future = pool.submit(_warm_then_build, demos, Media(store=store, url=url))
+            future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
             future.add_done_callback(lambda _: session.mark("media ready"))
-            pool.shutdown(wait=False)
             try:
                 yield cls(session, future, prepared.reach)
             finally:

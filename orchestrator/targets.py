@@ -12,16 +12,16 @@ import dataclasses
 import ipaddress
 import logging
 import os
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestrator import gpu as gpu_mod
 from orchestrator import models, preflight
+from orchestrator.background import background
 from orchestrator.command import Redactor, build_plan, quick_start, with_dummy_weights
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
@@ -87,20 +87,6 @@ class Target(Protocol):
 
     def prepare(self, started_at: str) -> Prepared: ...
     def enter(self, session: Session) -> contextlib.AbstractContextManager[Endpoint]: ...
-
-
-def _background(function: Callable[..., T], *args: Any) -> Future[T]:
-    """`function(*args)` in a daemon thread: the caller waits on it and stays interruptible."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(function(*args))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=getattr(function, "__name__", "background"), daemon=True).start()
-    return future
 
 
 # -- demos of a profile --------------------------------------------------------------------------
@@ -196,9 +182,7 @@ class Launched:
             raise UsageError("a profile is required")
         profile = load_profile(opts.profile, opts.profiles_dir)
         # Reading vLLM's version takes a subprocess (seconds): start it now, collect it in preflight.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-version")
-        self._version = pool.submit(preflight.vllm_version, opts.vllm_bin)
-        pool.shutdown(wait=False)
+        self._version = background(preflight.vllm_version, opts.vllm_bin)
         self.gpus = [] if opts.gpu == gpu_mod.CPU else list(self._probe_gpus())  # cpu: no NVML to ask
         variant = preflight.choose_variant(profile, opts.gpu, self.gpus)
         self.resolved = resolved = self._adjusted(profile.resolve(variant))
@@ -252,7 +236,7 @@ class Launched:
         if hub.missing_bytes:
             session.events.stage("weights", f"{model}: {prefetch.human_bytes(hub.missing_bytes)} to download")
         with session.events.download_bar(model) as bar:
-            fetched = session.wait(_background(prefetch.fetch, hub, bar))
+            fetched = session.wait(background(prefetch.fetch, hub, bar))
         session.record.download = DownloadRecord(
             repo=model,
             bytes_total=hub.total_bytes,

@@ -128,10 +128,26 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mmdemo-cache")
 
 
+@pytest.fixture(scope="session")
+def hub_url() -> Iterator[str]:
+    """A loopback Hugging Face hub serving the fake profiles' model ids (the prefetch goes there)."""
+    from tests.fake_hub import FakeHub, FakeRepo, serve
+
+    repo = FakeRepo("fake/omni", {"config.json": b'{"architectures": ["FakeOmni"]}'})
+    with serve(FakeHub({"fake/omni": repo})) as hub:
+        yield hub.url
+
+
 @pytest.fixture
-def mmdemo_env(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment an mmdemo subprocess runs in: isolated cache, no real vLLM, no GPU."""
+def mmdemo_env(
+    cache_root: Path, hub_url: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The environment an mmdemo subprocess runs in: isolated cache and hub, no real vLLM, no GPU."""
     monkeypatch.setenv("MMDEMO_CACHE_DIR", str(cache_root))
+    monkeypatch.setenv("HF_ENDPOINT", hub_url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
         if name.startswith("FAKE_VLLM_"):
             monkeypatch.delenv(name)

@@ -15,12 +15,12 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
+from orchestrator.background import parallel_map
 from orchestrator.errors import AssetError
 from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind, guess
 from orchestrator.media.synthetic import EXTENSIONS, GENERATORS
@@ -84,10 +84,7 @@ class AssetStore:
     def prefetch(self, keys: Iterable[str]) -> list[Asset]:
         """Fetch registry assets in parallel, under one budget; each still falls back to synthetic."""
         wanted = list(dict.fromkeys(keys))
-        if len(wanted) <= 1:
-            return [self.get(key) for key in wanted]
-        with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="asset") as pool:
-            return list(pool.map(self.get, wanted))
+        return parallel_map(self.get, wanted)
 
     def url_of(self, spec: AssetSpec) -> str:
         """Where a registry asset is fetched from: upstream, or the same path under `origin`."""
