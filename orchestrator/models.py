@@ -16,7 +16,7 @@ from orchestrator.paths import models_dir
 
 log = logging.getLogger(__name__)
 
-BUILDERS = {"tiny-omni": "omni.py", "tiny-llava": "llava.py"}
+BUILDERS = {"tiny-omni": "omni.py", "tiny-llava": "llava.py", "tiny-phi3v": "phi3v.py"}
 MARKER = "mmdemo-model.json"
 
 
