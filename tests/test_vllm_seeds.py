@@ -10,14 +10,17 @@ failure, never a skip. Add a profile by adding a `Seed` row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from orchestrator.models import BUILDERS as BUILDER_SCRIPTS
 from orchestrator.profile import load_profile
 from tests.conftest import REPO, marked_pids, mmdemo
 
@@ -45,6 +48,8 @@ class Seed:
 
 
 SEEDS = [
+    Seed("cpu-tiny-llava", "tiny-llava", ("text-only", "single-image", "multi-image")),
+    Seed("cpu-tiny-phi3v", "tiny-phi3v", ("text-only", "single-image", "multi-image")),
     Seed("cpu-tiny-ultravox", "tiny-ultravox", ("text-only", "audio", "multi-audio")),
     Seed("cpu-tiny-qwen2vl", "tiny-qwen2vl", ("text-only", "single-image", "multi-image", "video")),
 ]
@@ -71,6 +76,32 @@ def test_the_seed_list_matches_the_profiles() -> None:
         profile = load_profile(seed.profile)
         assert profile.local_model == seed.model
         assert tuple(d.chat_type.value for d in profile.demos) == seed.chat_types
+
+
+def digests(model_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a built model, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.iterdir())}
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("seed", SEEDS, ids=str)
+def test_the_builder_is_deterministic_for_a_seed(seed: Seed, tmp_path: Path, vllm_bin: str) -> None:
+    """Same seed, same bytes; another seed, other weights. Run as the standalone script mmdemo runs."""
+    script = REPO / "orchestrator" / "tinymodels" / BUILDER_SCRIPTS[seed.model]
+    python = Path(vllm_bin).parent / "python"
+    built = {}
+    for name, number in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        done = subprocess.run(
+            [str(python), str(script), "--out", str(out), "--seed", str(number)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        built[name] = digests(out)
+    assert built["a"] == built["b"]
+    assert json.loads((tmp_path / "c" / "mmdemo-model.json").read_text())["seed"] == 1
+    assert built["a"]["model.safetensors"] != built["c"]["model.safetensors"]
+    assert not list(tmp_path.glob("*.tmp-*"))  # the temp build dirs were renamed into place
 
 
 @pytest.mark.vllm
