@@ -16,7 +16,13 @@ from orchestrator.paths import models_dir
 
 log = logging.getLogger(__name__)
 
-BUILDERS = {"tiny-omni": "omni.py"}
+BUILDERS = {
+    "tiny-omni": "omni.py",
+    "tiny-llava": "llava.py",
+    "tiny-phi3v": "phi3v.py",
+    "tiny-ultravox": "ultravox.py",
+    "tiny-qwen2vl": "qwen2vl.py",
+}
 MARKER = "mmdemo-model.json"
 
 

