@@ -42,6 +42,7 @@ class Seed:
     profile: str
     model: str  # the tiny-model builder the profile names (`mmdemo:NAME`)
     chat_types: tuple[str, ...]  # what the profile must cover
+    remote_code: tuple[str, ...] = ()  # modules vLLM must load from the model directory (trust_remote_code)
 
     def __str__(self) -> str:
         return self.profile
@@ -49,7 +50,12 @@ class Seed:
 
 SEEDS = [
     Seed("cpu-tiny-llava", "tiny-llava", ("text-only", "single-image", "multi-image")),
-    Seed("cpu-tiny-phi3v", "tiny-phi3v", ("text-only", "single-image", "multi-image")),
+    Seed(
+        "cpu-tiny-phi3v",
+        "tiny-phi3v",
+        ("text-only", "single-image", "multi-image"),
+        remote_code=("configuration_phi3_v.py", "processing_phi3_v.py"),
+    ),
 ]
 
 
@@ -152,9 +158,12 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     assert (model_dir / "mmdemo-model.json").is_file()
     build_s = time.monotonic() - start
 
+    # where transformers copies remote code it loads: kept out of ~/.cache and inspected below
+    modules = tmp_path / "hf-modules"
+    env = {**mmdemo_env, "HF_MODULES_CACHE": str(modules)}
     done = mmdemo(
         "run", seed.profile, "--gpu", "cpu", "--vllm-bin", vllm_bin, "--runs-dir", str(tmp_path / "runs"),
-        "--grace", "15", env=mmdemo_env, timeout=900,
+        "--grace", "15", env=env, timeout=900,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -176,6 +185,10 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     one_image = by_name["single-image/base64"]["prompt_tokens"]
     two_images = by_name["multi-image/url"]["prompt_tokens"]
     assert text_tokens < one_image < two_images, (text_tokens, one_image, two_images)
+
+    # the config and processor vLLM used really were the model directory's own code
+    loaded = {p.name for p in modules.rglob("*.py")}
+    assert set(seed.remote_code) <= loaded, sorted(loaded)
 
     assert report["teardown"]["remaining"] == 0
     assert report["teardown"]["port_free"] is True
