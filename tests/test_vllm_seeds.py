@@ -42,6 +42,7 @@ class Seed:
     profile: str
     model: str  # the tiny-model builder the profile names (`mmdemo:NAME`)
     chat_types: tuple[str, ...]  # what the profile must cover
+    remote_code: tuple[str, ...] = ()  # modules vLLM must load from the model directory (trust_remote_code)
 
     def __str__(self) -> str:
         return self.profile
@@ -49,7 +50,12 @@ class Seed:
 
 SEEDS = [
     Seed("cpu-tiny-llava", "tiny-llava", ("text-only", "single-image", "multi-image")),
-    Seed("cpu-tiny-phi3v", "tiny-phi3v", ("text-only", "single-image", "multi-image")),
+    Seed(
+        "cpu-tiny-phi3v",
+        "tiny-phi3v",
+        ("text-only", "single-image", "multi-image"),
+        remote_code=("configuration_phi3_v.py", "processing_phi3_v.py"),
+    ),
     Seed("cpu-tiny-ultravox", "tiny-ultravox", ("text-only", "audio", "multi-audio")),
     Seed("cpu-tiny-qwen2vl", "tiny-qwen2vl", ("text-only", "single-image", "multi-image", "video")),
 ]
@@ -104,6 +110,49 @@ def test_the_builder_is_deterministic_for_a_seed(seed: Seed, tmp_path: Path, vll
     assert not list(tmp_path.glob("*.tmp-*"))  # the temp build dirs were renamed into place
 
 
+PHI3V_PROBE = """
+import json, sys
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+from processing_phi3_v import hd_size, image_to_crops, num_image_tokens
+out = []
+for width, height in json.loads(sys.argv[2]):
+    for num_crops in (1, 4, 16):
+        crops, (h, w) = image_to_crops(Image.new("RGB", (width, height), (9, 99, 199)), num_crops)
+        out.append({"size": [width, height], "num_crops": num_crops, "shape": list(crops.shape),
+                    "hw": [h, w], "hd_size": list(hd_size(width, height, num_crops)),
+                    "tokens": num_image_tokens(width, height, num_crops)})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.vllm
+def test_the_phi3v_processor_promises_as_many_tokens_as_vllm_makes_features(
+    tmp_path: Path, vllm_bin: str
+) -> None:
+    """For any image size, calc_num_image_tokens_from_image_size equals what vLLM's phi3v.py embeds."""
+    sizes = [[1, 1], [50, 8000], [8000, 50], [640, 480], [480, 640], [336, 336], [337, 335], [2560, 1707]]
+    remote = REPO / "orchestrator" / "tinymodels" / "phi3v_remote"
+    python = Path(vllm_bin).parent / "python"
+    done = subprocess.run(
+        [str(python), "-c", PHI3V_PROBE, str(remote), json.dumps(sizes)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cases = json.loads(done.stdout)
+    assert len(cases) == len(sizes) * 3
+    for case in cases:
+        h, w = case["hw"]
+        assert (h % 336, w % 336) == (0, 0), case
+        h_crop, w_crop = h // 336, w // 336
+        assert 1 <= h_crop * w_crop <= case["num_crops"], case
+        assert case["shape"] == [case["num_crops"] + 1, 3, 336, 336], case
+        assert case["hd_size"] == [w, h], case
+        # vLLM's Phi3HDImageEmbedding: 12x(12+1) per crop row with newlines, a separator, the global 12x13
+        features = h_crop * 12 * (w_crop * 12 + 1) + 1 + 12 * 13
+        assert case["tokens"] == features, case
+
+
 @pytest.mark.vllm
 @pytest.mark.parametrize("seed", SEEDS, ids=str)
 def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
@@ -116,9 +165,12 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     assert (model_dir / "mmdemo-model.json").is_file()
     build_s = time.monotonic() - start
 
+    # where transformers copies remote code it loads: kept out of ~/.cache and inspected below
+    modules = tmp_path / "hf-modules"
+    env = {**mmdemo_env, "HF_MODULES_CACHE": str(modules)}
     done = mmdemo(
         "run", seed.profile, "--gpu", "cpu", "--vllm-bin", vllm_bin, "--runs-dir", str(tmp_path / "runs"),
-        "--grace", "15", env=mmdemo_env, timeout=900,
+        "--grace", "15", env=env, timeout=900,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -143,6 +195,10 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     for one, two in ONE_AND_TWO.values():
         if one in by_name and two in by_name:
             assert by_name[one]["prompt_tokens"] < by_name[two]["prompt_tokens"], (one, two)
+
+    # the config and processor vLLM used really were the model directory's own code
+    loaded = {p.name for p in modules.rglob("*.py")}
+    assert set(seed.remote_code) <= loaded, sorted(loaded)
 
     assert report["teardown"]["remaining"] == 0
     assert report["teardown"]["port_free"] is True

@@ -11,13 +11,14 @@ Like microsoft/Phi-3.5-vision-instruct, the model directory carries its own code
 processing_phi3_v.py (the HD transform, `img_tokens`, `calc_num_image_tokens_from_image_size`),
 copied from phi3v_remote/ next to this file. vLLM hard-codes the vision tower (CLIP ViT-L/14-336,
 width 1024) and the image token id 32044, so the tower keeps its full width and the vocabulary
-its full size (32064, the tokenizer padded with unused entries); `img_processor.layer_idx` 0 cuts
+its full size (32064, the tokenizer padded with word-like filler entries); `img_processor.layer_idx` 0 cuts
 the tower to one layer. The Phi-3 text model is tiny (hidden 64, 2 layers, head size 32).
 Weights use the hub checkpoint's layout (model.*, lm_head.*, model.vision_embed_tokens.*): ~60 MB.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sys
@@ -61,10 +62,18 @@ def build_tokenizer(seed: int):
     spec = json.loads(small.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
     used = set(vocab.values())
+    # A random model samples these ~31k filler ids far more often than the ~600 trained ones: make
+    # them decode to words (" lionsky"), like the other tiny models' gibberish. No merge reaches them.
+    fillers = (
+        "\u0120" + "".join(words)  # Ġ: byte-level BPE's space
+        for n in (2, 3)
+        for words in itertools.product(common.WORDS, repeat=n)
+    )
     for i in range(VOCAB):
-        if i not in used:
-            # Unused ids a random model may still sample: they decode to visible text.
-            vocab[IMAGE_TOKEN if i == IMAGE_TOKEN_ID else f"<|unused_{i}|>"] = i
+        if i == IMAGE_TOKEN_ID:
+            vocab[IMAGE_TOKEN] = i
+        elif i not in used:
+            vocab[next(f for f in fillers if f not in vocab)] = i
     spec["added_tokens"].append(
         {
             "id": IMAGE_TOKEN_ID,
