@@ -150,7 +150,7 @@ def test_charts_have_one_bar_per_phase_event_and_demo(passed_page: Element, reco
     charts = find(passed_page, "svg")
     assert [text_of(find(c, "title")[0]) for c in charts] == [
         "vLLM startup, from launch",
-        "the run, from the command's start",
+        "the run: each moment, since the command started",
         "demo requests: latency (TTFT darker)",
     ]
     startup, timeline, demos = (find(c, "g") for c in charts)

@@ -100,12 +100,12 @@ def startup(spans: Sequence[PhaseSpan]) -> Chart | None:
     """vLLM's startup phases, each from its start to its end, on one axis from launch."""
     if not spans:
         return None
-    total = max(span.end_s for span in spans)
+    total = max(max(span.start_s, span.end_s) for span in spans)
     rows: list[Row] = [
         (
             span.phase,
             span.start_s,
-            span.end_s - span.start_s,
+            max(0.0, span.end_s - span.start_s),  # a phase cut short by a crash never runs backwards
             None,
             f"{span.phase}: {span.start_s:.2f} s → {span.end_s:.2f} s",
         )
@@ -115,18 +115,20 @@ def startup(spans: Sequence[PhaseSpan]) -> Chart | None:
 
 
 def timeline(events: Sequence[TimelineEvent]) -> Chart | None:
-    """The run's stages: each event lasts until the next one (the last is a moment)."""
+    """The run's moments in order: each bar spans from the moment before to this one."""
     if not events:
         return None
     ordered = sorted(events, key=lambda e: e.at_s)
-    total = ordered[-1].at_s
     rows: list[Row] = []
-    for event, following in zip(ordered, [*ordered[1:], None], strict=True):
-        until = following.at_s if following else event.at_s
+    previous = 0.0
+    for event in ordered:
         rows.append(
-            (event.event, event.at_s, until - event.at_s, None, f"{event.event} at {event.at_s:.2f} s")
+            (event.event, previous, event.at_s - previous, None, f"{event.event} at {event.at_s:.3f} s")
         )
-    return _chart("the run, from the command's start", rows, total)
+        previous = event.at_s
+    chart = _chart("the run: each moment, since the command started", rows, ordered[-1].at_s)
+    bars = [replace(bar, value=f"at {seconds(e.at_s)}") for bar, e in zip(chart.bars, ordered, strict=True)]
+    return replace(chart, bars=bars)
 
 
 def demos(records: Sequence[DemoRecord]) -> Chart | None:
