@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from orchestrator.record import RunRecord
-from orchestrator.render.html import MatrixCell, to_html, to_matrix_html
+from orchestrator.record import RunRecord, load
+from orchestrator.render.html import MatrixCell, to_diff_html, to_html, to_matrix_html
 from tests.cdp import Browser, PageVisit, browser, find_chromium
 from tests.records import failed_run, passed_run
 
@@ -89,6 +89,16 @@ def test_matrix_page_loads(chromium: Browser) -> None:
         MatrixCell("cpu-tiny-omni", "cpu", "passed", 21.3, 11, 11, "tiny/cpu/report.html"),
     ]
     assert_clean(open_page(chromium, to_matrix_html(cells), "matrix"))
+
+
+def test_diff_page_loads(chromium: Browser, cache_root: Path, tmp_path: Path) -> None:
+    record = passed_run(cache_root)
+    runs = []
+    for name, demos in (("a", record.demos), ("b", record.demos[::-1])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(record.model_copy(update={"demos": demos}).to_json(), encoding="utf-8")
+        runs.append(load(path))
+    assert_clean(open_page(chromium, to_diff_html(*runs, "runs/a", "runs/b"), "diff"))
 
 
 def test_the_checks_see_requests_errors_and_broken_media(chromium: Browser, tmp_path: Path) -> None:

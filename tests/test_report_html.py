@@ -11,9 +11,9 @@ import html5lib
 import pytest
 from PIL import Image
 
-from orchestrator.record import AssetRecord, RunRecord
+from orchestrator.record import AssetRecord, RunRecord, load
 from orchestrator.render import write_all
-from orchestrator.render.html import MatrixCell, highlight, shown, to_html, to_matrix_html
+from orchestrator.render.html import MatrixCell, highlight, shown, to_diff_html, to_html, to_matrix_html
 from orchestrator.render.inline import inline
 from tests.records import failed_run, passed_run
 
@@ -194,4 +194,25 @@ def test_matrix_grid_links_each_cell_to_its_report() -> None:
     assert cells_text[0][:3] == ["passed", "6/6", "demos"]
     assert cells_text[2] == ["–"]  # phi on A10G was not run
     assert "OOM <b>" in text_of(page)
+    assert not find(page, "b")
+
+
+def test_diff_page_shows_both_runs_per_demo(record: RunRecord, tmp_path: Path) -> None:
+    first = tmp_path / "a.json"
+    first.write_text(record.to_json(), encoding="utf-8")
+    demos = [d.model_copy(update={"latency_s": d.latency_s * 2}) for d in record.demos[1:]]
+    demos[0] = demos[0].model_copy(update={"status": "failed", "answer": "now <i>this</i>\x1b"})
+    second = tmp_path / "b.json"
+    second.write_text(record.model_copy(update={"demos": demos}).to_json(), encoding="utf-8")
+    page = parse(to_diff_html(load(first), load(second), "runs/a", "runs/b"))
+    rows = {
+        text_of(find(tr, "th")[0]): [text_of(td).strip() for td in find(tr, "td")]
+        for tr in find(page, "tr")[1:]
+    }
+    assert rows["text-only/text"][:2] == ["passed", "absent"]
+    assert rows["single-image/url"][:2] == ["passed", "failed"]
+    assert rows["single-image/file"][4:] == ["2.00x", "same"]
+    answers = [text_of(p).strip() for p in find(page, "pre", "answer")]
+    assert answers == ["bell\\x07 esc\\x1b[31m red <b>bold</b> | pipe", "now <i>this</i>\\x1b"]
+    assert not find(page, "i")
     assert not find(page, "b")

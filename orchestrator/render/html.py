@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup, escape
 
 from orchestrator.logscan import DIAGNOSES
-from orchestrator.record import AssetRecord, DemoRecord, RunRecord
+from orchestrator.record import AssetRecord, DemoRecord, DiffReport, RunRecord
 from orchestrator.render import charts
 from orchestrator.render.inline import Inlined, inline
 from orchestrator.render.text import visible
@@ -157,3 +157,14 @@ def to_matrix_html(cells: Sequence[MatrixCell], title: str = "mmdemo matrix") ->
     }
     template = _environment().get_template("matrix.html.j2")
     return template.render(title=title, profiles=profiles, gpus=gpus, grid=grid, links=links, cells=cells)
+
+
+def to_diff_html(a: DiffReport, b: DiffReport, label_a: str = "A", label_b: str = "B") -> str:
+    """A small page of `report diff`: per demo, status and latency in each run, and both answers."""
+    from orchestrator.record import diff
+
+    demos_a = {d.name: d for d in a.demos}
+    demos_b = {d.name: d for d in b.demos}
+    rows = [(row, demos_a.get(row["name"]), demos_b.get(row["name"])) for row in diff(a, b)]
+    template = _environment().get_template("diff.html.j2")
+    return template.render(a=a, b=b, label_a=label_a, label_b=label_b, rows=rows)
