@@ -32,13 +32,14 @@ STARTUP = [
     PhaseSpan(phase="profiling memory", start_s=9.0, end_s=19.8),
     PhaseSpan(phase="starting API server", start_s=19.8, end_s=21.3),
 ]
-TIMELINE = [
-    TimelineEvent(event="preflight", at_s=0.0),
-    TimelineEvent(event="launch", at_s=0.4),
-    TimelineEvent(event="ready", at_s=21.7),
-    TimelineEvent(event="demos", at_s=21.7),
-    TimelineEvent(event="teardown", at_s=22.2),
-    TimelineEvent(event="done", at_s=22.6),
+TIMELINE = [  # the moments the session records
+    TimelineEvent(event="command start", at_s=0.0),
+    TimelineEvent(event="preflight done", at_s=0.4),
+    TimelineEvent(event="launch", at_s=0.5),
+    TimelineEvent(event="media ready", at_s=0.9),
+    TimelineEvent(event="server ready", at_s=21.8),
+    TimelineEvent(event="demos done", at_s=22.3),
+    TimelineEvent(event="teardown done", at_s=22.7),
 ]
 
 
