@@ -37,7 +37,11 @@ NASTY = [
 CHARS = st.characters(exclude_categories=("Cs",))
 TEXT = st.lists(st.one_of(st.text(CHARS, max_size=12), st.sampled_from(NASTY)), max_size=6).map("".join)
 PROFILE = settings(
-    max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
