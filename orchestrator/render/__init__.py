@@ -1,4 +1,4 @@
-"""Renderers of the run record: report.md, junit.xml (and report.html); the files, written atomically."""
+"""Renderers of the run record: report.md, junit.xml and report.html; the files, written atomically."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.record import RunRecord
+from orchestrator.render.html import to_html
 from orchestrator.render.junit import to_junit
 from orchestrator.render.markdown import to_markdown
 
@@ -25,11 +26,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_all(run_dir: Path, record: RunRecord) -> list[Path]:
-    """Write report.json, report.md and junit.xml into the run directory."""
+    """Write report.json, report.md, junit.xml and report.html into the run directory."""
     files = {
         "report.json": record.to_json(),
         "report.md": to_markdown(record),
         "junit.xml": to_junit(record),
+        "report.html": to_html(record),
     }
     for name, text in files.items():
         write_atomic(run_dir / name, text)

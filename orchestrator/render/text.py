@@ -36,10 +36,14 @@ def one_line(text: str | None, limit: int | None = None) -> str:
 
 
 def terminal(text: str | None) -> str:
-    """Text safe to hand to rich: no control bytes, and no rich markup interpreted."""
+    """Text safe to embed in rich markup: no control bytes, and no rich markup interpreted."""
     from rich.markup import escape
 
-    return escape(visible(text))
+    safe = visible(text)
+    # rich's escape() doubles a trailing backslash only when there is one: a run of two would then
+    # escape the markup that follows ("...\\[/]") and lose one. Double the whole run.
+    body = safe.rstrip("\\")
+    return escape(body) + "\\" * (2 * (len(safe) - len(body)))
 
 
 _MD_SPECIAL = re.compile(r"([\\`|*_\[\]#~])")
