@@ -39,7 +39,8 @@ EXIT_CODES = """exit codes:
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # emoji=False: an answer saying ":smile:" is text, not a picture.
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 120  # CI logs and pipes: rich's 80 columns would wrap every table row
     return console
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = rsub.add_parser("diff", help="what changed between two runs (report schema 1 or 2)")
     d.add_argument("run_a")
     d.add_argument("run_b")
+    d.add_argument("--html", metavar="OUT", type=Path, help="also write the diff as a small HTML page")
     rsub.add_parser("schema", help="print the JSON Schema of report.json")
 
     p = sub.add_parser("models", help="tiny local models for the CPU profiles")
@@ -644,6 +646,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(record.schema_text())
         return 0
     a, b = record.load(args.run_a), record.load(args.run_b)
+    if args.html:
+        from orchestrator.render import write_atomic
+        from orchestrator.render.html import to_diff_html
+
+        write_atomic(args.html, to_diff_html(a, b, str(args.run_a), str(args.run_b)))
     if a.profile != b.profile:
         _console(stderr=True).print(
             f"note: comparing different profiles ({_esc(a.profile)} vs {_esc(b.profile)})"

@@ -158,9 +158,9 @@ class LogFollower:
 
     def spans(self, start: float, end: float) -> list[tuple[str, float, float]]:
         """Each phase seen with its start and end in seconds since `start`, the last ending at `end`."""
-        times = [*self.changes[1:], ("", end)]
+        times = [*self.changes[1:], ("", max(end, self.changes[-1][1]))]
         return [
-            (phase, round(max(0.0, began - start), 3), round(max(0.0, until - start), 3))
+            (phase, round(max(0.0, began - start), 3), round(max(0.0, until - start, began - start), 3))
             for (phase, began), (_, until) in zip(self.changes, times, strict=True)
         ]
 

@@ -184,8 +184,10 @@ class RunRecord(_Model):
         )
 
     def to_json(self) -> str:
-        """report.json's text: every field, exact text kept (JSON escapes it)."""
-        return self.model_dump_json(indent=2) + "\n"
+        """report.json's text: every field, exact text kept (JSON escapes it, lone surrogates too)."""
+        text = json.dumps(self.model_dump(), indent=2, ensure_ascii=False) + "\n"
+        # A lone surrogate (a broken answer) cannot be UTF-8: write it as its JSON escape, \udXXX.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def json_schema() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -318,7 +319,7 @@ class Launched:
             yield endpoint
         finally:
             events.stage("teardown", f"grace {opts.grace_s:g} s")
-            end = session.now()
+            end = time.monotonic()
             record.teardown = TeardownRecord(**asdict(server.stop()))
             if server.started_at is not None:
                 spans = server.follower.spans(server.started_at, server.ready_at or end)

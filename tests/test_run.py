@@ -269,10 +269,12 @@ def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> 
     )
     assert (code_a, code_b) == (0, 1)
     run_a, run_b = sorted((tmp_path / "runs").glob("*"))
-    done = mmdemo("report", "diff", str(run_a), str(run_b), env=mmdemo_env)
+    page = tmp_path / "diff.html"
+    done = mmdemo("report", "diff", str(run_a), str(run_b), "--html", str(page), env=mmdemo_env)
     assert done.returncode == 1  # a status changed
     assert "text-only/text" in done.stdout
     assert "failed" in done.stdout
+    assert "text-only/text" in page.read_text()
 
 
 def test_the_schema_check_catches_a_broken_report() -> None:
