@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -65,6 +65,13 @@ class Events(Protocol):
     def demo_done(self, result: Any) -> None: ...
     def ready(self, server: Server, ready: Ready) -> None: ...
     def download(self, key: str, done: int, total: int | None) -> None: ...
+
+
+class Stop(Protocol):
+    """An interrupt owned by the caller: a matrix runs its cells in threads, where SignalGuard cannot."""
+
+    def signal_name(self) -> str | None: ...
+    def watch(self, server: Server) -> None: ...
 
 
 class QuietEvents:
@@ -209,6 +216,9 @@ def run(
     *,
     probe_gpus: Callable[[], Sequence[gpu_mod.Gpu]] = gpu_mod.detect,
     serve_forever: Callable[[Server], None] | None = None,
+    run_dir: Path | None = None,
+    server_env: Mapping[str, str] | None = None,
+    stop: Stop | None = None,
 ) -> Outcome:
     """`mmdemo run` (and, with serve_forever, `mmdemo serve`): the whole pipeline."""
     from orchestrator import assets as assets_mod
@@ -231,7 +241,10 @@ def run(
     variant = preflight.choose_variant(profile, opts.gpu, gpus)
     resolved = profile.resolve(variant)
     chosen = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
-    run_dir = make_run_dir(opts.runs_dir, profile.name)
+    if run_dir is None:
+        run_dir = make_run_dir(opts.runs_dir, profile.name)
+    else:  # a matrix cell's directory, chosen by the matrix
+        run_dir.mkdir(parents=True, exist_ok=True)
     ev.stage("profile", f"{profile.name} ({profile.model}) on {variant}; run directory {run_dir}")
 
     rep = _new_report(
@@ -289,6 +302,10 @@ def run(
                     media_dir=None if serving else str(store.root.resolve()),
                     user_env=user_env,
                 )
+                if server_env:  # e.g. a matrix cell's CUDA_VISIBLE_DEVICES: the server's env only
+                    plan = replace(
+                        plan, env={**plan.env, **server_env}, display_env={**plan.display_env, **server_env}
+                    )
                 # launch
                 server = Server(
                     plan,
@@ -309,6 +326,8 @@ def run(
                 try:
                     ev.stage("launch", plan.shell())
                     server.start()
+                    if stop is not None:
+                        stop.watch(server)
                     rep["server"]["pid"] = server.pid  # also its process group and session id
                     # ready
                     timeout = opts.timeout_s or resolved.ready_timeout_s
@@ -347,8 +366,9 @@ def run(
     except Exception as exc:  # a bug: teardown has run (finally), and the report still gets written
         log.debug("unexpected error", exc_info=True)
         error = InternalError(exc)
-    if guard.received and not isinstance(error, Interrupted):
-        error = Interrupted(guard.received[0])
+    signame = guard.received[0] if guard.received else (stop.signal_name() if stop else None)
+    if signame and not isinstance(error, Interrupted):
+        error = Interrupted(signame)
     return _conclude(rep, error, run_dir, redact)
 
 

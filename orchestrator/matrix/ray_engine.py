@@ -1,0 +1,171 @@
+"""Engine `ray`: each cell a Ray task on a node of its GPU class (extra `mmdemo[ray]`).
+
+Placement: `num_gpus` from the variant plus the custom resource `mmdemo-gpu:<class>` (one unit per
+GPU), which tells A100-80GB from A100-40GB where Ray's own accelerator detection cannot. A node
+declares it when Ray starts there: `ray start ... --resources '{"mmdemo-gpu:A100-80GB": 8}'`.
+Without it, a node's `accelerator_type:<T>` resource stands for the one class T names (never for
+A100, which is two classes). Ray sets CUDA_VISIBLE_DEVICES for each task; the cell's server
+inherits it. The task runs the same cell function on its node and returns the cell's files as a
+tar archive, unpacked into the driver's matrix directory. A class the cluster lacks is refused
+before any task is submitted (Ray would wait forever).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import tarfile
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.gpu import CPU, GPU_CLASSES, Gpu, detect
+from orchestrator.matrix.cell import not_run, run_cell
+from orchestrator.matrix.cells import Capacity, Cell
+from orchestrator.matrix.interrupt import Interrupt
+from orchestrator.matrix.record import CellRecord
+from orchestrator.pipeline import RunOptions
+
+log = logging.getLogger(__name__)
+RESOURCE_PREFIX = "mmdemo-gpu:"
+ACCELERATOR_PREFIX = "accelerator_type:"
+POLL_S = 0.1
+# Ray's accelerator type names that mean exactly one mmdemo class.
+_RAY_TYPES = {c: c for c in GPU_CLASSES if not c.startswith("A100")}
+
+
+class RayEngine:
+    """Run cells as Ray tasks on RAY_ADDRESS (or a local Ray started for the run)."""
+
+    name = "ray"
+    where = "the Ray cluster"
+
+    def __init__(self, address: str | None = None, **init_kwargs: Any) -> None:
+        self._address = address
+        self._init_kwargs = init_kwargs
+        self._started = False
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError:
+            from orchestrator.errors import UsageError
+
+            raise UsageError("--engine ray needs Ray", hint="pip install 'mmdemo[ray]'") from None
+        if not ray.is_initialized():
+            address = self._address or os.environ.get("RAY_ADDRESS") or None
+            ray.init(address=address, log_to_driver=False, **self._init_kwargs)
+            self._started = True
+        return ray
+
+    def capacity(self) -> dict[str, Capacity]:
+        """GPU classes per node, from each alive node's resources; a class counts its largest node."""
+        ray = self._ray()
+        out: dict[str, Capacity] = {}
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            resources: dict[str, float] = node.get("Resources") or {}
+            gpus = int(resources.get("GPU", 0))
+            for name, amount in resources.items():
+                if name.startswith(RESOURCE_PREFIX):
+                    gpu_class, count = name[len(RESOURCE_PREFIX) :], int(amount)
+                elif name.startswith(ACCELERATOR_PREFIX) and name[len(ACCELERATOR_PREFIX) :] in _RAY_TYPES:
+                    gpu_class, count = _RAY_TYPES[name[len(ACCELERATOR_PREFIX) :]], gpus
+                else:
+                    continue
+                if gpu_class not in GPU_CLASSES or count < 1:
+                    continue
+                have = out.get(gpu_class)
+                if have is None or have.count < count:
+                    out[gpu_class] = Capacity(count, GPU_CLASSES[gpu_class] * 1024)
+        return out
+
+    def options(self, cell: Cell) -> dict[str, Any]:
+        """The Ray task options that place a cell on its class with its GPUs."""
+        if cell.variant == CPU:
+            return {"num_cpus": 1, "num_gpus": 0, "max_retries": 0}
+        resources: dict[str, float] = {}
+        if f"{RESOURCE_PREFIX}{cell.gpu_class}" in self._ray().cluster_resources():
+            resources[f"{RESOURCE_PREFIX}{cell.gpu_class}"] = cell.gpu_count
+        else:
+            resources[f"{ACCELERATOR_PREFIX}{_RAY_TYPES[cell.gpu_class]}"] = 0.001
+        return {"num_cpus": 1, "num_gpus": cell.gpu_count, "resources": resources, "max_retries": 0}
+
+    def run(
+        self,
+        cells: Sequence[Cell],
+        opts: RunOptions,
+        matrix_dir: Path,
+        stop: Interrupt,
+        on_done: Callable[[CellRecord], None],
+    ) -> list[CellRecord]:
+        """Submit every cell at once; Ray queues them on free GPUs; collect as they finish."""
+        ray = self._ray()
+        remote = ray.remote(remote_cell)
+        refs = {remote.options(**self.options(c)).remote(c, opts): c for c in cells}
+        records: list[CellRecord] = []
+        cancelled = False
+        try:
+            while refs:
+                if stop.is_set() and not cancelled:
+                    cancelled = True
+                    for ref in refs:
+                        ray.cancel(ref)  # the task gets KeyboardInterrupt: the pipeline tears down
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    cell = refs.pop(ref)
+                    record = self._collect(ray, ref, cell, matrix_dir, stop)
+                    records.append(record)
+                    on_done(record)
+        finally:
+            if self._started:
+                ray.shutdown()
+                self._started = False
+        return records
+
+    def _collect(self, ray: Any, ref: Any, cell: Cell, matrix_dir: Path, stop: Interrupt) -> CellRecord:
+        try:
+            data, archive = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return not_run(cell, "interrupted", 130, f"cancelled: {stop.signal_name() or 'interrupted'}")
+        except ray.exceptions.RayError as exc:
+            status = "interrupted" if stop.is_set() else "error"
+            code = 130 if stop.is_set() else 4
+            return not_run(cell, status, code, f"Ray task failed: {str(exc).splitlines()[0]}")
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(matrix_dir, filter="data")
+        record = CellRecord.model_validate(data)
+        return record.model_copy(update={"directory": cell.dirname})
+
+
+def remote_cell(cell: Cell, opts: RunOptions) -> tuple[dict[str, Any], bytes]:
+    """On a Ray node: run the cell on the GPUs Ray gave this task; its record and its files (tar.gz)."""
+    import ray
+
+    ids = [int(str(i)) for i in ray.get_gpu_ids()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    found = {g.index: g for g in detect()} if ids else {}
+    memory = GPU_CLASSES.get(cell.gpu_class, 0) * 1024
+    gpus = [found.get(i) or Gpu(i, cell.gpu_class, memory) for i in ids]
+    node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:12]})"
+    with tempfile.TemporaryDirectory(prefix="mmdemo-cell-") as tmp:
+        root = Path(tmp)
+        record = run_cell(
+            cell,
+            replace(opts, runs_dir=root),
+            root / cell.dirname,
+            gpus=gpus,
+            server_env={"CUDA_VISIBLE_DEVICES": visible} if visible is not None and ids else None,
+            node=node,
+            relative_to=root,
+        )
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            if (root / cell.dirname).exists():
+                tar.add(root / cell.dirname, arcname=cell.dirname)
+    return record.model_dump(mode="json"), buffer.getvalue()
