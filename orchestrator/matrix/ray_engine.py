@@ -18,6 +18,7 @@ import os
 import socket
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -107,7 +108,8 @@ class RayEngine:
         """Submit every cell at once; Ray queues them on free GPUs; collect as they finish."""
         ray = self._ray()
         remote = ray.remote(remote_cell)
-        refs = {remote.options(**self.options(c)).remote(c, opts): c for c in cells}
+        t0_wall = time.time()
+        refs = {remote.options(**self.options(c)).remote(c, opts, t0_wall): c for c in cells}
         records: list[CellRecord] = []
         cancelled = False
         try:
@@ -143,7 +145,7 @@ class RayEngine:
         return record.model_copy(update={"directory": cell.dirname})
 
 
-def remote_cell(cell: Cell, opts: RunOptions) -> tuple[dict[str, Any], bytes]:
+def remote_cell(cell: Cell, opts: RunOptions, t0_wall: float) -> tuple[dict[str, Any], bytes]:
     """On a Ray node: run the cell on the GPUs Ray gave this task; its record and its files (tar.gz)."""
     import ray
 
@@ -152,7 +154,8 @@ def remote_cell(cell: Cell, opts: RunOptions) -> tuple[dict[str, Any], bytes]:
     found = {g.index: g for g in detect()} if ids else {}
     memory = GPU_CLASSES.get(cell.gpu_class, 0) * 1024
     gpus = [found.get(i) or Gpu(i, cell.gpu_class, memory) for i in ids]
-    node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:12]})"
+    node = f"{socket.gethostname()} {ray.get_runtime_context().get_node_id()}"
+    started = time.time() - t0_wall  # the driver's clock and this node's: close enough for a timeline
     with tempfile.TemporaryDirectory(prefix="mmdemo-cell-") as tmp:
         root = Path(tmp)
         record = run_cell(
@@ -168,4 +171,5 @@ def remote_cell(cell: Cell, opts: RunOptions) -> tuple[dict[str, Any], bytes]:
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             if (root / cell.dirname).exists():
                 tar.add(root / cell.dirname, arcname=cell.dirname)
+    record = record.model_copy(update={"started_s": round(started, 3)})
     return record.model_dump(mode="json"), buffer.getvalue()

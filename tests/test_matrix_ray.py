@@ -1,0 +1,99 @@
+"""`mmdemo matrix --engine ray` for real: a local Ray declaring fake GPUs, and a two-node Ray cluster.
+
+Ray sets CUDA_VISIBLE_DEVICES per task; the fake server prints it into its log, which comes back
+to the driver's matrix directory with the cell's other files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from orchestrator.matrix.ray_engine import RayEngine
+from orchestrator.matrix.run import run_matrix
+from orchestrator.pipeline import RunOptions
+from tests.conftest import FAKE
+
+PROFILES = Path(__file__).parent / "profiles" / "matrix"
+A, TP2 = (str(PROFILES / f"{n}.yaml") for n in ("fake-a", "fake-tp2"))
+
+
+@pytest.fixture
+def ray_env(mmdemo_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The environment Ray's workers inherit: the fake prints CUDA_VISIBLE_DEVICES into its log."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("FAKE_VLLM_LOG_ENV", "CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    yield
+    ray.shutdown()
+
+
+def options(tmp_path: Path) -> RunOptions:
+    return RunOptions(
+        vllm_bin=str(FAKE), offline=True, grace_s=2.0, runs_dir=tmp_path / "runs", timeout_s=20.0
+    )
+
+
+def server_saw(matrix_dir: Path, directory: str | None) -> str:
+    log = (matrix_dir / str(directory) / "server.log").read_text()
+    line = next(x for x in log.splitlines() if "env CUDA_VISIBLE_DEVICES=" in x)
+    return line.split("env CUDA_VISIBLE_DEVICES=", 1)[1]
+
+
+def test_local_ray_with_fake_gpus(tmp_path: Path, ray_env: None) -> None:
+    ray.init(
+        num_cpus=3,
+        num_gpus=2,
+        resources={"mmdemo-gpu:H100": 2, "accelerator_type:H100": 1},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    outcome = run_matrix([A, TP2], ["H100", "A100-80GB"], options(tmp_path), RayEngine())
+    cells = {c.key: c for c in outcome.record.cells}
+    assert outcome.record.engine == "ray"
+    for key in ("fake-a@H100", "fake-tp2@H100"):
+        cell = cells[key]
+        assert cell.status == "passed", cell
+        assert cell.teardown_remaining == 0
+        assert (outcome.matrix_dir / str(cell.directory) / "report.json").is_file()  # shipped back
+        assert cell.cuda_visible_devices == server_saw(outcome.matrix_dir, cell.directory)
+        assert len(cell.cuda_visible_devices.split(",")) == cell.gpu_count
+    assert cells["fake-tp2@H100"].cuda_visible_devices in ("0,1", "1,0")
+    # A class the cluster lacks fails at once with the reason (Ray would queue the task forever).
+    assert cells["fake-a@A100-80GB"].status == "error"
+    assert cells["fake-a@A100-80GB"].reason == "the Ray cluster has no A100-80GB GPU"
+    assert outcome.exit_code == 3
+    record = json.loads((outcome.matrix_dir / "matrix.json").read_text())
+    assert record["cells"][0]["node"]
+
+
+def test_two_node_cluster_places_cells_on_their_class(tmp_path: Path, ray_env: None) -> None:
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "num_gpus": 2, "resources": {"mmdemo-gpu:H100": 2}},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=2, num_gpus=1, resources={"mmdemo-gpu:L4": 1})
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        engine = RayEngine()
+        assert {k: v.count for k, v in engine.capacity().items()} == {"H100": 2, "L4": 1}
+        outcome = run_matrix([A, TP2], ["H100", "L4"], options(tmp_path), engine)
+        cells = {c.key: c for c in outcome.record.cells}
+        assert cells["fake-tp2@L4"].status == "skipped"
+        assert outcome.exit_code == 0, outcome.record.model_dump_json(indent=1)
+        on_l4 = cells["fake-a@L4"]
+        assert worker.node_id in str(on_l4.node)
+        assert worker.node_id not in str(cells["fake-a@H100"].node)
+        assert worker.node_id not in str(cells["fake-tp2@H100"].node)
+        assert on_l4.cuda_visible_devices == server_saw(outcome.matrix_dir, on_l4.directory) == "0"
+        tp2 = cells["fake-tp2@H100"]
+        assert sorted(server_saw(outcome.matrix_dir, tp2.directory).split(",")) == ["0", "1"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
