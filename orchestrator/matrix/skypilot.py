@@ -136,8 +136,20 @@ def emit(
     ]
     if len(docs) > 1:
         docs.insert(0, {"name": "mmdemo-matrix"})
-    body = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=200)
+    body = yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=200)
     return "\n".join(head) + "\n" + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (setup, run) as literal blocks, so the YAML reads like a shell script."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def launch(text: str, runs_dir: Path) -> int:
