@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench import demos, overhead, readiness, real, report, teardown
+from bench import demos, matrix, overhead, readiness, real, report, teardown
 from bench.procs import marked, sweep
 from bench.result import Row, Scenario, Settings
 
@@ -21,6 +21,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (demos.run, True),
     (teardown.run, True),
     (overhead.run, True),
+    (matrix.run, True),
     (real.run, False),  # not fast: a real CPU vLLM, about two minutes
 ]
 
