@@ -7,6 +7,7 @@ to the driver's matrix directory with the cell's other files.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.ray_engine import RayEngine
 from orchestrator.matrix.run import run_matrix
 from orchestrator.pipeline import RunOptions
-from tests.conftest import FAKE
+from tests.conftest import FAKE, marked_pids, wait_for
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"
 A, TP2 = (str(PROFILES / f"{n}.yaml") for n in ("fake-a", "fake-tp2"))
@@ -97,3 +99,42 @@ def test_two_node_cluster_places_cells_on_their_class(tmp_path: Path, ray_env: N
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_interrupt_cancels_the_tasks_and_their_servers_end(
+    tmp_path: Path, ray_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both cells serve a demo that would take a minute; the interrupt cancels their Ray tasks, whose
+    # runs tear their servers down (Ray's cancel raises KeyboardInterrupt in the task, as Ctrl-C would).
+    monkeypatch.setenv("FAKE_VLLM_LATENCY", "60")
+    monkeypatch.setenv("FAKE_VLLM_REQUEST_FILE", str(tmp_path / "serving"))
+    ray.init(
+        num_cpus=3, num_gpus=2, resources={"mmdemo-gpu:H100": 2}, include_dashboard=False, log_to_driver=False
+    )
+    interrupt = Interrupt()
+
+    def interrupt_when_serving() -> None:
+        wait_for((tmp_path / "serving").exists, timeout_s=120, what="a demo request in flight")
+        interrupt.set("SIGINT")
+
+    thread = threading.Thread(target=interrupt_when_serving)
+    thread.start()
+    outcome = run_matrix([A, TP2], ["H100"], options(tmp_path), RayEngine(), interrupt=interrupt)
+    thread.join()
+    assert outcome.exit_code == 130
+    assert {c.status for c in outcome.record.cells} == {"interrupted"}
+    # The servers were started by Ray's workers: none of them may outlive the run.
+    wait_for(lambda: not server_pids(), timeout_s=30, what="the cells' servers to end")
+
+
+def server_pids() -> list[int]:
+    """Fake servers of this test session still alive (Ray's own processes carry the mark too)."""
+    found = []
+    for pid in marked_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"fake_vllm.py" in cmdline or b"VLLM::" in cmdline:
+            found.append(pid)
+    return found
