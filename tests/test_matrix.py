@@ -179,6 +179,9 @@ def test_the_record_json_md_and_junit(tmp_path: Path, mmdemo_env: dict[str, str]
     assert cells[("fake-a", "H100")]["time_to_ready_s"] > 0
     assert cells[("fake-fails", "H100")]["status"] == "failed"
     assert cells[("fake-fails", "H100")]["exit_code"] == 1
+    assert (
+        cells[("fake-fails", "H100")]["reason"] == "1 of 1 demo requests failed; text-only/text: fake refusal"
+    )
     assert cells[("fake-fails", "L4")]["status"] == "skipped"  # no L4 variant, H100's does not fit
     assert cells[("fake-tp2", "H100")]["reason"] == "needs 2 H100 GPUs; this machine has 1"
     assert data["exit_code"] == outcome.exit_code == 1  # the worst cell: a failed demo

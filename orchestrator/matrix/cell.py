@@ -99,6 +99,9 @@ def _from_report(
     reason = error.get("message")
     if status == "failed" and reason is None:
         reason = f"{summary.get('failed', 0)} of {summary.get('total', 0)} demo requests failed"
+        first = next((d for d in rep.get("demos") or [] if d.get("status") != "passed"), None)
+        if first is not None:  # the server's own words for the first failure: the grid's evidence
+            reason += f"; {first.get('name')}: {' '.join(str(first.get('error')).split())[:200]}"
     env = server.get("env") or {}
     return CellRecord(
         profile=cell.profile,
