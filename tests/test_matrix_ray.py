@@ -19,7 +19,7 @@ from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.ray_engine import RayEngine
 from orchestrator.matrix.run import run_matrix
 from orchestrator.pipeline import RunOptions
-from tests.conftest import FAKE, marked_pids, wait_for
+from tests.conftest import FAKE, marked_pids, mmdemo, wait_for
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"
 A, TP2 = (str(PROFILES / f"{n}.yaml") for n in ("fake-a", "fake-tp2"))
@@ -138,3 +138,21 @@ def server_pids() -> list[int]:
         if b"fake_vllm.py" in cmdline or b"VLLM::" in cmdline:
             found.append(pid)
     return found
+
+
+def test_the_command_starts_a_local_ray_when_there_is_no_cluster(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    # No RAY_ADDRESS: mmdemo starts a Ray of its own for the run (here: CPU only) and stops it after.
+    env = {k: v for k, v in mmdemo_env.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    done = mmdemo(
+        "matrix", A, "--engine", "ray", "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"),
+        "--offline", "--grace", "2", env=env, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "matrix   1 cells (1 to run) on ray" in done.stdout
+    matrix_dir = next((tmp_path / "runs").glob("*-matrix"))
+    record = json.loads((matrix_dir / "matrix.json").read_text())
+    assert record["engine"] == "ray"
+    assert record["cells"][0]["status"] == "passed"
+    assert (matrix_dir / "fake-a-cpu" / "server.log").is_file()
