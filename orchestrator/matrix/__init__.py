@@ -1,7 +1,7 @@
 """`mmdemo matrix`: every profile on every GPU class, on this box (local) or a Ray cluster.
 
-cells.py plans profile x GPU class (skips with reasons), cell.py runs one cell through the run
-pipeline (the one adapter), local.py and ray_engine.py schedule cells, record.py writes
-matrix.json / matrix.md / junit.xml, skypilot.py emits a SkyPilot task, interrupt.py carries
-Ctrl-C to cells running in threads.
+run.py is the matrix written out once (plan -> engine -> record). cells.py plans profile x GPU
+class (skips with reasons); cell.py runs one cell through the run pipeline (the one adapter);
+local.py and ray_engine.py schedule cells; record.py writes matrix.json / matrix.md / junit.xml;
+skypilot.py emits SkyPilot tasks; interrupt.py carries Ctrl-C to cells running in threads.
 """
