@@ -55,8 +55,6 @@ def run_matrix(
     interrupt: Interrupt | None = None,
 ) -> MatrixOutcome:
     """Plan the cells, run the runnable ones on the engine, record every cell; never raises for a cell."""
-    from orchestrator.pipeline import _now, _version
-
     started_at, t0 = _now(), time.monotonic()
     cells = plan_cells(names, classes, engine.capacity(), profiles_dir=opts.profiles_dir, where=engine.where)
     matrix_dir = make_run_dir(opts.runs_dir, "matrix")
@@ -81,16 +79,29 @@ def run_matrix(
     gpu_classes = list(dict.fromkeys(c.gpu_class for c in cells))
     gpu_classes.sort(key=lambda g: g == CPU)  # GPU classes first, as given
     record = MatrixRecord(
-        mmdemo_version=_version(),
+        mmdemo_version=_mmdemo_version(),
         engine=engine.name,
         status=record_mod.verdict(code),
         exit_code=code,
         profiles=profiles,
         gpu_classes=gpu_classes,
         started_at=started_at,
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        finished_at=_now(),
         wall_s=round(time.monotonic() - t0, 3),
         cells=ordered,
     )
     record_mod.write_all(matrix_dir, record)
     return MatrixOutcome(record, matrix_dir)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _mmdemo_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmdemo")
+    except PackageNotFoundError:
+        return "0+unknown"
