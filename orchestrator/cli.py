@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind (default 127.0.0.1)")
     p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"), help="the vLLM command")
     p.add_argument("--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)")
@@ -515,6 +516,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from orchestrator.matrix.record import cell_text
     from orchestrator.matrix.run import run_matrix
 
+    if args.schema:
+        import json
+
+        from orchestrator.matrix.record import schema
+
+        print(json.dumps(schema(), indent=2))
+        return 0
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = _console()
@@ -535,7 +543,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     def planned(cells: Sequence[Any], matrix_dir: Path) -> None:
         runnable = sum(1 for c in cells if c.runnable)
-        console.print(f"matrix   {len(cells)} cells ({runnable} to run) on {engine.name}; {_esc(matrix_dir)}")
+        console.print(
+            f"matrix   {len(cells)} cell(s), {runnable} to run, on {engine.name}; {_esc(matrix_dir)}"
+        )
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""

@@ -264,7 +264,7 @@ def test_the_command_prints_a_line_per_cell(tmp_path: Path, mmdemo_env: dict[str
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    assert "matrix   2 cells (2 to run) on local" in out
+    assert "matrix   2 cell(s), 2 to run, on local" in out
     assert "fake-a@cpu" in out
     assert "cpu-only@cpu" in out
     assert "PASSED 2/2 cells passed (0 skipped)" in out
@@ -276,3 +276,12 @@ def test_the_command_refuses_an_unknown_gpu_class(tmp_path: Path, mmdemo_env: di
     done = mmdemo("matrix", A, "--gpu", "H100,H1000", env=mmdemo_env)
     assert done.returncode == 2
     assert "--gpu: unknown GPU class 'H1000'" in done.stderr
+
+
+def test_the_command_prints_the_record_schema(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("matrix", "--schema", env=mmdemo_env)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed == record_mod.schema()
+    assert {"cells", "exit_code", "engine"} <= set(printed["required"])
+    jsonschema.Draft202012Validator.check_schema(printed)

@@ -150,7 +150,7 @@ def test_the_command_starts_a_local_ray_when_there_is_no_cluster(
         "--offline", "--grace", "2", env=env, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "matrix   1 cells (1 to run) on ray" in done.stdout
+    assert "matrix   1 cell(s), 1 to run, on ray" in done.stdout
     matrix_dir = next((tmp_path / "runs").glob("*-matrix"))
     record = json.loads((matrix_dir / "matrix.json").read_text())
     assert record["engine"] == "ray"
