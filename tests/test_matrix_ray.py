@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,28 +102,39 @@ def test_two_node_cluster_places_cells_on_their_class(tmp_path: Path, ray_env: N
         cluster.shutdown()
 
 
-def test_an_interrupt_cancels_the_tasks_and_their_servers_end(
+def test_an_interrupt_ends_every_cell_and_brings_its_files_back(
     tmp_path: Path, ray_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Both cells serve a demo that would take a minute; the interrupt cancels their Ray tasks, whose
-    # runs tear their servers down (Ray's cancel raises KeyboardInterrupt in the task, as Ctrl-C would).
+    # Two cells that cannot share the two GPUs: one serves a demo that would take a minute, the
+    # other waits. The interrupt reaches the running task through the stop-flag actor: its server
+    # is torn down at once (not when the request ends) and its files still come back.
     monkeypatch.setenv("FAKE_VLLM_LATENCY", "60")
     monkeypatch.setenv("FAKE_VLLM_REQUEST_FILE", str(tmp_path / "serving"))
     ray.init(
         num_cpus=3, num_gpus=2, resources={"mmdemo-gpu:H100": 2}, include_dashboard=False, log_to_driver=False
     )
     interrupt = Interrupt()
+    interrupted_at: list[float] = []
 
     def interrupt_when_serving() -> None:
         wait_for((tmp_path / "serving").exists, timeout_s=120, what="a demo request in flight")
+        interrupted_at.append(time.monotonic())
         interrupt.set("SIGINT")
 
     thread = threading.Thread(target=interrupt_when_serving)
     thread.start()
     outcome = run_matrix([A, TP2], ["H100"], options(tmp_path), RayEngine(), interrupt=interrupt)
     thread.join()
+    assert time.monotonic() - interrupted_at[0] < 30  # the demo's 60 s were not waited for
     assert outcome.exit_code == 130
     assert {c.status for c in outcome.record.cells} == {"interrupted"}
+    ran = [c for c in outcome.record.cells if c.directory]
+    waited = [c for c in outcome.record.cells if not c.directory]
+    assert len(ran) == len(waited) == 1
+    assert waited[0].reason == "not started: SIGINT"
+    assert ran[0].teardown_remaining == 0
+    report = json.loads((outcome.matrix_dir / str(ran[0].directory) / "report.json").read_text())
+    assert report["status"] == "interrupted"
     # The servers were started by Ray's workers: none of them may outlive the run.
     wait_for(lambda: not server_pids(), timeout_s=30, what="the cells' servers to end")
 

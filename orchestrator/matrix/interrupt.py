@@ -77,12 +77,12 @@ class Interrupt:
         self.set(signal.Signals(signum).name)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[Interrupt]:
-        """Signal handlers (main thread only; elsewhere the caller sets it) and the enforcer thread."""
+    def installed(self, signals: bool = True) -> Iterator[Interrupt]:
+        """The enforcer thread and (main thread only, unless signals=False) the signal handlers."""
         enforcer = threading.Thread(target=self._enforce, name="matrix-interrupt", daemon=True)
         enforcer.start()
         # A signal set to be ignored stays ignored (`nohup mmdemo matrix ...`).
-        watched = [s for s in _SIGNALS if signal.getsignal(s) != signal.SIG_IGN]
+        watched = [s for s in _SIGNALS if signals and signal.getsignal(s) != signal.SIG_IGN]
         previous = {}
         with contextlib.suppress(ValueError):  # not the main thread
             for sig in watched:

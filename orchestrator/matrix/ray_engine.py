@@ -8,6 +8,12 @@ A100, which is two classes). Ray sets CUDA_VISIBLE_DEVICES for each task; the ce
 inherits it. The task runs the same cell function on its node and returns the cell's files as a
 tar archive, unpacked into the driver's matrix directory. A class the cluster lacks is refused
 before any task is submitted (Ray would wait forever).
+
+Interrupts: Ray's own cancel raises KeyboardInterrupt in a task only when its main thread next runs
+Python code, which a cell blocked on a demo request may not do for minutes, and the driver then
+loses the cell's files. So the driver sets a flag in a small actor instead; each task polls it
+and tears its cell down through the same Interrupt a local matrix uses, and returns its files.
+A task that has not started yet returns at once. ray.cancel stays the last resort.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,6 +42,22 @@ log = logging.getLogger(__name__)
 RESOURCE_PREFIX = "mmdemo-gpu:"
 ACCELERATOR_PREFIX = "accelerator_type:"
 POLL_S = 0.1
+CANCEL_AFTER_S = 60.0  # after the interrupt, beyond each cell's grace: then ray.cancel
+
+
+class StopFlag:
+    """A Ray actor holding the matrix's interrupt: the signal name once it happened."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def set(self, name: str) -> None:
+        self.name = name
+
+    def get(self) -> str | None:
+        return self.name
+
+
 # Ray's accelerator type names that mean exactly one mmdemo class.
 _RAY_TYPES = {c: c for c in GPU_CLASSES if not c.startswith("A100")}
 
@@ -108,16 +131,25 @@ class RayEngine:
         """Submit every cell at once; Ray queues them on free GPUs; collect as they finish."""
         ray = self._ray()
         remote = ray.remote(remote_cell)
+        flag = ray.remote(num_cpus=0)(StopFlag).remote()
         t0_wall = time.time()
-        refs = {remote.options(**self.options(c)).remote(c, opts, t0_wall): c for c in cells}
+        refs = {remote.options(**self.options(c)).remote(c, opts, t0_wall, flag): c for c in cells}
         records: list[CellRecord] = []
+        told: float | None = None
         cancelled = False
         try:
             while refs:
-                if stop.is_set() and not cancelled:
+                if stop.is_set() and told is None:
+                    told = time.monotonic()
+                    flag.set.remote(stop.signal_name() or "SIGINT")
+                if (
+                    told is not None
+                    and not cancelled
+                    and time.monotonic() > told + opts.grace_s + CANCEL_AFTER_S
+                ):
                     cancelled = True
                     for ref in refs:
-                        ray.cancel(ref)  # the task gets KeyboardInterrupt: the pipeline tears down
+                        ray.cancel(ref)  # last resort: KeyboardInterrupt in the task
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
                 for ref in done:
                     cell = refs.pop(ref)
@@ -139,15 +171,28 @@ class RayEngine:
             status = "interrupted" if stop.is_set() else "error"
             code = 130 if stop.is_set() else 4
             return not_run(cell, status, code, f"Ray task failed: {str(exc).splitlines()[0]}")
+        record = CellRecord.model_validate(data)
+        if not archive:  # it never started
+            return record
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             tar.extractall(matrix_dir, filter="data")
-        record = CellRecord.model_validate(data)
         return record.model_copy(update={"directory": cell.dirname})
 
 
-def remote_cell(cell: Cell, opts: RunOptions, t0_wall: float) -> tuple[dict[str, Any], bytes]:
+def remote_cell(cell: Cell, opts: RunOptions, t0_wall: float, flag: Any) -> tuple[dict[str, Any], bytes]:
     """On a Ray node: run the cell on the GPUs Ray gave this task; its record and its files (tar.gz)."""
     import ray
+
+    if name := ray.get(flag.get.remote()):
+        return not_run(cell, "interrupted", 130, f"not started: {name}").model_dump(mode="json"), b""
+    stop = Interrupt()
+    done = threading.Event()
+
+    def poll() -> None:  # the driver's interrupt, seen here within POLL_S
+        while not done.wait(POLL_S):
+            if name := ray.get(flag.get.remote()):
+                stop.set(name)
+                return
 
     ids = [int(str(i)) for i in ray.get_gpu_ids()]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -156,17 +201,24 @@ def remote_cell(cell: Cell, opts: RunOptions, t0_wall: float) -> tuple[dict[str,
     gpus = [found.get(i) or Gpu(i, cell.gpu_class, memory) for i in ids]
     node = f"{socket.gethostname()} {ray.get_runtime_context().get_node_id()}"
     started = time.time() - t0_wall  # the driver's clock and this node's: close enough for a timeline
-    with tempfile.TemporaryDirectory(prefix="mmdemo-cell-") as tmp:
+    poller = threading.Thread(target=poll, name="matrix-stop-flag", daemon=True)
+    poller.start()
+    with tempfile.TemporaryDirectory(prefix="mmdemo-cell-") as tmp, stop.installed(signals=False):
         root = Path(tmp)
-        record = run_cell(
-            cell,
-            replace(opts, runs_dir=root),
-            root / cell.dirname,
-            gpus=gpus,
-            server_env={"CUDA_VISIBLE_DEVICES": visible} if visible is not None and ids else None,
-            node=node,
-            relative_to=root,
-        )
+        try:
+            record = run_cell(
+                cell,
+                replace(opts, runs_dir=root),
+                root / cell.dirname,
+                gpus=gpus,
+                server_env={"CUDA_VISIBLE_DEVICES": visible} if visible is not None and ids else None,
+                stop=stop,
+                node=node,
+                relative_to=root,
+            )
+        finally:
+            done.set()
+            poller.join()
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             if (root / cell.dirname).exists():
