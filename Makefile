@@ -13,7 +13,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml scripts/install-venv.sh scripts/pyinstall.sh
-	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV)
+	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV) ".[dev,ray,sky]"
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with mmdemo (editable) and the dev tools

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench import demos, overhead, quickstart, readiness, real, report, teardown
+from bench import demos, matrix, overhead, quickstart, readiness, real, report, teardown
 from bench.procs import marked, sweep
 from bench.result import Row, Scenario, Settings
 
@@ -23,6 +23,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (overhead.run, True),
     (real.run, False),  # not fast: a real CPU vLLM, about two minutes
     (quickstart.run, False),  # not fast: three real CPU vLLM starts
+    (matrix.run, True),
 ]
 
 

@@ -208,6 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="what this machine has: vLLM, GPUs, token, caches, runnable profiles")
     vllm_bin(p)
 
+    p = sub.add_parser("matrix", help="every profile on every GPU class: one box, a Ray cluster, or SkyPilot")
+    p.add_argument("profiles", nargs="*", help="profiles (default: every profile that can run on the engine)")
+    p.add_argument(
+        "--gpu", dest="gpu_classes", help="GPU classes, comma-separated (default: what the engine has)"
+    )
+    p.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="this box, or Ray (RAY_ADDRESS)"
+    )
+    p.add_argument(
+        "--emit", choices=("skypilot",), help="print a SkyPilot task that runs this matrix; run nothing"
+    )
+    p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
+    p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
+    p.add_argument("--host", default="127.0.0.1", help="address the servers bind (default 127.0.0.1)")
+    p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"), help="the vLLM command")
+    p.add_argument("--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)")
+    p.add_argument("--grace", type=_GRACE, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the matrix directory goes")
+    demo_opts(p)
+
     p = sub.add_parser("report", help="work with run reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
     d = rsub.add_parser("diff", help="what changed between two runs (report schema 1 or 2)")
@@ -631,6 +652,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _finish(console, run_session(target, opts, TerminalEvents(console), origin=STARTED))
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from orchestrator.matrix import skypilot
+    from orchestrator.matrix.cells import parse_classes
+    from orchestrator.matrix.record import cell_text
+    from orchestrator.matrix.run import run_matrix
+
+    if args.schema:
+        import json
+
+        from orchestrator.matrix.record import schema
+
+        print(json.dumps(schema(), indent=2))
+        return 0
+    classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
+    opts = _options(args)
+    console = _console()
+    if args.emit == "skypilot" or args.launch:
+        task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket)
+        if not args.launch:
+            print(task, end="")
+            return 0
+        return skypilot.launch(task, opts.runs_dir)
+    if args.engine == "ray":
+        from orchestrator.matrix.ray_engine import RayEngine
+
+        engine: Any = RayEngine()
+    else:
+        from orchestrator.matrix.local import LocalEngine
+
+        engine = LocalEngine()
+
+    def planned(cells: Sequence[Any], matrix_dir: Path) -> None:
+        runnable = sum(1 for c in cells if c.runnable)
+        console.print(
+            f"matrix   {len(cells)} cell(s), {runnable} to run, on {engine.name}; {_esc(matrix_dir)}"
+        )
+
+    def finished(cell: Any) -> None:
+        took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
+        where = f" GPU {cell.cuda_visible_devices}" if cell.cuda_visible_devices else ""
+        text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
+        console.print(f"  {_esc(cell.key):<32} {_esc(text)}{where}{took}", highlight=False)
+
+    outcome = run_matrix(args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned)
+    rec = outcome.record
+    verdict = "[green]PASSED[/]" if rec.exit_code == 0 else f"[red]{rec.status.upper()}[/]"
+    console.print(
+        f"{verdict} {sum(c.status == 'passed' for c in rec.cells)}/{len(rec.cells)} cells passed "
+        f"({sum(c.status == 'skipped' for c in rec.cells)} skipped) in {rec.wall_s:.1f} s; "
+        f"matrix: {_esc(outcome.matrix_dir)}"
+    )
+    return outcome.exit_code
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from orchestrator.doctor import doctor
 
@@ -688,6 +763,7 @@ _COMMANDS = {
     "serve": cmd_serve,
     "demo": cmd_demo,
     "doctor": cmd_doctor,
+    "matrix": cmd_matrix,
     "report": cmd_report,
     "models": cmd_models,
 }

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
@@ -356,7 +356,7 @@ def _download(hub_plan: HubPlan, filename: str, bar: type[tqdm[Any]]) -> None:
             cache_dir=env.cache_dir,
             endpoint=env.endpoint,
             token=token,
-            tqdm_class=bar,
+            tqdm_class=cast(Any, bar),
         )
         return
     blob = hub_plan.storage / "blobs" / meta.etag
@@ -374,7 +374,7 @@ def _download(hub_plan: HubPlan, filename: str, bar: type[tqdm[Any]]) -> None:
                     headers=build_hf_headers(token=token),
                     expected_size=meta.size,
                     displayed_filename=filename,
-                    tqdm_class=bar,
+                    tqdm_class=cast(Any, bar),
                 )
             incomplete.replace(blob)
     pointer = hub_plan.snapshot / filename

@@ -128,26 +128,37 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mmdemo-cache")
 
 
-@pytest.fixture(scope="session")
-def hub_url() -> Iterator[str]:
-    """A loopback Hugging Face hub serving the fake profiles' model ids (the prefetch goes there)."""
+FAKE_MODELS = ("fake/omni", "fake/a", "fake/fails", "fake/tp2", "fake/cpu-only")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A loopback Hugging Face hub for the whole session: the fake profiles' weight prefetch goes there,
+    and nothing in the tests can reach the real hub."""
     from tests.fake_hub import FakeHub, FakeRepo, serve
 
-    repo = FakeRepo("fake/omni", {"config.json": b'{"architectures": ["FakeOmni"]}'})
-    with serve(FakeHub({"fake/omni": repo})) as hub:
-        yield hub.url
+    config = b'{"architectures": ["FakeForCausalLM"]}'
+    repos = {name: FakeRepo(name, {"config.json": config}) for name in FAKE_MODELS}
+    saved = {name: os.environ.get(name) for name in ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN")}
+    with serve(FakeHub(repos)) as hub:
+        os.environ["HF_ENDPOINT"] = hub.url
+        os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        os.environ.pop("HF_TOKEN", None)
+        try:
+            yield hub.url
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @pytest.fixture
-def mmdemo_env(
-    cache_root: Path, hub_url: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """The environment an mmdemo subprocess runs in: isolated cache and hub, no real vLLM, no GPU."""
+def mmdemo_env(cache_root: Path, hub_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment an mmdemo subprocess runs in: isolated cache, the loopback hub, no GPU."""
     monkeypatch.setenv("MMDEMO_CACHE_DIR", str(cache_root))
-    monkeypatch.setenv("HF_ENDPOINT", hub_url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
-    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE"):
-        monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
         if name.startswith("FAKE_VLLM_"):
             monkeypatch.delenv(name)

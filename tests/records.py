@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.demos import DEFAULT_ASSETS, PROMPTS, VARIANTS
+from orchestrator.media import AssetStore
 from orchestrator.record import (
     AssetRecord,
     DemoRecord,
@@ -22,11 +23,6 @@ from orchestrator.record import (
     TimelineEvent,
     VllmRecord,
 )
-
-try:  # the media package replaces assets.py on main; drop the fallback once both have met
-    from orchestrator.media import AssetStore
-except ImportError:
-    from orchestrator.assets import AssetStore
 
 MACHINE = MachineRecord(cpu="AMD EPYC", cores=2, python="3.11.7", platform="Linux", accelerator="CPU only")
 STARTUP = [

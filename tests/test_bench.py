@@ -7,7 +7,15 @@ from pathlib import Path
 
 from bench.__main__ import main
 
-SCENARIOS = {"1 readiness", "2 demos", "3 teardown", "4 overhead", "5 real server", "6 quick start"}
+SCENARIOS = {
+    "1 readiness",
+    "2 demos",
+    "3 teardown",
+    "4 overhead",
+    "5 real server",
+    "6 quick start",
+    "7 matrix",
+}
 ROW_KEYS = {"scenario", "metric", "value", "baseline", "delta", "ratio", "target", "met", "unit", "note"}
 
 

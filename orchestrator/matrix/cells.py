@@ -1,0 +1,146 @@
+"""Profile x GPU class -> cells; a class that cannot run a profile gives a skipped cell with the reason."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from orchestrator import preflight
+from orchestrator.errors import MMDemoError, UsageError
+from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
+from orchestrator.profile import Profile, iter_profile_files, load_profile, parse_profile_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What an engine has of one GPU class: how many GPUs (on the largest node) and their memory."""
+
+    count: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One profile on one GPU class: the variant it runs, its GPUs, or why it does not run."""
+
+    profile: str
+    profile_path: str
+    gpu_class: str
+    variant: str | None = None
+    gpu_count: int = 0
+    skip: str | None = None  # the class cannot run it: recorded as skipped, exit code unaffected
+    refuse: str | None = None  # the engine lacks the class: the cell fails at once (exit 3)
+
+    @property
+    def key(self) -> str:
+        return f"{self.profile}@{self.gpu_class}"
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.profile}-{self.gpu_class}"
+
+    @property
+    def runnable(self) -> bool:
+        return self.skip is None and self.refuse is None
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """'H100,L4' -> ('H100', 'L4'); an unknown class is a usage error naming it."""
+    classes = tuple(c.strip() for c in text.split(",") if c.strip())
+    known = (*GPU_CLASSES, CPU)
+    for name in classes:
+        if name not in known:
+            raise UsageError(f"--gpu: unknown GPU class {name!r}", hint=f"known: {', '.join(known)}")
+    if not classes:
+        raise UsageError("--gpu: no GPU class given")
+    return classes
+
+
+def inventory(gpus: Sequence[Gpu]) -> dict[str, Capacity]:
+    """Detected GPUs grouped by class (a GPU of unknown name is left out)."""
+    out: dict[str, Capacity] = {}
+    for g in gpus:
+        if g.variant is None:
+            log.warning("GPU %d (%s) is of no known class; the matrix leaves it out", g.index, g.name)
+            continue
+        have = out.get(g.variant)
+        out[g.variant] = Capacity(
+            (have.count if have else 0) + 1, min(g.memory_total_mib, have.memory_mib if have else 1 << 40)
+        )
+    return out
+
+
+def plan_cell(profile: Profile, gpu_class: str, capacity: Mapping[str, Capacity], where: str) -> Cell:
+    """The cell for one profile on one class, with the reason when it cannot run."""
+    base = Cell(profile=profile.name, profile_path=profile.path or profile.name, gpu_class=gpu_class)
+    if gpu_class == CPU:
+        if CPU not in profile.variants:
+            return replace(base, skip="no cpu variant")
+        return replace(base, variant=CPU)
+    have = capacity.get(gpu_class)
+    memory_mib = have.memory_mib if have else GPU_CLASSES[gpu_class] * 1024
+    try:
+        variant = preflight.choose_variant(profile, "auto", [Gpu(0, gpu_class, memory_mib)])
+    except MMDemoError as exc:
+        return replace(base, skip=str(exc))
+    if variant == CPU:
+        return replace(base, skip="no GPU variant")
+    resolved = profile.resolve(variant)
+    if resolved.unsupported:
+        return replace(base, variant=variant, skip=f"unsupported: {resolved.unsupported}")
+    count = max(resolved.requires.gpu_count or 1, resolved.serve.tensor_parallel_size or 1)
+    need = resolved.requires.gpu_memory_gib
+    if need is not None and need * 1024 > memory_mib * 1.02:
+        return replace(
+            base,
+            variant=variant,
+            gpu_count=count,
+            skip=f"needs {need:g} GiB per GPU; {gpu_class} has {memory_mib / 1024:.0f}",
+        )
+    if have is None:
+        return replace(base, variant=variant, gpu_count=count, refuse=f"{where} has no {gpu_class} GPU")
+    if have.count < count:
+        return replace(
+            base,
+            variant=variant,
+            gpu_count=count,
+            skip=f"needs {count} {gpu_class} GPUs; {where} has {have.count}",
+        )
+    return replace(base, variant=variant, gpu_count=count)
+
+
+def plan_cells(
+    names: Sequence[str],
+    classes: Sequence[str],
+    capacity: Mapping[str, Capacity],
+    *,
+    profiles_dir: str | None = None,
+    where: str = "this machine",
+) -> list[Cell]:
+    """Cells for the named profiles (all runnable ones when none are named) on the classes.
+
+    No classes: the classes the engine has, else cpu.
+    """
+    classes = tuple(classes) or tuple(capacity) or (CPU,)
+    if names:
+        profiles = [load_profile(name, profiles_dir) for name in names]
+        return [plan_cell(p, c, capacity, where) for p in profiles for c in classes]
+    cells = []
+    for path in iter_profile_files(profiles_dir):
+        try:
+            profile = parse_profile_file(path)
+        except MMDemoError as exc:
+            log.warning("matrix leaves out %s: %s", path, exc)
+            continue
+        row = [plan_cell(profile, c, capacity, where) for c in classes]
+        if any(cell.runnable for cell in row):  # as `doctor` decides: only profiles that can run here
+            cells += row
+    if not cells:
+        raise UsageError(
+            f"no profile can run on {', '.join(classes)} here",
+            hint="name profiles explicitly to see why each is skipped",
+        )
+    return cells

@@ -1,0 +1,166 @@
+"""Engine `local`: this box. Whole GPUs per cell through CUDA_VISIBLE_DEVICES, disjoint GPUs at once.
+
+A GPU goes back to the pool only once the cell that had it has torn down and its memory is seen
+released (the teardown's NVML check, or an injected check); a GPU that never frees is held back
+and cells that can no longer be placed fail with that reason. CPU cells take the one CPU slot: vLLM
+on CPU takes every core, so they run one at a time. Ports are handed out distinct.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from orchestrator import gpu as gpu_mod
+from orchestrator import preflight
+from orchestrator.gpu import CPU, Gpu
+from orchestrator.matrix.cell import not_run, run_cell
+from orchestrator.matrix.cells import Capacity, Cell, inventory
+from orchestrator.matrix.interrupt import Interrupt
+from orchestrator.matrix.record import CellRecord
+from orchestrator.options import Options
+
+log = logging.getLogger(__name__)
+
+ReleaseCheck = Callable[[Sequence[Gpu], CellRecord], bool]
+OnCell = Callable[[CellRecord], None]
+POLL_S = 0.05
+
+
+def teardown_released(gpus: Sequence[Gpu], record: CellRecord) -> bool:
+    """Released unless the teardown saw NVML still list the server's processes."""
+    return record.gpu_released is not False
+
+
+class LocalEngine:
+    """Run cells on this machine's GPUs (or its CPU), as many at once as the GPUs allow."""
+
+    name = "local"
+    where = "this machine"
+
+    def __init__(
+        self,
+        probe_gpus: Callable[[], Sequence[gpu_mod.Gpu]] = gpu_mod.detect,
+        *,
+        release_check: ReleaseCheck = teardown_released,
+        release_wait_s: float = 30.0,
+    ) -> None:
+        self._probe = probe_gpus
+        self._release_check = release_check
+        self._release_wait_s = release_wait_s
+        self._gpus: list[Gpu] = []
+        self._ports: set[int] = set()
+        self._lock = threading.Lock()
+
+    def capacity(self) -> dict[str, Capacity]:
+        self._gpus = list(self._probe())
+        return inventory(self._gpus)
+
+    def run(
+        self, cells: Sequence[Cell], opts: Options, matrix_dir: Path, stop: Interrupt, on_done: OnCell
+    ) -> list[CellRecord]:
+        """Every cell, scheduled greedily in order onto free GPUs; returns their records."""
+        if not self._gpus:
+            self.capacity()
+        by_class: dict[str, list[int]] = {}
+        for g in self._gpus:
+            if g.variant is not None:
+                by_class.setdefault(g.variant, []).append(g.index)
+        free = {g.index for g in self._gpus if g.variant is not None}
+        held: set[int] = set()
+        cpu_free = True
+        pending = list(cells)
+        records: list[CellRecord] = []
+        running: dict[Future[tuple[CellRecord, bool]], tuple[Cell, list[int]]] = {}
+        t0 = time.monotonic()
+
+        def finish(record: CellRecord) -> None:
+            records.append(record)
+            on_done(record)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(free)), thread_name_prefix="cell") as pool:
+            while pending or running:
+                for cell in list(pending):
+                    if stop.is_set():
+                        pending.remove(cell)
+                        finish(not_run(cell, "interrupted", 130, f"not started: {stop.signal_name()}"))
+                        continue
+                    if cell.variant == CPU:
+                        if not cpu_free:
+                            continue
+                        cpu_free, take = False, []
+                    else:
+                        usable = [i for i in by_class.get(cell.gpu_class, []) if i not in held]
+                        if len(usable) < cell.gpu_count:
+                            pending.remove(cell)
+                            finish(
+                                not_run(
+                                    cell,
+                                    "error",
+                                    3,
+                                    f"not enough {cell.gpu_class} GPUs left: GPU(s) {sorted(held)} "
+                                    "still hold memory after an earlier cell",
+                                )
+                            )
+                            continue
+                        idle = [i for i in usable if i in free]
+                        if len(idle) < cell.gpu_count:
+                            continue
+                        take = idle[: cell.gpu_count]
+                        free.difference_update(take)
+                    pending.remove(cell)
+                    future = pool.submit(self._job, cell, take, opts, matrix_dir=matrix_dir, stop=stop, t0=t0)
+                    running[future] = (cell, take)
+                if not running:
+                    continue
+                done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell, take = running.pop(future)
+                    record, released = future.result()
+                    if cell.variant == CPU:
+                        cpu_free = True
+                    elif released:
+                        free.update(take)
+                    else:
+                        log.warning("GPU(s) %s kept memory after %s: held back", take, cell.key)
+                        held.update(take)
+                    finish(record)
+        return records
+
+    def _job(
+        self, cell: Cell, take: list[int], opts: Options, *, matrix_dir: Path, stop: Interrupt, t0: float
+    ) -> tuple[CellRecord, bool]:
+        started = time.monotonic()
+        current = {g.index: g for g in self._probe()} if take else {}
+        gpus = [current.get(i) or next(g for g in self._gpus if g.index == i) for i in take]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in take)} if take else None
+        record = run_cell(
+            cell,
+            opts,
+            matrix_dir / cell.dirname,
+            gpus=gpus,
+            port=self._port(opts.host),
+            server_env=env,
+            stop=stop,
+            relative_to=matrix_dir,
+        )
+        released = True
+        if gpus:
+            deadline = time.monotonic() + self._release_wait_s
+            while not (released := self._release_check(gpus, record)) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            record = record.model_copy(update={"gpu_released": released})
+        return record.model_copy(update={"started_s": round(started - t0, 3)}), released
+
+    def _port(self, host: str) -> int:
+        """A free port no other cell of this matrix was given."""
+        with self._lock:
+            while True:
+                port = preflight.choose_port(host, None)
+                if port not in self._ports:
+                    self._ports.add(port)
+                    return port

@@ -1,0 +1,211 @@
+"""The matrix record: matrix.json (a typed model with a JSON Schema), matrix.md and one junit.xml."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.render import write_atomic
+from orchestrator.render.text import markdown_cell
+
+SCHEMA_VERSION = 1
+CellStatus = Literal["passed", "failed", "error", "interrupted", "skipped"]
+# Worst first: the matrix's exit code is the worst cell's.
+_SEVERITY = {130: 5, 4: 4, 3: 3, 2: 2, 1: 1, 0: 0}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CellRecord(_Model):
+    """One cell: what ran where, its verdict and exit code, or why it did not run."""
+
+    profile: str
+    gpu_class: str
+    variant: str | None = None
+    status: CellStatus
+    exit_code: int
+    reason: str | None = None  # why it was skipped, or the error that ended it
+    gpu_count: int = 0
+    gpus: list[int] = []  # the GPU indices it had (CUDA_VISIBLE_DEVICES), on its node
+    cuda_visible_devices: str | None = None  # as the server saw it
+    node: str | None = None
+    port: int | None = None
+    time_to_ready_s: float | None = None
+    demos_passed: int = 0
+    demos_total: int = 0
+    teardown_remaining: int | None = None
+    gpu_released: bool | None = None
+    directory: str | None = None  # relative to the matrix directory
+    started_s: float | None = None  # seconds after the matrix started
+    duration_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.profile}@{self.gpu_class}"
+
+
+class MatrixRecord(_Model):
+    """matrix.json: every cell of a `mmdemo matrix` run and the overall verdict."""
+
+    schema_version: Literal[1] = 1
+    mmdemo_version: str
+    engine: Literal["local", "ray"]
+    status: Literal["passed", "failed", "error", "interrupted"]
+    exit_code: int
+    profiles: list[str]
+    gpu_classes: list[str]
+    started_at: str
+    finished_at: str
+    wall_s: float
+    cells: list[CellRecord]
+
+
+def worst_exit_code(cells: Sequence[CellRecord]) -> int:
+    """0 when every cell passed (skips do not count), else the worst cell's code."""
+    codes = [c.exit_code for c in cells if c.status != "skipped"]
+    return max(codes, key=lambda code: _SEVERITY.get(code, 4), default=0)
+
+
+def verdict(code: int) -> Literal["passed", "failed", "error", "interrupted"]:
+    """The matrix status for its exit code."""
+    return {0: "passed", 1: "failed", 130: "interrupted"}.get(code, "error")  # type: ignore[return-value]
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of matrix.json, generated from the model."""
+    return MatrixRecord.model_json_schema()
+
+
+def write_all(matrix_dir: Path, record: MatrixRecord) -> list[Path]:
+    """matrix.json, matrix.md and junit.xml into the matrix directory."""
+    files = [matrix_dir / n for n in ("matrix.json", "matrix.md", "junit.xml", "matrix.html")]
+    write_atomic(files[0], record.model_dump_json(indent=2) + "\n")
+    write_atomic(files[1], to_markdown(record))
+    write_atomic(files[2], to_junit(record, matrix_dir))
+    write_atomic(files[3], to_html(record))
+    return files
+
+
+def load(path: Path) -> MatrixRecord:
+    """Read matrix.json back (validated)."""
+    return MatrixRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+
+
+# -- matrix.md ----------------------------------------------------------------------------------
+
+_MARK = {"passed": "✅", "failed": "❌", "error": "⚠️", "interrupted": "⏹", "skipped": "⏭"}
+
+
+def _md(text: str, limit: int = 90) -> str:
+    return markdown_cell(text, limit)
+
+
+def cell_text(cell: CellRecord) -> str:
+    """What one grid square says: verdict, demos and time to ready, or the reason."""
+    mark = _MARK[cell.status]
+    if cell.status == "skipped":
+        return f"{mark} skipped: {_md(cell.reason or '')}"
+    parts = [f"{mark} {cell.status}"]
+    if cell.demos_total:
+        parts.append(f"{cell.demos_passed}/{cell.demos_total}")
+    if cell.time_to_ready_s is not None:
+        parts.append(f"ready {cell.time_to_ready_s:.1f} s")
+    text = ", ".join(parts)
+    if cell.status != "passed" and cell.reason:
+        text += f" (exit {cell.exit_code}: {_md(cell.reason, 70)})"
+    if cell.directory:
+        text = f"[{text}]({cell.directory}/report.md)"
+    return text
+
+
+def to_html(record: MatrixRecord) -> str:
+    """matrix.html: the grid, each square linking to its cell's report.html."""
+    from orchestrator.render.html import MatrixCell, to_matrix_html
+
+    cells = [
+        MatrixCell(
+            profile=c.profile,
+            gpu=c.gpu_class,
+            status=c.status,
+            ready_s=c.time_to_ready_s,
+            passed=c.demos_passed,
+            total=c.demos_total,
+            href=f"{c.directory}/report.html" if c.directory else None,
+            note=c.reason,
+        )
+        for c in record.cells
+    ]
+    return to_matrix_html(cells, title=f"mmdemo matrix ({record.engine}): {record.status}")
+
+
+def to_markdown(record: MatrixRecord) -> str:
+    """A profile x GPU class grid to paste into an issue."""
+    counts: dict[str, int] = {}
+    for cell in record.cells:
+        counts[cell.status] = counts.get(cell.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    head = {"passed": "✅ passed", "interrupted": "⏹ interrupted"}.get(record.status, f"❌ {record.status}")
+    lines = [
+        f"# mmdemo matrix — {head} (exit {record.exit_code})",
+        "",
+        f"- engine: {record.engine}; {len(record.cells)} cells: {summary}",
+        f"- wall time: {record.wall_s:.1f} s; started {record.started_at}",
+        "",
+        "| profile | " + " | ".join(record.gpu_classes) + " |",
+        "|---|" + "---|" * len(record.gpu_classes),
+    ]
+    by_key = {(c.profile, c.gpu_class): c for c in record.cells}
+    for profile in record.profiles:
+        row = [cell_text(c) if (c := by_key.get((profile, g))) else "–" for g in record.gpu_classes]
+        lines.append(f"| {_md(profile)} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- junit.xml ----------------------------------------------------------------------------------
+
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _x(text: str | None) -> str:
+    return _XML_BAD.sub("?", text or "")
+
+
+def to_junit(record: MatrixRecord, matrix_dir: Path) -> str:
+    """One <testsuite> per cell: the cell's own demo cases where it ran, else one skipped/errored case."""
+    root = ET.Element("testsuites", name="mmdemo.matrix")
+    for cell in record.cells:
+        suite = _cell_suite(cell, matrix_dir)
+        suite.set("name", f"mmdemo.matrix.{cell.key}")
+        root.append(suite)
+    for attr in ("tests", "failures", "errors", "skipped"):
+        root.set(attr, str(sum(int(s.get(attr, "0")) for s in root)))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _cell_suite(cell: CellRecord, matrix_dir: Path) -> ET.Element:
+    if cell.directory and (path := matrix_dir / cell.directory / "junit.xml").is_file():
+        try:
+            suite = ET.parse(path).getroot()
+        except ET.ParseError:
+            suite = None
+        if suite is not None and suite.tag == "testsuite":
+            suite.set("skipped", "0")
+            return suite
+    suite = ET.Element("testsuite", tests="1", failures="0", errors="0", skipped="0", time="0")
+    case = ET.SubElement(suite, "testcase", classname=f"mmdemo.matrix.{cell.profile}", name=cell.gpu_class)
+    if cell.status == "skipped":
+        ET.SubElement(case, "skipped", message=_x(cell.reason))
+        suite.set("skipped", "1")
+    elif cell.status != "passed":
+        ET.SubElement(case, "error", message=_x(cell.reason or cell.status))
+        suite.set("errors", "1")
+    return suite
