@@ -113,6 +113,7 @@ def build_plan(
     port: int = 8000,
     media_dir: str | None = None,
     user_env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """Render `vllm serve MODEL ...` for one resolved profile; never reads os.environ itself."""
     profile = resolved.profile
@@ -125,6 +126,8 @@ def build_plan(
     if media_dir:
         argv += ["--allowed-local-media-path", media_dir]
     values, display, missing, secrets = expand_env(resolved.env, user_env or {})
+    # The run's own settings for the server (a matrix cell's CUDA_VISIBLE_DEVICES): shown as they are.
+    values, display = {**values, **(extra_env or {})}, {**display, **(extra_env or {})}
     return LaunchPlan(
         argv=tuple(argv),
         env=values,

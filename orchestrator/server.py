@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -169,7 +169,6 @@ class Server:
         grace_s: float = DEFAULT_GRACE_S,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
-        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.plan = plan
         self.log_path = log_path
@@ -177,7 +176,6 @@ class Server:
         self.api_key = api_key or secrets.token_hex(20)
         self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock)
         self.ready_at: float | None = None
-        self.extra_env = dict(extra_env or {})  # e.g. a matrix cell's CUDA_VISIBLE_DEVICES
         self.redact = Redactor([*plan.secrets, self.api_key])
         self._clock = clock
         self._proc: subprocess.Popen[bytes] | None = None
@@ -218,7 +216,7 @@ class Server:
     def start(self) -> None:
         """Start the server in a new session, its output into the log file, the watchdog behind it."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.plan.env, **self.extra_env, "VLLM_API_KEY": self.api_key, **self.tree.env}
+        env = {**os.environ, **self.plan.env, "VLLM_API_KEY": self.api_key, **self.tree.env}
         with self.log_path.open("ab") as out:
             out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
             out.flush()

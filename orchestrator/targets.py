@@ -270,6 +270,7 @@ class Launched:
             port=port,
             media_dir=str(session.media_root.resolve()) if session.media_root else None,
             user_env=user_env,
+            extra_env=opts.server_env,
         )
         preflight.check_env(resolved, plan.missing_env, user_env)
         local_model = resolved.profile.local_model
@@ -286,7 +287,6 @@ class Launched:
             api_key=opts.api_key,
             grace_s=opts.grace_s,
             gpu_pids=None if resolved.is_cpu else gpu_mod.pids_using_gpus,
-            extra_env=opts.server_env,
         )
         session.redact = server.redact
         session.stop.on_hurry(server.hurry)
