@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -13,12 +14,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from orchestrator import watchdog
 from orchestrator.watchdog import pids_with_env
+
+if TYPE_CHECKING:
+    from orchestrator.command import LaunchPlan
+    from orchestrator.server import Server
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -179,6 +184,50 @@ def mmdemo(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bound and released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fake_plan(
+    tmp_path: Path, *, media_dir: Path | None = None, serve: dict[str, Any] | None = None, **switches: str
+) -> LaunchPlan:
+    """The fake's launch plan, built as a run builds it: `build_plan` over the fake profile.
+
+    `switches` become FAKE_VLLM_* variables (tests/fake_vllm.py's failure switches); `serve` overrides
+    the profile's serve settings (e.g. a smaller limit_mm_per_prompt).
+    """
+    from orchestrator.command import build_plan
+    from orchestrator.profile import load_profile
+
+    resolved = load_profile(str(FAKE_PROFILE)).resolve("cpu")
+    if serve:
+        resolved = dataclasses.replace(resolved, serve=resolved.serve.model_copy(update=serve))
+    env = {f"FAKE_VLLM_{k.upper()}": v for k, v in switches.items()}
+    env.setdefault("FAKE_VLLM_MARKER_FILE", str(tmp_path / "marker"))
+    return build_plan(
+        resolved,
+        vllm_bin=str(FAKE),
+        host="127.0.0.1",
+        port=free_port(),
+        media_dir=str(media_dir) if media_dir else None,
+        extra_env=env,
+    )
+
+
+def server_for(tmp_path: Path, grace_s: float = 5.0, api_key: str | None = None, **kwargs: Any) -> Server:
+    """The one way tests start the fake `vllm serve`: a supervised Server over `fake_plan`."""
+    from orchestrator.server import Server
+
+    return Server(
+        fake_plan(tmp_path, **kwargs), log_path=tmp_path / "server.log", grace_s=grace_s, api_key=api_key
     )
 
 

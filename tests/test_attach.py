@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import FAKE_PROFILE, mmdemo
-from tests.test_server import server_for
+from tests.conftest import FAKE_PROFILE, mmdemo, server_for
 
 
 def test_demo_against_a_running_server(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:

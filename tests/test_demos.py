@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +26,8 @@ from orchestrator.demos import (
 from orchestrator.errors import ProfileError, ServerError
 from orchestrator.media import Asset, AssetServer, AssetStore
 from orchestrator.profile import ChatType, Demo
+from tests.conftest import server_for
 
-FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")
 ALL = [Demo(chat_type=t) for t in ChatType]
 
 
@@ -454,67 +451,25 @@ def test_no_requests_means_no_results(chat: ChatServer) -> None:
 # -- end to end against the fake vLLM --------------------------------------------------------------
 
 
-class FakeVllm:
-    def __init__(self, tmp: Path, *args: str, **env: str) -> None:
-        self.port_file = tmp / "port"
-        self.record_file = tmp / "record.jsonl"
-        environ = {**os.environ, "FAKE_VLLM_PORT_FILE": str(self.port_file),
-                   "FAKE_VLLM_RECORD": str(self.record_file), "VLLM_API_KEY": "sk-fake", **env}  # fmt: skip
-        argv = [sys.executable, str(FAKE_VLLM), "serve", "tiny", "--host", "127.0.0.1", "--port", "0", *args]
-        self.proc = subprocess.Popen(argv, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def base_url(self) -> str:
-        deadline = time.monotonic() + 10
-        while not self.port_file.exists():  # the port file is the fake's "ready" handshake
-            assert self.proc.poll() is None, "the fake vLLM exited"
-            assert time.monotonic() < deadline, "the fake vLLM wrote no port file"
-            time.sleep(0.01)
-        return f"http://127.0.0.1:{int(self.port_file.read_text())}/v1"
-
-    def records(self) -> list[dict[str, Any]]:
-        lines = self.record_file.read_text().splitlines()
-        return [r for r in map(json.loads, lines) if r["path"] == "/v1/chat/completions"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def fake_vllm(tmp_path: Path) -> Iterator[Callable[..., FakeVllm]]:
-    started: list[FakeVllm] = []
-
-    def start(*args: str, **env: str) -> FakeVllm:
-        fake = FakeVllm(tmp_path, *args, **env)
-        started.append(fake)
-        return fake
-
-    yield start
-    for fake in started:
-        fake.stop()
-
-
-def test_every_demo_passes_end_to_end_with_local_media(
-    fake_vllm: Callable[..., FakeVllm], tmp_path: Path
-) -> None:
+def test_every_demo_passes_end_to_end_with_local_media(tmp_path: Path) -> None:
     root = tmp_path / "assets"
     store = AssetStore(root, offline=True)
-    fake = fake_vllm("--allowed-local-media-path", str(root), "--limit-mm-per-prompt", '{"image":1}')
-    base_url = fake.base_url()
-    assert list_models(base_url, "sk-fake") == ["tiny"]
-    with pytest.raises(ServerError, match="401"):
-        list_models(base_url, "wrong")
-
-    with AssetServer(root) as server:
-        requests = build_requests(ALL, Media(store, server.url_for))
-        results = run_demos(
-            requests, base_url=base_url, api_key="sk-fake", model="tiny", concurrency=1, timeout_s=10
-        )
-        served = server.requests_served
+    record_file = tmp_path / "record.jsonl"
+    limits = {"limit_mm_per_prompt": {"image": 1, "video": 1, "audio": 2}}
+    with server_for(
+        tmp_path, api_key="sk-fake", media_dir=root, serve=limits, record=str(record_file)
+    ) as fake:
+        fake.wait_ready(10)
+        base_url = fake.base_url
+        assert list_models(base_url, "sk-fake") == ["fake-omni"]
+        with pytest.raises(ServerError, match="401"):
+            list_models(base_url, "wrong")
+        with AssetServer(root) as server:
+            requests = build_requests(ALL, Media(store, server.url_for))
+            results = run_demos(
+                requests, base_url=base_url, api_key="sk-fake", model="fake-omni", concurrency=1, timeout_s=10
+            )
+            served = server.requests_served
     by_name = {r.name: r for r in results}
     failed = {n: r.error for n, r in by_name.items() if not r.passed}
     # The fake enforces --limit-mm-per-prompt like vLLM: multi-image is refused with vLLM's own words.
@@ -522,7 +477,9 @@ def test_every_demo_passes_end_to_end_with_local_media(
     assert by_name["multi-image/url"].http_status == 400
     assert by_name["single-image/file"].passed
     assert served == 3  # single-image, video and audio URLs were fetched from the loopback origin
-    records = sorted(fake.records(), key=lambda r: r["t_start"])
+    lines = record_file.read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["path"] == "/v1/chat/completions"]
+    records.sort(key=lambda r: r["t_start"])
     assert [r["body"]["messages"] for r in records] == [r.messages for r in requests]
     assert all(later["t_start"] >= earlier["t_end"] for earlier, later in itertools.pairwise(records))
 

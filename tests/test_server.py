@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from orchestrator import watchdog
-from orchestrator.command import LaunchPlan
 from orchestrator.errors import ServerError
 from orchestrator.server import Server, port_is_free
-from tests.conftest import FAKE, wait_for, watchdog_argv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def fake_plan(tmp_path: Path, **switches: str) -> LaunchPlan:
-    port = free_port()
-    env = {f"FAKE_VLLM_{k.upper()}": v for k, v in switches.items()}
-    env.setdefault("FAKE_VLLM_MARKER_FILE", str(tmp_path / "marker"))
-    argv = (sys.executable, str(FAKE), "serve", "fake/omni", "--served-model-name", "fake-omni")
-    argv += ("--host", "127.0.0.1", "--port", str(port))
-    return LaunchPlan(
-        argv=argv,
-        env=env,
-        display_env={},
-        missing_env=(),
-        served_model_name="fake-omni",
-        host="127.0.0.1",
-        port=port,
-    )
-
-
-def server_for(tmp_path: Path, grace_s: float = 5.0, **switches: str) -> Server:
-    return Server(fake_plan(tmp_path, **switches), log_path=tmp_path / "server.log", grace_s=grace_s)
+from tests.conftest import fake_plan, server_for, wait_for, watchdog_argv
 
 
 def test_ready_then_clean_teardown(tmp_path: Path) -> None:
@@ -149,7 +119,7 @@ def test_crash_before_ready_carries_evidence(tmp_path: Path) -> None:
     assert error.returncode == 7
     assert error.diagnosis == "CUDA out of memory"
     assert any("Tried to allocate" in line for line in error.log_tail)
-    assert error.argv[2] == "serve"
+    assert error.argv[1:3] == ["serve", "fake/omni"]
     assert str(error) == "vllm serve exited before it was ready: exited with code 7 (CUDA out of memory)"
 
 
