@@ -222,11 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
-    p.add_argument("--host", default="127.0.0.1", help="address the servers bind (default 127.0.0.1)")
-    p.add_argument("--vllm-bin", default=os.environ.get("MMDEMO_VLLM_BIN", "vllm"), help="the vLLM command")
-    p.add_argument("--timeout", type=_SECONDS, help="seconds to wait for readiness (default: the variant's)")
-    p.add_argument("--grace", type=_GRACE, default=15.0, help="seconds between SIGTERM and SIGKILL")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the matrix directory goes")
+    p.add_argument("--host", default=D.host, help=f"address the servers bind (default {D.host})")
+    vllm_bin(p)
+    p.add_argument(
+        "--timeout",
+        type=_SECONDS,
+        default=D.timeout_s,
+        help="seconds to wait for readiness (default: the variant's)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_GRACE,
+        default=D.grace_s,
+        help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
+    )
+    p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where the matrix directory goes")
     demo_opts(p)
 
     p = sub.add_parser("report", help="work with run reports")

@@ -11,6 +11,7 @@ from orchestrator import preflight
 from orchestrator.command import expand_env
 from orchestrator.errors import MMDemoError
 from orchestrator.gpu import detect
+from orchestrator.options import DEFAULTS
 from orchestrator.paths import cache_dir, packaged_profiles_dir
 from orchestrator.profile import iter_profile_files, parse_profile_file
 
@@ -49,6 +50,12 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
         free_gib = shutil.disk_usage(probe).free / 2**30 if os.path.exists(probe) else float("nan")
         console.print(f"{label + ':':<13}{where} ({free_gib:.0f} GiB free on disk)", highlight=False)
     console.print(f"profiles:    {packaged_profiles_dir()}", highlight=False)
+    console.print(
+        f"defaults:    host {DEFAULTS.host}, grace {DEFAULTS.grace_s:g} s, request timeout "
+        f"{DEFAULTS.request_timeout_s:g} s, media budget {DEFAULTS.media_budget_s:g} s "
+        "(orchestrator/options.py)",
+        highlight=False,
+    )
 
     table = Table("profile", "variant here", "verdict")
     for path in iter_profile_files(args.profiles_dir):

@@ -29,11 +29,11 @@ from orchestrator import evidence
 from orchestrator.command import LaunchPlan, Redactor
 from orchestrator.errors import Interrupted, ServerError, describe_returncode
 from orchestrator.logscan import LogFollower
+from orchestrator.options import DEFAULTS
 from orchestrator.proctree import ProcessTree, Teardown
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE_S = 15.0
 POLL_S = 0.02
 
 Clock = Callable[[], float]
@@ -166,7 +166,7 @@ class Server:
         *,
         log_path: Path,
         api_key: str | None = None,
-        grace_s: float = DEFAULT_GRACE_S,
+        grace_s: float = DEFAULTS.grace_s,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:

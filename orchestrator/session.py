@@ -205,9 +205,9 @@ def run_session(
         except Exception as exc:  # a bug: teardown has run, and the record is still written
             log.debug("unexpected error", exc_info=True)
             error = InternalError(exc)
-    if stop.received and not isinstance(error, Interrupted):
-        error = Interrupted(stop.received[0])
-    return close_record(session, error)
+        if stop.received and not isinstance(error, Interrupted):
+            error = Interrupted(stop.received[0])
+        return close_record(session, error)  # still under the handlers: a signal cannot cut it short
 
 
 def send_demos(session: Session, endpoint: Endpoint, requests: list[Any], options: Options) -> None:
