@@ -125,3 +125,19 @@ def test_no_demos_is_a_pass_with_a_complete_record(options: Options) -> None:
     report = report_of(outcome.run_dir)
     assert report["summary"] == {"total": 0, "passed": 0, "failed": 0, "understood": 0}
     assert report["finished_at"]
+
+
+def test_report_diff_says_absent_not_same_for_a_demo_one_run_lacks(tmp_path: Path) -> None:
+    from orchestrator.record import diff, load
+
+    a = {"schema_version": 1, "profile": "p", "status": "passed", "demos": [
+        {"name": "text-only/text", "status": "passed", "answer": "Paris", "latency_s": 0.2},
+        {"name": "audio/url", "status": "passed", "answer": "a call", "latency_s": 0.4},
+    ]}  # fmt: skip
+    b = {**a, "demos": [{"name": "text-only/text", "status": "passed", "answer": "Paris!", "latency_s": 0.4}]}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    rows = {r["name"]: r for r in diff(load(tmp_path / "a.json"), load(tmp_path / "b.json"))}
+    assert rows["text-only/text"]["answer"] == "changed"
+    assert rows["text-only/text"]["latency_ratio"] == pytest.approx(2.0)
+    assert (rows["audio/url"]["status_b"], rows["audio/url"]["answer"]) == ("absent", "–")
