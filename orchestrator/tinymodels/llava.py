@@ -141,14 +141,16 @@ def save_weights(config, path: Path, seed: int) -> None:
 
 
 def build(out: Path, seed: int) -> Path:
-    def fill(tmp: Path) -> None:
-        tokenizer = build_tokenizer(seed)
-        config = build_config(len(tokenizer))
-        config.save_pretrained(tmp)
-        build_processor(tokenizer).save_pretrained(tmp)  # tokenizer, processor, chat template
-        save_weights(config, tmp / "model.safetensors", seed)
-
-    return common.build_into_place(out, fill, builder=BUILDER, version=VERSION, seed=seed)
+    return common.build_standard(
+        out,
+        seed,
+        tokenizer=build_tokenizer,
+        config=build_config,
+        processor=build_processor,
+        weights=save_weights,
+        builder=BUILDER,
+        version=VERSION,
+    )
 
 
 if __name__ == "__main__":

@@ -46,22 +46,12 @@ TOK = {t: i for i, t in enumerate(SPECIAL)}
 # Like the real Qwen2.5-Omni template: one placeholder per media part, in order.
 # vLLM sees that it loops over message content ("openai" content format) and
 # passes media parts as {"type": "image"|"video"|"audio"}.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('image', 'image_url') %}<|vision_bos|><|IMAGE|><|vision_eos|>"
-    "{% elif part['type'] in ('video', 'video_url') %}<|vision_bos|><|VIDEO|><|vision_eos|>"
-    "{% elif part['type'] in ('audio', 'audio_url', 'input_audio') %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+CHAT_TEMPLATE = common.chatml_template(
+    {
+        "image": "<|vision_bos|><|IMAGE|><|vision_eos|>",
+        "video": "<|vision_bos|><|VIDEO|><|vision_eos|>",
+        "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",
+    }
 )
 
 
@@ -172,14 +162,16 @@ def save_weights(config, path: Path, seed: int) -> None:
 
 
 def build(out: Path, seed: int) -> Path:
-    def fill(tmp: Path) -> None:
-        tokenizer = build_tokenizer(seed)
-        config = build_config(len(tokenizer))
-        config.save_pretrained(tmp)
-        build_processor(tokenizer).save_pretrained(tmp)  # tokenizer, processor, chat template
-        save_weights(config, tmp / "model.safetensors", seed)
-
-    return common.build_into_place(out, fill, builder=BUILDER, version=VERSION, seed=seed)
+    return common.build_standard(
+        out,
+        seed,
+        tokenizer=build_tokenizer,
+        config=build_config,
+        processor=build_processor,
+        weights=save_weights,
+        builder=BUILDER,
+        version=VERSION,
+    )
 
 
 if __name__ == "__main__":

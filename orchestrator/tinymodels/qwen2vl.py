@@ -38,21 +38,11 @@ SPECIAL = [
 TOK = {t: i for i, t in enumerate(SPECIAL)}
 
 # Like Qwen2-VL's template: one placeholder per media part, in order ("openai" content format).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('image', 'image_url') %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] in ('video', 'video_url') %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+CHAT_TEMPLATE = common.chatml_template(
+    {
+        "image": "<|vision_start|><|image_pad|><|vision_end|>",
+        "video": "<|vision_start|><|video_pad|><|vision_end|>",
+    }
 )
 
 HIDDEN = 64
@@ -136,14 +126,16 @@ def save_weights(config: Any, path: Path, seed: int) -> None:
 
 
 def build(out: Path, seed: int) -> Path:
-    def fill(tmp: Path) -> None:
-        tokenizer = build_tokenizer(seed)
-        config = build_config(len(tokenizer))
-        config.save_pretrained(tmp)
-        build_processor(tokenizer).save_pretrained(tmp)  # tokenizer, processors, chat template
-        save_weights(config, tmp / "model.safetensors", seed)
-
-    return common.build_into_place(out, fill, builder=BUILDER, version=VERSION, seed=seed)
+    return common.build_standard(
+        out,
+        seed,
+        tokenizer=build_tokenizer,
+        config=build_config,
+        processor=build_processor,
+        weights=save_weights,
+        builder=BUILDER,
+        version=VERSION,
+    )
 
 
 if __name__ == "__main__":
