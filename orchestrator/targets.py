@@ -259,13 +259,11 @@ class Launched:
         preflight.check_variant(resolved)
         port = preflight.choose_port(opts.host, opts.port)
         preflight.check_gpus(resolved, self.gpus)
-        info = session.wait(self._version)
-        record.vllm = VllmRecord(version=info.version, path=info.path)
-        preflight.check_version(info, resolved)
+        vllm_path = preflight.find_vllm(opts.vllm_bin)  # its version is read meanwhile, checked below
         user_env = preflight.user_env(self._environ)
         plan = build_plan(
             resolved,
-            vllm_bin=info.path,
+            vllm_bin=vllm_path,
             host=opts.host,
             port=port,
             media_dir=str(session.media_root.resolve()) if session.media_root else None,
@@ -276,7 +274,7 @@ class Launched:
         local_model = resolved.profile.local_model
         if local_model and not models.is_built(local_model):
             events.stage("model", f"building tiny model {local_model}")
-            models.build(local_model, info.path)
+            models.build(local_model, vllm_path)
         preflight.check_model(resolved)
         session.mark("preflight done")
         self._prefetch(session)
@@ -302,6 +300,10 @@ class Launched:
             server.start()
             session.mark("launch")
             record.server.pid = server.pid  # also its process group and session id
+            # Launched first, checked while it loads: a refused version tears the server down at once.
+            info = session.wait(self._version)
+            record.vllm = VllmRecord(version=info.version, path=info.path)
+            preflight.check_version(info, resolved)
             timeout = opts.timeout_s or resolved.ready_timeout_s
             ready = server.wait_ready(
                 timeout, on_tick=events.waiting, on_log=events.log_line, cancelled=session.stop.is_set
