@@ -141,3 +141,15 @@ def test_report_diff_says_absent_not_same_for_a_demo_one_run_lacks(tmp_path: Pat
     assert rows["text-only/text"]["answer"] == "changed"
     assert rows["text-only/text"]["latency_ratio"] == pytest.approx(2.0)
     assert (rows["audio/url"]["status_b"], rows["audio/url"]["answer"]) == ("absent", "–")
+
+
+def test_report_files_are_readable_by_others_as_the_umask_allows(options: Options) -> None:
+    import os
+    import stat
+
+    outcome = run_session(FakeTarget(), options)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("report.json", "report.md", "junit.xml", "report.html"):
+        mode = stat.S_IMODE((outcome.run_dir / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))
