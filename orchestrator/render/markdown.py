@@ -41,7 +41,8 @@ def to_markdown(record: RunRecord) -> str:
         else "- vLLM: ?",
         f"- machine: {markdown_cell(record.machine.accelerator, None)}; {markdown_cell(record.machine.cpu, None)}",
         f"- time to ready: {fmt(record.server.ready_s, ' s', 1)}",
-        f"- demos: {summary.passed}/{summary.total} passed, {summary.understood} understood",
+        f"- demos: {summary.passed}/{summary.total} passed"
+        + (f", {summary.understood} understood" if any(d.expected for d in record.demos) else ""),
     ]
     if record.flags:
         lines.append(f"- options: {', '.join(markdown_cell(f, None) for f in record.flags)}")
