@@ -39,7 +39,7 @@ lint: install ## ruff
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
 
-types: install ## mypy --strict on orchestrator/
+types: install-extras ## mypy --strict on orchestrator/
 	$(BIN)/mypy
 
 test-fast: install-extras ## pytest without the real-vLLM end-to-end tests
