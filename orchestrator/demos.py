@@ -449,7 +449,9 @@ class MediaStep:
             # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
             url = origin.url_for if prepared.reach.loopback else (lambda a: a.source_url or origin.url_for(a))
             future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
-            future.add_done_callback(lambda _: session.mark("media ready"))
+            future.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else session.mark("media ready")
+            )
             try:
                 yield cls(session, future, prepared.reach)
             finally:
