@@ -216,3 +216,21 @@ def test_diff_page_shows_both_runs_per_demo(record: RunRecord, tmp_path: Path) -
     assert answers == ["bell\\x07 esc\\x1b[31m red <b>bold</b> | pipe", "now <i>this</i>\\x1b"]
     assert not find(page, "i")
     assert not find(page, "b")
+
+
+def test_a_vanished_template_cache_never_breaks_the_page(
+    record: RunRecord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from orchestrator.render import html
+
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    html._environment.cache_clear()
+    try:
+        html._environment()  # the cache directory is chosen (and made) now ...
+        shutil.rmtree(tmp_path / "cache")  # ... and is gone by the time a page is rendered
+        page = html.to_html(record)
+        assert "<html" in page
+    finally:
+        html._environment.cache_clear()

@@ -66,13 +66,24 @@ def _environment() -> Environment:
 
     from orchestrator.paths import cache_dir
 
+    class QuietCache(FileSystemBytecodeCache):
+        """A cache that is only ever a speed-up: a missing or unwritable directory just compiles."""
+
+        def load_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().load_bytecode(bucket)
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
     # Compiled templates are kept in mmdemo's cache: compiling them costs each run ~60 ms otherwise.
     compiled = cache_dir() / "templates"
     with contextlib.suppress(OSError):
         compiled.mkdir(parents=True, exist_ok=True)
     env = Environment(
         loader=PackageLoader("orchestrator.render", "templates"),
-        bytecode_cache=FileSystemBytecodeCache(str(compiled)) if compiled.is_dir() else None,
+        bytecode_cache=QuietCache(str(compiled)),
         autoescape=True,
         undefined=StrictUndefined,
         finalize=_finalize,
