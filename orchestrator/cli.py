@@ -6,23 +6,20 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import InternalError, Interrupted, MMDemoError, ServerError
+from orchestrator import terminal
+from orchestrator.errors import InternalError, Interrupted, MMDemoError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from orchestrator.options import Options
-    from orchestrator.session import Outcome
     from orchestrator.targets import Endpoint
 
 STARTED = time.monotonic()  # the command's start: the origin of the run's timeline
@@ -34,16 +31,6 @@ EXIT_CODES = """exit codes:
   3    the server failed to start, died, or a preflight check refused to launch
   4    mmdemo itself failed unexpectedly (a bug; -vv shows the traceback)
   130  interrupted (Ctrl-C, SIGTERM, SIGHUP)"""
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    # emoji=False: an answer saying ":smile:" is text, not a picture.
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 120  # CI logs and pipes: rich's 80 columns would wrap every table row
-    return console
 
 
 def _chat_types(value: str) -> tuple[Any, ...]:
@@ -273,33 +260,16 @@ def translate_errors() -> Iterator[list[int]]:
     try:
         yield codes
     except MMDemoError as exc:
-        show_error(exc)
+        terminal.show_error(exc)
         codes.append(exc.exit_code)
     except KeyboardInterrupt:
-        _console(stderr=True).print("[red]interrupted[/]")
+        terminal.console(stderr=True).print("[red]interrupted[/]")
         codes.append(130)
     except Exception as exc:  # a bug; say so in one line (the traceback with -vv)
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         internal = InternalError(exc)
-        show_error(internal)
+        terminal.show_error(internal)
         codes.append(internal.exit_code)
-
-
-def show_error(exc: MMDemoError) -> None:
-    """The error, its evidence (command, log tail) and hint, on stderr, sanitised."""
-    err = _console(stderr=True)
-    err.print(f"[bold red]error:[/] {_esc(exc)}", highlight=False)
-    if isinstance(exc, ServerError):
-        if exc.argv:
-            err.print(f"  command: {_esc(shlex.join(exc.argv))}", highlight=False)
-        if exc.log_path:
-            err.print(f"  server log: {_esc(exc.log_path)}", highlight=False)
-        if exc.log_tail:
-            err.print(f"  last {len(exc.log_tail)} log lines:", markup=False)
-            for line in exc.log_tail:
-                err.print(f"  | {_esc(line)}", highlight=False)
-    if exc.hint:
-        err.print(f"[yellow]hint:[/] {_esc(exc.hint)}")
 
 
 # -- commands without a server ------------------------------------------------------------------
@@ -316,18 +286,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             p = parse_profile_file(path)
         except MMDemoError as exc:
-            table.add_row(_esc(path.stem), f"[red]{_esc(exc)}[/]", "", "", "")
+            table.add_row(terminal.esc(path.stem), f"[red]{terminal.esc(exc)}[/]", "", "", "")
             bad += 1
             continue
         need = p.min_gpu_memory_gib()
         table.add_row(
-            _esc(p.name),
-            _esc(p.model),
+            terminal.esc(p.name),
+            terminal.esc(p.model),
             ", ".join(c.value for c in p.chat_types),
             ", ".join(p.variants),
             f"{need:g} GiB" if need is not None else "CPU",
         )
-    _console().print(table)
+    terminal.console().print(table)
     return 2 if bad else 0
 
 
@@ -350,7 +320,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         media_dir=str(assets_dir()),
         user_env=os.environ,
     )
-    out = _console()
+    out = terminal.console()
     out.print(f"# {profile.name}: {profile.model} on {variant}", markup=False)
     if resolved.unsupported:
         out.print(f"# unsupported on {variant}: {resolved.unsupported}", markup=False)
@@ -378,7 +348,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.profile import Profile, iter_profile_files, parse_profile_file
 
     paths = [Path(p) for p in args.paths] or list(iter_profile_files(args.profiles_dir))
-    out, err = _console(), _console(stderr=True)
+    out, err = terminal.console(), terminal.console(stderr=True)
     failed = 0
     valid: list[Profile] = []
     for path in paths:
@@ -393,7 +363,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         checked = check_against_vllm(valid, args.vllm_bin)
         for verdict in checked.verdicts:
-            line = _esc(verdict.line(checked.version))
+            line = terminal.esc(verdict.line(checked.version))
             (out if verdict.ok else err).print(
                 f"{'ok   ' if verdict.ok else 'error'} {line}", highlight=False
             )
@@ -402,82 +372,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # -- commands with a server ---------------------------------------------------------------------
-
-
-class TerminalEvents:
-    """Progress on the terminal: a live line on a TTY, plain periodic lines in CI logs."""
-
-    def __init__(self, console: Console, follow_logs: bool = False, every_s: float = 5.0) -> None:
-        self.console = console
-        self.follow_logs = follow_logs
-        self.tty = console.is_terminal
-        self.every_s = every_s
-        self._last_plain = -1e9
-        self._status: Any = None
-
-    def stage(self, name: str, detail: str = "") -> None:
-        self._stop_status()
-        if name == "launch":
-            self.console.print(f"[bold]launch[/]  {_esc(detail)}", markup=True, highlight=False)
-            return
-        self.console.print(f"[bold]{name:<8}[/] {_esc(detail)}", highlight=False)
-
-    def waiting(self, elapsed_s: float, phase: str) -> None:
-        text = f"waiting for vLLM: {elapsed_s:5.1f} s, {phase}"
-        if self.tty:
-            if self._status is None:
-                self._status = self.console.status(text)
-                self._status.start()
-            else:
-                self._status.update(text)
-        elif elapsed_s - self._last_plain >= self.every_s:
-            self._last_plain = elapsed_s
-            self.console.print(text, markup=False)
-
-    def log_line(self, line: str) -> None:
-        if not self.follow_logs:
-            return
-        if self.tty:
-            self.console.print(f"[dim]  | {_esc(line)}[/]", highlight=False)
-        else:
-            from orchestrator.render.text import visible
-
-            print(f"  | {visible(line)}", flush=True)
-
-    def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
-        gc.enable()  # the imports are done; a long run or `serve` should collect as usual
-        self._stop_status()
-        self.console.print(f"[green]ready[/]    in {elapsed_s:.1f} s at {_esc(endpoint.base_url)}")
-
-    def download(self, key: str, done: int, total: int | None) -> None:
-        size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MB"
-        if self.tty:
-            text = f"downloading {_esc(key)}: {size}"
-            if self._status is None:
-                self._status = self.console.status(text)
-                self._status.start()
-            else:
-                self._status.update(text)
-        elif total and done >= total:
-            self.console.print(f"downloaded {_esc(key)}: {size}", highlight=False)
-
-    def demo_done(self, result: Any) -> None:
-        mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
-        detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")
-        from orchestrator.render.text import one_line
-
-        self.console.print(f"  {mark} {_esc(result.name):<26} {_esc(one_line(detail, 200))}", highlight=False)
-
-    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
-        from orchestrator.progress import DownloadProgress
-
-        self._stop_status()
-        return DownloadProgress(self.console, label)
-
-    def _stop_status(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -514,112 +408,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.session import run_session
     from orchestrator.targets import Attached, Launched
 
-    console = _console()
-    events = TerminalEvents(console, follow_logs=args.follow_logs)
+    console = terminal.console()
+    events = terminal.TerminalEvents(console, follow_logs=args.follow_logs)
     opts = _options(args)
     target = Attached(opts) if opts.base_url else Launched(opts)
     try:
         outcome = run_session(target, opts, events, origin=STARTED)
     finally:
         events._stop_status()
-    return _finish(console, outcome)
-
-
-def _finish(console: Console, outcome: Outcome) -> int:
-    from rich.table import Table
-
-    from orchestrator.render.text import one_line
-
-    record = outcome.record
-    if record.demos:
-        table = Table("demo", "status", "latency", "TTFT", "tokens in/out", "answer or error", title="demos")
-        for d in record.demos:
-            ok = d.status == "passed"
-            status = (
-                ("[green]understood[/]" if d.verdict == "understood" else "[green]passed[/]")
-                if ok
-                else "[red]failed[/]"
-            )
-            table.add_row(
-                _esc(d.name),
-                status,
-                f"{d.latency_s:.2f} s",
-                f"{d.ttft_s:.2f} s" if d.ttft_s is not None else "–",
-                f"{_n(d.prompt_tokens)}/{_n(d.completion_tokens)}",
-                _esc(one_line(d.answer if ok else d.error, 70)),
-            )
-        console.print(table)
-    teardown = record.teardown
-    if teardown:
-        console.print(
-            f"teardown {teardown.duration_s:.2f} s ({' -> '.join(teardown.signals) or 'already gone'}), "
-            f"{teardown.remaining} process(es) left, port {'free' if teardown.port_free else 'HELD'}",
-            highlight=False,
-        )
-    for note in record.notes:
-        console.print(f"[dim]note: {_esc(note)}[/]")
-    if outcome.error is not None:
-        show_error(outcome.error)
-    summary = record.summary
-    verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{record.status.upper()}[/]"
-    understood = f", {summary.understood} understood" if summary.understood else ""
-    page = outcome.run_dir / "report.html"
-    where = page if page.exists() else outcome.run_dir
-    console.print(f"{verdict} {summary.passed}/{summary.total} demos{understood}; report: {_esc(where)}")
-    return outcome.exit_code
-
-
-def _esc(value: object) -> str:
-    """Text from outside (answers, server messages, paths, log lines): no control bytes, no markup."""
-    from orchestrator.render.text import terminal
-
-    return terminal(str(value))
-
-
-def _n(value: object) -> str:
-    return "–" if value is None else str(value)
-
-
-EXAMPLE = "openai_chat_completion_client_for_multimodal.py"
-
-
-def serve_banner(endpoint: Endpoint) -> str:
-    """What `mmdemo serve` prints once ready: the endpoint, a curl line, and the upstream example's runs."""
-    model, key = endpoint.model, endpoint.api_key
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
-    lines = [
-        f"base URL: {endpoint.base_url}",
-        f"model:    {model}",
-        f"API key:  {key}",
-        "try:",
-        "  curl -s "
-        + shlex.quote(f"{endpoint.base_url}/chat/completions")
-        + f" -H {shlex.quote('Authorization: Bearer ' + key)} -H 'Content-Type: application/json' -d "
-        + shlex.quote(body),
-    ]
-    if endpoint.base_url.endswith(":8000/v1") and key == "EMPTY":
-        lines.append(f"vLLM's example client ({EXAMPLE}, unmodified) works against this server:")
-        lines += [f"  python {EXAMPLE} -c {c}" for c in CHAT_TYPES]
-    else:
-        lines.append(
-            f"vLLM's example client ({EXAMPLE}) expects http://localhost:8000/v1 and the key EMPTY: "
-            "serve with --port 8000 --api-key EMPTY to run it unmodified"
-        )
-    return "\n".join(lines)
-
-
-CHAT_TYPES = ("text-only", "single-image", "multi-image", "video", "audio", "multi-audio")
+    return terminal.finish(console, outcome)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator.session import Session, run_session
     from orchestrator.targets import Launched
 
-    console = _console()
-    events = TerminalEvents(console, follow_logs=args.follow_logs)
+    console = terminal.console()
+    events = terminal.TerminalEvents(console, follow_logs=args.follow_logs)
 
     def serve_forever(endpoint: Endpoint, session: Session) -> None:
-        console.print(_esc(serve_banner(endpoint)), highlight=False)
+        console.print(terminal.esc(terminal.serve_banner(endpoint)), highlight=False)
         console.print("serving until Ctrl-C", markup=False)
         while True:
             endpoint.check("while serving")  # the server died: its evidence becomes the error
@@ -631,7 +439,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         events._stop_status()
     if outcome.error is not None and not isinstance(outcome.error, Interrupted):
-        show_error(outcome.error)
+        terminal.show_error(outcome.error)
         return outcome.exit_code
     teardown = outcome.record.teardown
     if teardown:
@@ -646,10 +454,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrator.session import run_session
     from orchestrator.targets import Attached
 
-    console = _console()
+    console = terminal.console()
     opts = _options(args)
     target = Attached(opts, args.chat_type or tuple(ChatType))
-    return _finish(console, run_session(target, opts, TerminalEvents(console), origin=STARTED))
+    return terminal.finish(
+        console, run_session(target, opts, terminal.TerminalEvents(console), origin=STARTED)
+    )
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -667,7 +477,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return 0
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
-    console = _console()
+    console = terminal.console()
     if args.emit == "skypilot" or args.launch:
         task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket)
         if not args.launch:
@@ -686,14 +496,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     def planned(cells: Sequence[Any], matrix_dir: Path) -> None:
         runnable = sum(1 for c in cells if c.runnable)
         console.print(
-            f"matrix   {len(cells)} cell(s), {runnable} to run, on {engine.name}; {_esc(matrix_dir)}"
+            f"matrix   {len(cells)} cell(s), {runnable} to run, on {engine.name}; {terminal.esc(matrix_dir)}"
         )
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
         where = f" GPU {cell.cuda_visible_devices}" if cell.cuda_visible_devices else ""
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
-        console.print(f"  {_esc(cell.key):<32} {_esc(text)}{where}{took}", highlight=False)
+        console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 
     outcome = run_matrix(args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned)
     rec = outcome.record
@@ -701,7 +511,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     console.print(
         f"{verdict} {sum(c.status == 'passed' for c in rec.cells)}/{len(rec.cells)} cells passed "
         f"({sum(c.status == 'skipped' for c in rec.cells)} skipped) in {rec.wall_s:.1f} s; "
-        f"matrix: {_esc(outcome.matrix_dir)}"
+        f"matrix: {terminal.esc(outcome.matrix_dir)}"
     )
     return outcome.exit_code
 
@@ -709,7 +519,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from orchestrator.doctor import doctor
 
-    return doctor(args, _console())
+    return doctor(args, terminal.console())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -727,8 +537,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         write_atomic(args.html, to_diff_html(a, b, str(args.run_a), str(args.run_b)))
     if a.profile != b.profile:
-        _console(stderr=True).print(
-            f"note: comparing different profiles ({_esc(a.profile)} vs {_esc(b.profile)})"
+        terminal.console(stderr=True).print(
+            f"note: comparing different profiles ({terminal.esc(a.profile)} vs {terminal.esc(b.profile)})"
         )
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0
@@ -737,13 +547,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         changed += moved
         ratio = row["latency_ratio"]
         table.add_row(
-            _esc(row["name"]),
-            _esc(row["status_a"]),
-            f"[bold]{_esc(row['status_b'])}[/]" if moved else _esc(row["status_b"]),
+            terminal.esc(row["name"]),
+            terminal.esc(row["status_a"]),
+            f"[bold]{terminal.esc(row['status_b'])}[/]" if moved else terminal.esc(row["status_b"]),
             row["answer"],
             f"{ratio:.2f}x" if ratio is not None else "–",
         )
-    _console().print(table)
+    terminal.console().print(table)
     return 1 if changed else 0
 
 
@@ -751,7 +561,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from orchestrator import models
 
     path = models.build(args.name, args.vllm_bin, force=args.force)
-    _console().print(f"{args.name}: {path}", markup=False)
+    terminal.console().print(f"{args.name}: {path}", markup=False)
     return 0
 
 

@@ -222,7 +222,7 @@ def run_demos(
         pending = set(futures)
         while pending and not cancelled():
             _, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-        if pending:  # do not wait for requests in flight
+        if pending:  # stopping: do not wait for requests in flight; tearing the server down ends them
             quiet.set()
             pool.shutdown(wait=False, cancel_futures=True)
             return [f.result() for f in futures if f.done() and not f.cancelled()]
@@ -280,6 +280,7 @@ def _run_one(
     except openai.APIStatusError as exc:
         got.http_status = exc.status_code
         error = _server_message(exc)
+        exc.response.close()  # the SDK leaves an error response's connection open
     except openai.APITimeoutError:
         waited = "more of the answer" if got.parts else "an answer"
         error = f"waited for {waited} longer than the {timeout_s:g} s request timeout"
