@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -80,7 +80,6 @@ class Prepared:
     demos: tuple[Demo, ...]
     reach: Reach
     check_expectations: bool = True
-    notes: list[str] = field(default_factory=list)
 
 
 class Target(Protocol):

@@ -17,10 +17,6 @@ from orchestrator.session import Stop, signals_to
 class Interrupt(Stop):
     """A matrix run's stop: set by a signal (or `set()`), seen by every cell's session."""
 
-    def wait(self, timeout_s: float) -> bool:
-        """Block up to timeout_s; True once interrupted."""
-        return self._event.wait(timeout_s)
-
     def signal_name(self) -> str | None:
         return self.received[0] if self.received else None
 
