@@ -12,3 +12,6 @@ pyi_init
 echo "[install] $VENV: mmdemo $SPEC with $(pyi_tool)"
 pyi_venv "$VENV"
 pyi_install "$VENV/bin/python" --compile -e "$SPEC"
+# --compile covers site-packages, not the editable source: compile it too, or every `mmdemo` start
+# recompiles it where PYTHONDONTWRITEBYTECODE is set (~0.1 s a run on this machine).
+"$VENV/bin/python" -m compileall -q orchestrator >/dev/null || true

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
@@ -12,9 +14,10 @@ import pytest
 from PIL import Image
 
 from orchestrator.record import AssetRecord, RunRecord, load
+from orchestrator.render import inline as inline_module
 from orchestrator.render import write_all
 from orchestrator.render.html import MatrixCell, highlight, shown, to_diff_html, to_html, to_matrix_html
-from orchestrator.render.inline import inline
+from orchestrator.render.inline import Inlined, inline
 from tests.records import failed_run, passed_run
 
 # What each chat type sends, as the page must show it: (images, videos, audios).
@@ -172,6 +175,39 @@ def test_write_all_writes_report_html(tmp_path: Path) -> None:
 def test_inline_kinds_without_file_or_kind() -> None:
     assert inline("image", None).unavailable == "not available: the record names no file"
     assert inline(None, "x.jpg").unavailable == "not available: unknown kind None"
+
+
+def test_a_preview_is_made_once_then_read_from_the_cache_until_the_file_changes(
+    record: RunRecord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    video = next(a for d in record.demos for a in d.assets if a.kind == "video")
+    assert video.path
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(video.path, clip)
+    first = inline("video", clip)
+    assert first.src
+    assert first.src.startswith("data:video/webm;base64,")
+    assert first.poster
+    saved = list((tmp_path / "cache" / "inline").glob("*.json"))
+    assert len(saved) == 1
+
+    made: list[Path] = []
+
+    def remake(path: Path) -> Inlined:
+        made.append(path)
+        return Inlined("video", src="data:video/webm;base64,AAAA", poster=first.poster, width=2, height=2)
+
+    monkeypatch.setitem(inline_module._MAKERS, "video", remake)
+    assert inline("video", clip) == first
+    assert made == []  # read back, not decoded again
+    saved[0].write_text('{"kind": "video", "src": "javascript:alert(1)"}')  # not ours: ignored
+    assert inline("video", clip).src == "data:video/webm;base64,AAAA"
+    assert made == [clip]
+    stat = clip.stat()
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed: made anew
+    assert inline("video", clip).src == "data:video/webm;base64,AAAA"
+    assert made == [clip, clip]
 
 
 def test_matrix_grid_links_each_cell_to_its_report() -> None:
