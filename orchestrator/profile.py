@@ -6,7 +6,6 @@ the bad value, with a "did you mean ...?" hint for misspelled keys.
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
@@ -564,5 +563,7 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _did_you_mean(word: str, options: Any) -> str:
+    import difflib  # deferred: only a misspelt name needs it
+
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
