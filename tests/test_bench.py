@@ -49,4 +49,9 @@ def test_fast_bench_writes_every_row_and_the_machine(tmp_path: Path) -> None:
         "python -c pass",
         "mmdemo --help",
         "mmdemo plan phi-3.5-vision --gpu H100",
+        "python -c 'import openai'",
     }
+    floor = [r for r in data["rows"] if r["metric"].startswith("the floor: ")]
+    assert len(floor) == 1
+    assert floor[0]["target"] is None
+    assert floor[0]["value"] > floor[0]["baseline"]  # importing the SDK costs more than an empty python

@@ -210,6 +210,27 @@ def test_a_preview_is_made_once_then_read_from_the_cache_until_the_file_changes(
     assert made == [clip, clip]
 
 
+def test_the_preview_cache_keeps_the_newest_entries_and_survives_any_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(inline_module, "CACHE_ENTRIES", 3)
+    monkeypatch.setitem(
+        inline_module._MAKERS, "image", lambda path: Inlined("image", src="data:image/jpeg;base64,AA")
+    )
+    entries = []
+    for n in range(5):
+        (tmp_path / f"{n}.jpg").write_bytes(b"x")
+        inline("image", tmp_path / f"{n}.jpg")
+        entry = inline_module._cache_file("image", tmp_path / f"{n}.jpg")
+        assert entry is not None
+        os.utime(entry, (1000 + n, 1000 + n))  # entry n is the n-th oldest
+        entries.append(entry)
+    assert sorted((tmp_path / "cache" / "inline").glob("*.json")) == sorted(entries[2:])
+    entries[4].write_text("[" * 100_000 + "]" * 100_000)  # deeper than the JSON parser recurses
+    assert inline("image", tmp_path / "4.jpg").src == "data:image/jpeg;base64,AA"
+
+
 def test_matrix_grid_links_each_cell_to_its_report() -> None:
     cells = [
         MatrixCell("phi-3.5-vision", "H100", "passed", 95.0, 6, 6, "phi-3.5-vision/H100/report.html"),

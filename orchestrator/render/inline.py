@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,7 @@ PREVIEW_FPS = 8
 AUDIO_MAX_BYTES = 4 * 1024 * 1024  # larger audio is named, not embedded
 CACHED_KINDS = ("image", "video")  # audio is embedded as it is: nothing to save
 CACHE_VERSION = 1  # bump when what a maker produces changes
+CACHE_ENTRIES = 256  # the newest this many are kept; each test session's media are new files
 AUDIO_TYPES = {".wav": "audio/wav", ".ogg": "audio/ogg", ".mp3": "audio/mpeg", ".flac": "audio/flac"}
 
 
@@ -159,7 +161,7 @@ def _load(path: Path, kind: str) -> Inlined | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         found = Inlined(**data)
-    except (OSError, ValueError, TypeError):
+    except Exception:  # gone, unreadable, not JSON, nested too deep, not our fields: not a hit
         return None
     uris_ok = all(
         value is None or (isinstance(value, str) and value.startswith("data:"))
@@ -186,3 +188,21 @@ def _save(path: Path, made: Inlined) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        _prune(path.parent)
+
+
+def _prune(directory: Path, stale_s: float = 3600.0) -> None:
+    """Drop all but the CACHE_ENTRIES newest entries, and temporary files a killed writer left behind."""
+    now = time.time()
+    entries: list[tuple[float, Path]] = []
+    for item in directory.iterdir():
+        with contextlib.suppress(OSError):
+            modified = item.stat().st_mtime
+            if item.name.startswith(".inline-"):
+                if now - modified > stale_s:
+                    item.unlink()
+            elif item.suffix == ".json":
+                entries.append((modified, item))
+    for _, old in sorted(entries, reverse=True)[CACHE_ENTRIES:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
