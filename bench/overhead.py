@@ -200,11 +200,8 @@ def run(settings: Settings) -> Scenario:
             note=f"empty cache, {n} runs each",
         ),
     ]
-    for name in list(cli)[1:]:
+    for name in ("mmdemo --help", "mmdemo plan phi-3.5-vision --gpu H100"):
         value = median(cli[name])
-        if name == IMPORT_OPENAI:  # no target: what any client built on the SDK pays before a request
-            rows.append(Row(NAME, f"the floor: `{name}` vs `python -c pass`", value, python))
-            continue
         rows.append(
             Row(
                 NAME,
@@ -215,6 +212,10 @@ def run(settings: Settings) -> Scenario:
                 met=value - python <= CLI_TARGET_S,
             )
         )
+    # No target: what any client built on the SDK pays before its first request.
+    rows.append(
+        Row(NAME, f"the floor: `{IMPORT_OPENAI}` vs `python -c pass`", median(cli[IMPORT_OPENAI]), python)
+    )
     imports = slowest_imports()
     raw = {"mmdemo_run_s": runs, "fake_own_s": own, "cli_start_s": cli, "slowest_imports_s": imports}
     return Scenario(NAME, rows, raw)

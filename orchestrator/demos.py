@@ -195,15 +195,14 @@ def run_demos(
     Returns early, with whatever finished, once `cancelled()` is true: the caller is stopping and
     tearing the server down ends the requests still in flight.
     """
-    from openai import DefaultHttpxClient, OpenAI  # deferred: the CLI must start fast
+    from openai import OpenAI  # deferred: the CLI must start fast
 
     if not requests:
         return []
     workers = len(requests) if concurrency is None else max(1, min(concurrency, len(requests)))
     report_lock = threading.Lock()  # callbacks draw on one terminal: one at a time
 
-    # Plain http needs no TLS: skip loading the CA bundle (~40 ms) that httpx does for every client.
-    http_client = DefaultHttpxClient(verify=False) if base_url.startswith("http://") else None
+    http_client = _plain_http_client() if base_url.startswith("http://") else None
     with OpenAI(
         base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, http_client=http_client
     ) as client:
@@ -228,6 +227,13 @@ def run_demos(
             return [f.result() for f in futures if f.done() and not f.cancelled()]
         pool.shutdown(wait=True)
         return [f.result() for f in futures]
+
+
+def _plain_http_client() -> Any:
+    """The SDK's HTTP client for a plain http:// server: no TLS, so no CA bundle to load (~40 ms)."""
+    from openai import DefaultHttpxClient  # deferred: the CLI must start fast
+
+    return DefaultHttpxClient(verify=False)
 
 
 class _Overdue(Exception):
@@ -484,9 +490,7 @@ def _warm_then_build(demos: Sequence[Demo], media: Media) -> list[DemoRequest]:
     """Import the openai SDK and its HTTP transport (~0.6 s on 2 slow cores) while vLLM starts, fetch the
     media in parallel, build the requests."""
     with contextlib.suppress(Exception):
-        import openai
-
-        openai.DefaultHttpxClient(verify=False).close()  # its transport's modules load on first use
+        _plain_http_client().close()  # the SDK, and its transport's modules that load on first use
     media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
     return build_requests(demos, media, DEFAULT_MAX_TOKENS)
 

@@ -24,7 +24,7 @@ esac
 # mmdemo's venv and vLLM's do not depend on each other: install them side by side. uv is found
 # (or bootstrapped) once first, so the two installs never bootstrap it into one place at once.
 source scripts/pyinstall.sh
-pyi_init
+pyi_find_uv || true  # without uv, each install falls back to pip on its own
 mm_log=$(mktemp)
 make --no-print-directory install VENV="$VENV" >"$mm_log" 2>&1 &
 mm_pid=$!

@@ -2,6 +2,7 @@
 # falling back to pip when uv cannot be had.
 #
 #   pyi_init                  find or bootstrap uv; read pip's configuration
+#   pyi_find_uv               only find or bootstrap uv (into PYI_UV); false when it cannot be had
 #   pyi_venv VENV             create VENV (unless it has a python already)
 #   pyi_install PY ARGS...    install into the venv of interpreter PY
 #   pyi_uninstall PY PKGS...  uninstall from it
@@ -22,13 +23,14 @@
 PYTHON=${PYTHON:-python3}
 PYI_UV=""
 PYI_UV_ARGS=()
+PYI_PIP_CONFIG=""
 
 _pyi_log() { echo "[pyinstall] $*" >&2; }
 
 # uv on PATH, else one bootstrapped earlier, else bootstrap it now into its own
 # small venv under the user's cache: shared by every clone, works where the
 # system Python refuses `pip install --user` (PEP 668), touches no site-packages.
-_pyi_find_uv() {
+pyi_find_uv() {
   [[ ${MMDEMO_NO_UV:-0} == 1 ]] && return 1
   local home=${MMDEMO_UV_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/mmdemo/uv}
   if command -v uv >/dev/null 2>&1 && uv --version >/dev/null 2>&1; then
@@ -48,9 +50,10 @@ _pyi_find_uv() {
   fi
 }
 
-# Values of pip configuration keys ending in $1 (e.g. ".find-links"), one per line.
+# Values of pip configuration keys ending in $1 (e.g. ".find-links"), one per line, from
+# `pip config list` as read once into PYI_PIP_CONFIG (each pip start costs ~0.4 s).
 _pyi_pip_config() {
-  "$PYTHON" -m pip config list 2>/dev/null | while IFS= read -r line; do
+  printf '%s\n' "$PYI_PIP_CONFIG" | while IFS= read -r line; do
     local key=${line%%=*} val=${line#*=}
     [[ $key == *"$1" ]] || continue
     val=${val#\'} val=${val%\'}
@@ -60,6 +63,7 @@ _pyi_pip_config() {
 
 _pyi_uv_args() {
   PYI_UV_ARGS=()
+  PYI_PIP_CONFIG=$("$PYTHON" -m pip config list 2>/dev/null || true)
   local v
   while IFS= read -r v; do [[ -n $v ]] && PYI_UV_ARGS+=(--find-links "$v"); done < <(_pyi_pip_config .find-links)
   # pip merges every index's files for a version and takes the most specific wheel; uv
@@ -82,7 +86,7 @@ _pyi_uv_args() {
 }
 
 pyi_init() {
-  if _pyi_find_uv; then _pyi_uv_args; else PYI_UV=""; fi
+  if pyi_find_uv; then _pyi_uv_args; else PYI_UV=""; fi
 }
 
 pyi_tool() { if [[ -n $PYI_UV ]]; then "$PYI_UV" --version; else echo pip; fi; }

@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -175,19 +173,12 @@ def _load(path: Path, kind: str) -> Inlined | None:
 
 def _save(path: Path, made: Inlined) -> None:
     """Keep `made` for the next run; the cache is only a speed-up, so any failure is ignored."""
+    from orchestrator.render import write_atomic  # deferred: the package imports this module
+
     if made.unavailable is not None:
         return
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".inline-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(dataclasses.asdict(made), out)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(dataclasses.asdict(made)))
         _prune(path.parent)
 
 
@@ -198,7 +189,7 @@ def _prune(directory: Path, stale_s: float = 3600.0) -> None:
     for item in directory.iterdir():
         with contextlib.suppress(OSError):
             modified = item.stat().st_mtime
-            if item.name.startswith(".inline-"):
+            if item.name.startswith("."):  # write_atomic's temporary file
                 if now - modified > stale_s:
                     item.unlink()
             elif item.suffix == ".json":
