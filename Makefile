@@ -35,9 +35,10 @@ install-chromium: ## Install Debian's Chromium for the report's browser tests (n
 install-vllm: ## Install the official vLLM (GPU) into .venv-vllm
 	PYTHON=$(PYTHON) bash -c 'source scripts/pyinstall.sh && pyi_init && pyi_venv $(BACKEND_VENV) && pyi_install $(BACKEND_VENV)/bin/python "vllm[audio]"'
 
-lint: install ## ruff
+lint: install ## ruff, and the import layers (import-linter: the contracts in pyproject.toml)
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
+	$(BIN)/lint-imports --no-cache
 
 types: install-extras ## mypy --strict on orchestrator/
 	$(BIN)/mypy

@@ -111,7 +111,7 @@ def command_to_launch(settings: Settings, vllm: Path, origin: str | None) -> flo
     argv += ["--gpu", "cpu", "--grace", "2", "--no-prefetch"] + ([] if origin else ["--offline"])
     env = {**clean_env(settings), "MMDEMO_CACHE_DIR": str(cache)}
     if origin:
-        env["MMDEMO_ASSET_ORIGIN"] = origin
+        env["MMDEMO_ASSET_MIRROR"] = origin
     t0 = time.monotonic()
     with spawned(argv, env) as proc:
         while not list(runs.glob("*/server.log")):

@@ -18,8 +18,8 @@ from bench.procs import spawned
 from bench.result import Row, Scenario, Settings, median
 from orchestrator.demos import Media, build_requests, run_demos
 from orchestrator.media import AssetStore
+from orchestrator.ports import port_is_free
 from orchestrator.profile import ChatType
-from orchestrator.server import port_is_free
 
 NAME = "3 teardown"
 WORKERS = "2"

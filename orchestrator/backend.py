@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from orchestrator.environment import Environment
 from orchestrator.errors import PreflightError
 
 ENV_VAR = "MMDEMO_VLLM_BIN"
@@ -37,8 +38,6 @@ def locate_vllm(
     """(absolute path of the vLLM command, the rule that found it), or a refusal naming where it looked."""
     env = os.environ if env is None else env
     path_var = env.get("PATH", os.defpath)
-    from orchestrator.options import Environment
-
     for value, rule in ((explicit, "--vllm-bin"), (Environment.read(env).vllm_bin, f"${ENV_VAR}")):
         if value:
             found = shutil.which(value, path=path_var)

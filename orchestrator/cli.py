@@ -19,10 +19,11 @@ from orchestrator import terminal
 from orchestrator.errors import InternalError, Interrupted, MMDemoError
 
 if TYPE_CHECKING:
+    from orchestrator.context import Endpoint, Session
     from orchestrator.options import Options
-    from orchestrator.targets import Endpoint
+    from orchestrator.targets import Target
 
-STARTED = time.monotonic()  # the command's start: the origin of the run's timeline
+STARTED = time.monotonic()  # the command's start: zero of the run's timeline
 
 EXIT_CODES = """exit codes:
   0    every demo passed (or the command succeeded)
@@ -34,7 +35,7 @@ EXIT_CODES = """exit codes:
 
 
 def _chat_types(value: str) -> tuple[Any, ...]:
-    from orchestrator.profile import ChatType
+    from orchestrator.chattypes import ChatType
 
     out = []
     for item in value.split(","):
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="work with run reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
-    d = rsub.add_parser("diff", help="what changed between two runs (report schema 1 or 2)")
+    d = rsub.add_parser("diff", help="what changed between two runs (report schema 1, 2 or 3)")
     d.add_argument("run_a")
     d.add_argument("run_b")
     d.add_argument("--html", metavar="OUT", type=Path, help="also write the diff as a small HTML page")
@@ -235,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit code."""
-    # Startup is mostly imports (pydantic, rich, the openai SDK), during which the cyclic collector
-    # only costs time (~15%); it is back on once the server is ready (TerminalEvents.ready) or at exit.
+    # Start-up is mostly imports (pydantic, rich, the openai SDK), during which the cyclic collector
+    # only costs time (~15%). It is back on once start-up is over: when a session's server is ready
+    # (run, serve, demo, each matrix cell), when a matrix has planned its cells, and at exit; the
+    # other commands are start-up and little else.
     gc.disable()
     try:
         return _main(argv)
@@ -375,7 +378,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    """The parsed command line as Options (defaults already from options.DEFAULTS)."""
+    """The parsed command line as Options (defaults already from options.DEFAULTS), and the environment."""
+    from orchestrator.environment import Environment
     from orchestrator.options import DEFAULTS
 
     concurrency = 1 if getattr(args, "sequential", False) else getattr(args, "concurrency", None)
@@ -401,7 +405,8 @@ def _options(args: argparse.Namespace) -> Options:
         "dummy_weights": getattr(args, "dummy_weights", None),
         "prefetch": getattr(args, "prefetch", None),
     }
-    return dataclasses.replace(DEFAULTS, **{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(DEFAULTS, **given, environment=Environment.read())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -411,16 +416,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = terminal.console()
     events = terminal.TerminalEvents(console, follow_logs=args.follow_logs)
     opts = _options(args)
-    target = Attached(opts) if opts.base_url else Launched(opts)
+    target: Target[Any, Any, Any, Any] = Attached(opts) if opts.base_url else Launched(opts)
     try:
-        outcome = run_session(target, opts, events, origin=STARTED)
+        outcome = run_session(target, opts, events, t0=STARTED)
     finally:
         events._stop_status()
     return terminal.finish(console, outcome)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator.session import Session, run_session
+    from orchestrator.session import run_session
     from orchestrator.targets import Launched
 
     console = terminal.console()
@@ -435,7 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     opts = _options(args)
     try:
-        outcome = run_session(Launched(opts), opts, events, serve=serve_forever, origin=STARTED)
+        outcome = run_session(Launched(opts), opts, events, serve=serve_forever, t0=STARTED)
     finally:
         events._stop_status()
     if outcome.error is not None and not isinstance(outcome.error, Interrupted):
@@ -450,16 +455,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from orchestrator.profile import ChatType
+    from orchestrator.chattypes import ChatType
     from orchestrator.session import run_session
     from orchestrator.targets import Attached
 
     console = terminal.console()
     opts = _options(args)
     target = Attached(opts, args.chat_type or tuple(ChatType))
-    return terminal.finish(
-        console, run_session(target, opts, terminal.TerminalEvents(console), origin=STARTED)
-    )
+    return terminal.finish(console, run_session(target, opts, terminal.TerminalEvents(console), t0=STARTED))
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -532,7 +535,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     a, b = record.load(args.run_a), record.load(args.run_b)
     if args.html:
-        from orchestrator.render import write_atomic
+        from orchestrator.render.files import write_atomic
         from orchestrator.render.html import to_diff_html
 
         write_atomic(args.html, to_diff_html(a, b, str(args.run_a), str(args.run_b)))

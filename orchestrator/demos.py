@@ -6,28 +6,23 @@ per way the example sends media (URL, base64, file, input_audio).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from orchestrator.background import background
-from orchestrator.errors import ProfileError, ServerError
+from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
+from orchestrator.errors import ProfileError
 from orchestrator.expect import alternatives, check_expect
 from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
-from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
-from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo
+from orchestrator.profile import Demo
 from orchestrator.record import AssetRecord, DemoRecord, Verdict
 
 if TYPE_CHECKING:
     from openai import OpenAI
-
-    from orchestrator.session import Session
-    from orchestrator.targets import Prepared, Reach
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +43,9 @@ DEFAULT_ASSETS: dict[ChatType, tuple[str, ...]] = {
     ChatType.AUDIO: ("winning_call",),
     ChatType.MULTI_AUDIO: ("winning_call", "azacinto_foscolo"),
 }
-# The ways the example sends media, in its order (single-image's `file` needs --allowed-local-media-path).
-VARIANTS: dict[ChatType, tuple[str, ...]] = {
+# How the example sends each chat type's media (its deliveries), in its order (single-image's `file`
+# needs --allowed-local-media-path).
+DELIVERIES: dict[ChatType, tuple[str, ...]] = {
     ChatType.TEXT: ("text",),
     ChatType.SINGLE_IMAGE: ("url", "file", "base64"),
     ChatType.MULTI_IMAGE: ("url",),
@@ -93,7 +89,7 @@ class DemoRequest:
 
     name: str
     chat_type: ChatType
-    variant: str
+    delivery: str
     messages: list[dict[str, Any]]
     max_completion_tokens: int
     expect: tuple[str, ...] = ()
@@ -106,7 +102,7 @@ class DemoResult:
 
     name: str
     chat_type: ChatType
-    variant: str
+    delivery: str
     passed: bool
     status: Literal["passed", "failed"]
     http_status: int | None
@@ -126,23 +122,23 @@ class DemoResult:
 
 
 def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int = 128) -> list[DemoRequest]:
-    """One request per demo and way of sending its media, with the upstream example's prompts."""
+    """One request per demo and delivery of its media, with the upstream example's prompts."""
     out: list[DemoRequest] = []
     for demo in demos:
         chat_type = demo.chat_type
         assets = media.for_demo(demo)
-        for variant in VARIANTS[chat_type]:
+        for delivery in DELIVERIES[chat_type]:
             prompt = PROMPTS[chat_type]
             content: str | list[dict[str, Any]]
             if chat_type is ChatType.TEXT:
                 content = prompt  # the example sends plain string content here
             else:
-                content = [{"type": "text", "text": prompt}, *(_part(variant, a, media) for a in assets)]
+                content = [{"type": "text", "text": prompt}, *(_part(delivery, a, media) for a in assets)]
             out.append(
                 DemoRequest(
-                    name=f"{chat_type.value}/{variant}",
+                    name=f"{chat_type.value}/{delivery}",
                     chat_type=chat_type,
-                    variant=variant,
+                    delivery=delivery,
                     messages=[{"role": "user", "content": content}],
                     max_completion_tokens=demo.max_completion_tokens or default_max_tokens,
                     expect=demo.expect,
@@ -152,13 +148,13 @@ def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int 
     return out
 
 
-def _part(variant: str, asset: Asset, media: Media) -> dict[str, Any]:
-    if variant == "input_audio":
+def _part(delivery: str, asset: Asset, media: Media) -> dict[str, Any]:
+    if delivery == "input_audio":
         # The example says "wav" whatever the container; the server decodes by content.
         return {"type": "input_audio", "input_audio": {"data": b64(asset), "format": "wav"}}
     urls = {"url": media.url, "base64": data_url, "file": file_url}
     kind = f"{asset.kind}_url"  # image_url, video_url, audio_url
-    return {"type": kind, kind: {"url": urls[variant](asset)}}
+    return {"type": kind, kind: {"url": urls[delivery](asset)}}
 
 
 def redacted(messages: list[dict[str, Any]], keep: int = 48) -> list[dict[str, Any]]:
@@ -202,7 +198,7 @@ def run_demos(
     workers = len(requests) if concurrency is None else max(1, min(concurrency, len(requests)))
     report_lock = threading.Lock()  # callbacks draw on one terminal: one at a time
 
-    http_client = _plain_http_client() if base_url.startswith("http://") else None
+    http_client = plain_http_client() if base_url.startswith("http://") else None
     with OpenAI(
         base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, http_client=http_client
     ) as client:
@@ -229,7 +225,7 @@ def run_demos(
         return [f.result() for f in futures]
 
 
-def _plain_http_client() -> Any:
+def plain_http_client() -> Any:
     """The SDK's HTTP client for a plain http:// server: no TLS, so no CA bundle to load (~40 ms)."""
     from openai import DefaultHttpxClient  # deferred: the CLI must start fast
 
@@ -313,7 +309,7 @@ def _run_one(
     result = DemoResult(
         name=request.name,
         chat_type=request.chat_type,
-        variant=request.variant,
+        delivery=request.delivery,
         passed=error is None,
         status="passed" if error is None else "failed",
         http_status=got.http_status,
@@ -348,30 +344,6 @@ def _server_message(exc: Any) -> str:
     return str(exc.message)
 
 
-def list_models(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> list[str]:
-    """The model ids the server at `base_url` (ending in /v1) serves, from GET /models."""
-    import requests  # deferred: the CLI must start fast
-
-    url = base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        with requests.get(url, headers=headers, timeout=timeout_s) as response:
-            response.raise_for_status()
-            data = response.json()
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        hint = "pass --api-key (or VLLM_API_KEY)" if status == 401 else None
-        raise ServerError(f"GET {url} answered HTTP {status}", hint=hint) from None
-    except requests.ConnectionError:
-        raise ServerError(f"cannot connect to {url}", hint="is the server running at that address?") from None
-    except (requests.RequestException, ValueError) as exc:
-        raise ServerError(f"GET {url} failed: {type(exc).__name__}") from None
-    entries = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ServerError(f"GET {url} answered without a model list")
-    return [str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry]
-
-
 # -- expectations and the record -------------------------------------------------------------------
 
 
@@ -386,7 +358,7 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
     return DemoRecord(
         name=result.name,
         chat_type=result.chat_type.value,
-        variant=result.variant,
+        delivery=result.delivery,
         status=result.status,
         verdict=verdict,
         http_status=result.http_status,
@@ -414,92 +386,3 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
             for a in result.assets
         ],
     )
-
-
-# -- media, prepared while the server starts -------------------------------------------------------
-
-
-class MediaStep:
-    """The demo requests and their media, built in the background while vLLM loads."""
-
-    def __init__(self, session: Session, future: Future[list[DemoRequest]] | None, reach: Reach) -> None:
-        self.session = session
-        self.future = future
-        self.reach = reach
-
-    @classmethod
-    @contextlib.contextmanager
-    def start(
-        cls, session: Session, prepared: Prepared, options: Options, *, enabled: bool = True
-    ) -> Iterator[MediaStep]:
-        """Start building the requests (downloads included); the origin serves media until the end."""
-        if not enabled:  # `serve` sends no demos
-            yield cls(session, None, prepared.reach)
-            return
-        from orchestrator.media import AssetServer
-        from orchestrator.paths import assets_dir
-
-        store = AssetStore(
-            options.cache_dir or assets_dir(),
-            offline=options.offline,
-            on_progress=session.events.download,
-            origin=Environment.read().asset_origin,
-            budget_s=options.media_budget_s,
-        )
-        if prepared.reach.files:
-            session.media_root = store.root
-        demos = prepared.demos
-        if not prepared.check_expectations:  # random weights: an answer is all there is to expect
-            demos = tuple(d.model_copy(update={"expect": ()}) for d in demos)
-        with AssetServer(store.root) as origin:
-            # A server on this machine fetches URL media from our loopback origin; a remote one (another
-            # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
-            url = origin.url_for if prepared.reach.loopback else (lambda a: a.source_url or origin.url_for(a))
-            future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
-            future.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else session.mark("media ready")
-            )
-            try:
-                yield cls(session, future, prepared.reach)
-            finally:
-                future.cancel()
-                session.record.asset_server_requests = origin.requests_served
-
-    def requests(self) -> list[DemoRequest]:
-        """The requests, once their media are ready; those the server cannot reach are left out."""
-        assert self.future is not None, "no media in serve mode"
-        built = self.session.wait(self.future)
-        skipped = [r.name for r in built if not self._reachable(r)]
-        if skipped:
-            self.session.record.notes.append(
-                f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
-            )
-        chosen = [r for r in built if r.name not in skipped]
-        self.session.events.stage("assets", provenance_summary(chosen))
-        return chosen
-
-    def _reachable(self, request: DemoRequest) -> bool:
-        if request.variant == "file":  # needs --allowed-local-media-path on our cache
-            return self.reach.files
-        if request.variant == "url" and not self.reach.loopback:
-            return all(a.source_url for a in request.assets)
-        return True
-
-
-def _warm_then_build(demos: Sequence[Demo], media: Media) -> list[DemoRequest]:
-    """Import the openai SDK and its HTTP transport (~0.6 s on 2 slow cores) while vLLM starts, fetch the
-    media in parallel, build the requests."""
-    with contextlib.suppress(Exception):
-        _plain_http_client().close()  # the SDK, and its transport's modules that load on first use
-    media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
-    return build_requests(demos, media, DEFAULT_MAX_TOKENS)
-
-
-def provenance_summary(requests: Sequence[DemoRequest]) -> str:
-    """'6 media: 4 cached, 2 synthetic' for the terminal."""
-    seen = {a.key: a.provenance for r in requests for a in r.assets}
-    counts: dict[str, int] = {}
-    for provenance in seen.values():
-        counts[provenance] = counts.get(provenance, 0) + 1
-    detail = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
-    return f"{len(seen)} media: {detail}" if seen else "no media"

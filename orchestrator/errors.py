@@ -12,15 +12,16 @@ class MMDemoError(Exception):
     exit_code = 1
     hint: str | None = None
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
 
 class UsageError(MMDemoError):
     """A bad command line (unknown profile, bad flag value)."""
 
     exit_code = 2
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 class ProfileError(UsageError):
@@ -32,19 +33,11 @@ class PreflightError(MMDemoError):
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
 
 class AssetError(MMDemoError):
     """A demo asset could not be fetched, generated or verified."""
 
     exit_code = 2
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass

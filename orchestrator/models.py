@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from orchestrator.backend import locate_vllm
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.paths import models_dir
 
@@ -38,9 +39,7 @@ def is_built(name: str) -> bool:
 
 def builder_python(vllm_bin: str | None) -> Path:
     """The Python of the environment that holds the `vllm` command."""
-    from orchestrator.preflight import find_vllm
-
-    found = find_vllm(vllm_bin)
+    found = locate_vllm(vllm_bin)[0]
     python = Path(found).parent / "python"
     if not python.exists():
         raise PreflightError(f"no python next to {found}: cannot build tiny models with that vLLM")

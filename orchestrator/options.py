@@ -1,19 +1,17 @@
-"""Every default of a run, once; and what mmdemo reads from the environment, read in one place.
+"""Every default of a run, once.
 
 The argument parser takes its defaults from `DEFAULTS`, `doctor` shows them, and the session reads
-nothing else.
+nothing else; the environment it started with is `Options.environment`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the CLI reads these defaults before it imports pydantic and the profile schema
-    from orchestrator.profile import ChatType
+from orchestrator.chattypes import ChatType
+from orchestrator.environment import Environment
 
 DEFAULT_MAX_TOKENS = 128  # the upstream example's --max-completion-tokens default
 
@@ -46,31 +44,7 @@ class Options:
     media_budget_s: float = 60.0  # all demo media downloads together
     run_dir: Path | None = None  # a matrix cell's own directory
     server_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES of a cell
+    environment: Environment = field(default_factory=Environment.read)  # what the command started with
 
 
 DEFAULTS = Options()
-
-
-@dataclass(frozen=True)
-class Environment:
-    """The environment variables mmdemo itself reads."""
-
-    vllm_bin: str | None = None  # MMDEMO_VLLM_BIN
-    api_key: str | None = None  # VLLM_API_KEY: the key of an attached server
-    cache_dir: str | None = None  # MMDEMO_CACHE_DIR
-    xdg_cache_home: str | None = None  # XDG_CACHE_HOME
-    profiles: tuple[str, ...] = ()  # MMDEMO_PROFILES, os.pathsep-separated
-    asset_origin: str | None = None  # MMDEMO_ASSET_ORIGIN: a mirror of the upstream assets' paths
-
-    @classmethod
-    def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
-        """Read the variables from `environ` (default: os.environ)."""
-        env = os.environ if environ is None else environ
-        return cls(
-            vllm_bin=env.get("MMDEMO_VLLM_BIN") or None,
-            api_key=env.get("VLLM_API_KEY") or None,
-            cache_dir=env.get("MMDEMO_CACHE_DIR") or None,
-            xdg_cache_home=env.get("XDG_CACHE_HOME") or None,
-            profiles=tuple(p for p in env.get("MMDEMO_PROFILES", "").split(os.pathsep) if p),
-            asset_origin=env.get("MMDEMO_ASSET_ORIGIN") or None,
-        )

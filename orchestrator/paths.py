@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from orchestrator.environment import Environment
+
 
 def cache_dir() -> Path:
     """The cache root: $MMDEMO_CACHE_DIR, else $XDG_CACHE_HOME/mmdemo, else ~/.cache/mmdemo."""
-    from orchestrator.options import Environment
-
     env = Environment.read()
     if env.cache_dir:
         return Path(env.cache_dir).expanduser()
@@ -40,8 +40,6 @@ def profile_search_path(profiles_dir: str | os.PathLike[str] | None = None) -> l
     dirs: list[Path] = []
     if profiles_dir:
         dirs.append(Path(profiles_dir))
-    from orchestrator.options import Environment
-
     dirs.extend(Path(entry) for entry in Environment.read().profiles)
     dirs.append(Path.cwd() / "profiles")
     dirs.append(packaged_profiles_dir())

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import importlib.metadata
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.backend import locate_vllm
+from orchestrator.backend import locate_vllm, vllm_python
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
 from orchestrator.profile import Profile, ResolvedProfile
@@ -68,8 +66,6 @@ def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
 
 def _version_from_metadata(path: str) -> str | None:
     """Ask the Python of the command's environment for the `vllm` distribution's version."""
-    from orchestrator.backend import vllm_python
-
     try:
         python = str(vllm_python(path))
     except PreflightError:
@@ -110,71 +106,6 @@ def check_version(info: VllmInfo, resolved: ResolvedProfile) -> None:
             f"profile {resolved.profile.name!r} needs vLLM >= {need}, but {info.path} is {info.version}",
             hint="upgrade vLLM or pass --vllm-bin pointing at a newer install",
         )
-
-
-def port_owner(port: int) -> str | None:
-    """Who listens on a TCP port, as 'pid N (cmdline)', when psutil can tell."""
-    import psutil
-
-    try:
-        connections = psutil.net_connections(kind="inet")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for conn in connections:
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-            if conn.pid is None:
-                return "another process"
-            try:
-                cmd = " ".join(psutil.Process(conn.pid).cmdline()) or psutil.Process(conn.pid).name()
-            except psutil.Error:
-                cmd = "?"
-            return f"pid {conn.pid} ({cmd[:80]})"
-    return None
-
-
-def choose_port(host: str, port: int | None) -> int:
-    """The given port if nothing holds it (else refuse, naming the owner), or a free one."""
-    from orchestrator.server import connect_host
-
-    if not port:  # None or 0: pick one
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, 0))
-            except OSError as exc:
-                raise PreflightError(
-                    f"cannot bind a port on --host {host}: {exc.strerror or exc}",
-                    hint="--host must be an address of this machine (default 127.0.0.1)",
-                ) from None
-            return int(sock.getsockname()[1])
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    held = _answers(connect_host(host), port)
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise PreflightError(
-                    f"cannot bind {host}:{port}: {exc.strerror or exc}",
-                    hint="--host must be an address of this machine (default 127.0.0.1)",
-                ) from None
-            held = True
-    if held:
-        owner = port_owner(port) or "another process"
-        raise PreflightError(
-            f"port {port} on {host} is already held by {owner}",
-            hint="stop it, pass another --port, or leave --port out to pick a free one",
-        )
-    return port
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def choose_variant(profile: Profile, gpu: str, gpus: Sequence[Gpu]) -> str:

@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from orchestrator import watchdog
+from orchestrator.record import TeardownRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,6 @@ GPU_RELEASE_WAIT_S = 30.0
 TRACK_S = 0.25
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Teardown:
-    """How the server ended: for the report. `remaining` must be 0."""
-
-    duration_s: float
-    signals: tuple[str, ...]
-    processes_signalled: int
-    escaped: int
-    remaining: int
-    returncode: int | None
-    port_free: bool
-    gpu_released: bool | None
 
 
 class ProcessTree:
@@ -66,7 +52,7 @@ class ProcessTree:
         self._stopping = threading.Event()
         self._tracker: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._teardown: Teardown | None = None
+        self._teardown: TeardownRecord | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -151,16 +137,25 @@ class ProcessTree:
             dog.kill()
             dog.wait()
 
-    def end(self, port_free: Callable[[], bool]) -> Teardown:
+    def end(self, port_free: Callable[[], bool]) -> TeardownRecord:
         """End the whole tree, then wait for `port_free()` and the GPU; idempotent, never raises for the gone."""
         with self._lock:
             if self._teardown is None:
                 self._teardown = self._end(port_free)
             return self._teardown
 
-    def _end(self, port_free: Callable[[], bool]) -> Teardown:
+    def _end(self, port_free: Callable[[], bool]) -> TeardownRecord:
         if self._leader is None:
-            return Teardown(0.0, (), 0, 0, 0, None, True, None)
+            return TeardownRecord(
+                duration_s=0.0,
+                signals=(),
+                processes_signalled=0,
+                escaped=0,
+                remaining=0,
+                returncode=None,
+                port_free=True,
+                gpu_released=None,
+            )
         proc, pgid = self._leader, self._leader.pid
         t0 = self._clock()
         self._stopping.set()
@@ -176,7 +171,7 @@ class ProcessTree:
         freed = self._wait(port_free, PORT_FREE_WAIT_S)
         gpu_released = self._wait_gpu_release(ending.signalled)
         self.disarm()
-        teardown = Teardown(
+        teardown = TeardownRecord(
             duration_s=self._clock() - t0,
             signals=tuple(ending.signals),
             processes_signalled=len(ending.signalled),

@@ -11,39 +11,17 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.errors import ProfileError
 from orchestrator.expect import alternatives
 from orchestrator.gpu import CPU, VARIANT_NAMES
 from orchestrator.paths import models_dir, profile_search_path
-
-
-class ChatType(str, Enum):
-    """The chat types of vLLM's openai_chat_completion_client_for_multimodal.py."""
-
-    TEXT = "text-only"
-    SINGLE_IMAGE = "single-image"
-    MULTI_IMAGE = "multi-image"
-    VIDEO = "video"
-    AUDIO = "audio"
-    MULTI_AUDIO = "multi-audio"
-
-
-# How many items of which modality each chat type puts in one prompt.
-CHAT_TYPE_NEEDS: dict[ChatType, tuple[str, int] | None] = {
-    ChatType.TEXT: None,
-    ChatType.SINGLE_IMAGE: ("image", 1),
-    ChatType.MULTI_IMAGE: ("image", 2),
-    ChatType.VIDEO: ("video", 1),
-    ChatType.AUDIO: ("audio", 1),
-    ChatType.MULTI_AUDIO: ("audio", 2),
-}
 
 LOCAL_MODEL_PREFIX = "mmdemo:"
 
@@ -288,7 +266,7 @@ class Profile(_Frozen):
         """The settings, env and requirements for one variant (which must exist)."""
         if variant not in self.variants:
             raise ProfileError(
-                f"{self.origin}: profile {self.name!r} has no variant {variant!r}",
+                f"{self.label}: profile {self.name!r} has no variant {variant!r}",
                 hint=f"its variants: {', '.join(self.variants) or '(none)'}",
             )
         v = self.variants[variant]
@@ -303,7 +281,7 @@ class Profile(_Frozen):
         )
 
     @property
-    def origin(self) -> str:
+    def label(self) -> str:
         return self.path or self.name
 
     def min_gpu_memory_gib(self) -> float | None:
@@ -379,65 +357,65 @@ def load_profile(name_or_path: str, profiles_dir: str | None = None) -> Profile:
 
 def parse_profile_file(path: Path) -> Profile:
     """Parse and validate one YAML file into a Profile, or raise a one-line ProfileError."""
-    origin = str(path)
+    label = str(path)
     try:
         size = path.stat().st_size
         if size > MAX_PROFILE_BYTES:  # refused before reading: a profile is a few hundred bytes
-            raise ProfileError(_too_big(origin, size))
+            raise ProfileError(_too_big(label, size))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{origin}: cannot read profile: {exc}") from None
-    return parse_profile_text(text, origin, default_name=path.stem)
+        raise ProfileError(f"{label}: cannot read profile: {exc}") from None
+    return parse_profile_text(text, label, default_name=path.stem)
 
 
-def parse_profile_text(text: str, origin: str, default_name: str) -> Profile:
-    """Parse YAML text (named `origin` in messages) into a Profile."""
+def parse_profile_text(text: str, label: str, default_name: str) -> Profile:
+    """Parse YAML text (called `label` in messages: its file name) into a Profile."""
     if (size := len(text.encode("utf-8", "surrogatepass"))) > MAX_PROFILE_BYTES:
-        raise ProfileError(_too_big(origin, size))
+        raise ProfileError(_too_big(label, size))
     try:
-        _refuse_anchors(text, origin)
+        _refuse_anchors(text, label)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        _refuse_repeated_keys(node, origin, ())
+        _refuse_repeated_keys(node, label, ())
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}" if mark is not None else origin
+        where = f"{label}:{mark.line + 1}" if mark is not None else label
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ProfileError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise ProfileError(f"{origin}: a profile must be a mapping of keys, got {type(data).__name__}")
+        raise ProfileError(f"{label}: a profile must be a mapping of keys, got {type(data).__name__}")
     data.setdefault("name", default_name)
-    data["path"] = origin
-    _anchor_media(data, Path(origin).parent)
+    data["path"] = label
+    _anchor_media(data, Path(label).parent)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
         # Unknown keys first: a misspelled key often also makes a required key "missing".
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        raise ProfileError(_describe(errors[0], origin, node)) from None
+        raise ProfileError(_describe(errors[0], label, node)) from None
 
 
 MAX_PROFILE_BYTES = 1_000_000
 
 
-def _too_big(origin: str, size: int) -> str:
-    return f"{origin}: {size / 1e6:.1f} MB is not a profile: a profile may be at most 1 MB"
+def _too_big(label: str, size: int) -> str:
+    return f"{label}: {size / 1e6:.1f} MB is not a profile: a profile may be at most 1 MB"
 
 
-def _refuse_anchors(text: str, origin: str) -> None:
+def _refuse_anchors(text: str, label: str) -> None:
     """Refuse `&anchor` and `*alias`: 400 bytes of nested aliases expand into gigabytes of argv."""
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         name = getattr(event, "anchor", None)
         if name is not None:
             sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            where = f"{origin}:{event.start_mark.line + 1}" if event.start_mark else origin
+            where = f"{label}:{event.start_mark.line + 1}" if event.start_mark else label
             raise ProfileError(
                 f"{where}: YAML {'alias' if sign == '*' else 'anchor'} {sign}{name} is not "
                 "allowed in a profile (anchors and aliases can expand without bound): write the value out"
             )
 
 
-def _refuse_repeated_keys(node: yaml.Node | None, origin: str, path: tuple[str, ...]) -> None:
+def _refuse_repeated_keys(node: yaml.Node | None, label: str, path: tuple[str, ...]) -> None:
     """A key twice in one mapping is an error: YAML loaders silently keep the last one."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -447,15 +425,15 @@ def _refuse_repeated_keys(node: yaml.Node | None, origin: str, path: tuple[str, 
             if key is not None and key in seen:
                 dotted = ".".join((*path, key))
                 raise ProfileError(
-                    f"{origin}:{line}: key {dotted!r} appears twice in one mapping "
+                    f"{label}:{line}: key {dotted!r} appears twice in one mapping "
                     f"(lines {seen[key]} and {line}); keep one"
                 )
             if key is not None:
                 seen[key] = line
-            _refuse_repeated_keys(value_node, origin, (*path, key or "?"))
+            _refuse_repeated_keys(value_node, label, (*path, key or "?"))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _refuse_repeated_keys(item, origin, (*path, str(index)))
+            _refuse_repeated_keys(item, label, (*path, str(index)))
 
 
 def _anchor_media(data: dict[str, Any], base: Path) -> None:
@@ -474,7 +452,7 @@ def _anchor_media(data: dict[str, Any], base: Path) -> None:
             ]
 
 
-def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> str:
+def _describe(error: Mapping[str, Any], label: str, root: yaml.Node | None) -> str:
     loc = tuple(error["loc"])
     kind = error["type"]
     if kind != "extra_forbidden":  # an unknown key's location is the key itself, whatever its name
@@ -487,7 +465,7 @@ def _describe(error: Mapping[str, Any], origin: str, root: yaml.Node | None) -> 
         message = message[marked.end() :]
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(root, loc)
-    where = f"{origin}:{line}" if line else origin
+    where = f"{label}:{line}" if line else label
     if kind == "extra_forbidden":
         options = _fields_at(Profile, loc[:-1])
         return f"{where}: unknown key {key!r}{_did_you_mean(str(loc[-1]), options)}"
@@ -542,11 +520,11 @@ def _container_value(annotation: Any) -> Any:
     """The value type of dict[K, V] / tuple[V, ...] / list[V], looking through `| None`."""
     candidates = [annotation, *typing.get_args(annotation)]
     for candidate in candidates:
-        origin = typing.get_origin(candidate)
+        outer = typing.get_origin(candidate)
         args = typing.get_args(candidate)
-        if origin is dict and len(args) == 2:
+        if outer is dict and len(args) == 2:
             return args[1]
-        if origin in (tuple, list) and args:
+        if outer in (tuple, list) and args:
             return args[0]
     return None
 

@@ -1,8 +1,10 @@
-"""RunRecord: the one typed record of a run, written as report.json (schema version 2).
+"""RunRecord: the one typed record of a run, written as report.json (schema version 3).
 
 Every field report.json carries is declared here and nowhere else; the JSON Schema that
 `mmdemo report schema` prints (and the package ships) is generated from these models.
-Version-1 reports (before the typed record) are still read for `report diff`.
+Version-1 reports (before the typed record) and version 2 (a demo's way of sending its media was
+called `variant`, like the profile's GPU class; it is `delivery` since 3) are still read for
+`report diff`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import UsageError
 
-SCHEMA_VERSION: Literal[2] = 2
+SCHEMA_VERSION: Literal[3] = 3
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 Status = Literal["passed", "failed", "error", "interrupted"]
@@ -46,7 +48,7 @@ class DemoRecord(_Model):
 
     name: str
     chat_type: str
-    variant: str
+    delivery: str  # how the media were sent: url, base64, file, input_audio (text: text)
     status: DemoStatus
     verdict: Verdict = "answered"
     http_status: int | None = None
@@ -119,8 +121,10 @@ class DownloadRecord(_Model):
 
 
 class TeardownRecord(_Model):
+    """How the server's process tree ended; `remaining` must be 0."""
+
     duration_s: float
-    signals: list[str]
+    signals: tuple[str, ...]
     processes_signalled: int
     escaped: int
     remaining: int
@@ -149,7 +153,7 @@ class Summary(_Model):
 class RunRecord(_Model):
     """report.json."""
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     mmdemo_version: str
     status: Status = "failed"
     profile: str
@@ -207,7 +211,7 @@ def schema_text() -> str:
 
 
 class DiffDemo(BaseModel):
-    """What `report diff` needs of one demo, in either schema version."""
+    """What `report diff` needs of one demo, in any schema version."""
 
     model_config = ConfigDict(extra="ignore")
     name: str
@@ -217,17 +221,17 @@ class DiffDemo(BaseModel):
 
 
 class DiffReport(BaseModel):
-    """What `report diff` needs of a report, in either schema version."""
+    """What `report diff` needs of a report, in any schema version."""
 
     model_config = ConfigDict(extra="ignore")
-    schema_version: Literal[1, 2]
+    schema_version: Literal[1, 2, 3]
     profile: str
     status: str
     demos: list[DiffDemo]
 
 
 def load(run: str | Path) -> DiffReport:
-    """Read a run's report.json (a run directory or the file), schema version 1 or 2."""
+    """Read a run's report.json (a run directory or the file), schema version 1, 2 or 3."""
     path = Path(run)
     if path.is_dir():
         path = path / "report.json"
@@ -236,10 +240,10 @@ def load(run: str | Path) -> DiffReport:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}: not a readable mmdemo report ({exc})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version not in (1, 2):
-        raise UsageError(f"{path}: report schema {version!r}, expected 1 or 2")
+    if version not in (1, 2, 3):
+        raise UsageError(f"{path}: report schema {version!r}, expected 1, 2 or 3")
     try:
-        if version == 2:
+        if version == SCHEMA_VERSION:
             RunRecord.model_validate(data)
         return DiffReport.model_validate(data)
     except ValidationError as exc:

@@ -11,12 +11,10 @@ import contextlib
 import ctypes
 import enum
 import http.client
-import json
 import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from orchestrator import evidence
+from orchestrator import api, evidence
 from orchestrator.command import LaunchPlan, Redactor
 from orchestrator.errors import Interrupted, ServerError, describe_returncode
 from orchestrator.logscan import LogFollower
 from orchestrator.options import DEFAULTS
-from orchestrator.proctree import ProcessTree, Teardown
+from orchestrator.ports import connect_host, port_is_free
+from orchestrator.proctree import ProcessTree
+from orchestrator.record import TeardownRecord
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +129,6 @@ def seconds(value: float) -> str:
     if value >= 10:
         return f"{value:.0f} s"
     return f"{value:.2g} s"
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (a bind would succeed)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def connect_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to `host`."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 _LIVE: set[Server] = set()
@@ -298,10 +281,7 @@ class Server:
         answer = self.request("/v1/models", min(5.0, remaining_s))
         if answer is None or answer[0] != 200:
             return ()
-        try:
-            return tuple(str(m["id"]) for m in json.loads(answer[1])["data"])
-        except (ValueError, KeyError, TypeError):
-            return ()
+        return tuple(api.parse_models(answer[1]) or ())
 
     def wait_ready(
         self,
@@ -380,7 +360,7 @@ class Server:
         """Live processes of this server: its group and session, tagged ones, and descendants seen."""
         return self.tree.census()
 
-    def stop(self) -> Teardown:
+    def stop(self) -> TeardownRecord:
         """End the whole tree; idempotent. Never raises for processes that are already gone."""
         teardown = self.tree.end(port_free=lambda: port_is_free(self.plan.host, self.port))
         _LIVE.discard(self)

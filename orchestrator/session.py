@@ -1,7 +1,12 @@
-"""A session: the run, on one screen. `run`, `attach`, `serve` and each matrix cell go through it.
+"""A session: the run, on one screen. `run`, `attach` (`demo`), `serve` and each matrix cell go through it.
 
-    prepare the target -> open the record in a run directory -> start the media -> enter the target
-    (an endpoint) -> send the demos (or serve until stopped) -> leave the target -> close the record
+`run_session` lists every step in order; each takes what the one before returned (targets.py has
+the launch steps, one method each). The steps the next capabilities plug into:
+
+    prepare        resolve the profile (a profile file; a model's derived profile goes here)
+    preflight      refusals before anything starts
+    plan           the exact `vllm serve` command line (a budget check of the demos goes after it)
+    prepare_model  prefetch  launch (a container launcher goes here)  ready  demos  record  teardown
 
 A report is written whenever a run directory exists. Signals never raise inside arbitrary code:
 they set `Stop`, which every wait polls; a second signal hurries teardown.
@@ -10,148 +15,38 @@ they set `Stop`, which every wait polls; a second signal hurries teardown.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from orchestrator import render
+from orchestrator.background import background
 from orchestrator.command import Redactor
-from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError, UsageError
-from orchestrator.options import Options
+from orchestrator.context import Endpoint, Events, QuietEvents, Session, Stop, signals_to
+from orchestrator.demos import (
+    DEFAULT_ASSETS,
+    DemoRequest,
+    Media,
+    build_requests,
+    plain_http_client,
+    run_demos,
+    to_record,
+)
+from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError
+from orchestrator.media import AssetServer, AssetStore
+from orchestrator.options import DEFAULT_MAX_TOKENS, Options
+from orchestrator.paths import assets_dir
+from orchestrator.profile import Demo
 from orchestrator.record import ErrorRecord, RunRecord, Status, TimelineEvent
-from orchestrator.targets import Endpoint, Target
+from orchestrator.runs import make_run_dir, now_iso
+from orchestrator.targets import C, P, Prepared, R, Reach, S, Target
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-POLL_S = 0.05
-
-
-class Events(Protocol):
-    """What the CLI shows while a session goes on; the session itself never prints."""
-
-    def stage(self, name: str, detail: str = "") -> None: ...
-    def waiting(self, elapsed_s: float, phase: str) -> None: ...
-    def log_line(self, line: str) -> None: ...
-    def demo_done(self, result: Any) -> None: ...
-    def ready(self, endpoint: Endpoint, elapsed_s: float) -> None: ...
-    def download(self, key: str, done: int, total: int | None) -> None: ...
-    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]: ...
-
-
-class QuietEvents:
-    """Events that show nothing (tests, library use, matrix cells)."""
-
-    def stage(self, name: str, detail: str = "") -> None:
-        log.info("%s %s", name, detail)
-
-    def waiting(self, elapsed_s: float, phase: str) -> None:
-        pass
-
-    def log_line(self, line: str) -> None:
-        pass
-
-    def demo_done(self, result: Any) -> None:
-        pass
-
-    def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
-        pass
-
-    def download(self, key: str, done: int, total: int | None) -> None:
-        pass
-
-    def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
-        return contextlib.nullcontext(lambda done, total: None)
-
-
-class Stop:
-    """The request to end a session (a signal, or a matrix driver); every wait polls it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.received: list[str] = []
-        self._hurry: list[Callable[[], None]] = []
-
-    def request(self, reason: str) -> None:
-        """The first request stops the session; any later one skips what is left of teardown's grace."""
-        self.received.append(reason)
-        if self._event.is_set():
-            for hurry in list(self._hurry):
-                hurry()
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        """Raise Interrupted once a stop was requested."""
-        if self._event.is_set():
-            raise Interrupted(self.received[0] if self.received else "stop")
-
-    def sleep(self, seconds: float) -> None:
-        """Wait up to `seconds`; raise Interrupted as soon as a stop is requested."""
-        self._event.wait(seconds)
-        self.check()
-
-    def on_hurry(self, callback: Callable[[], None]) -> None:
-        self._hurry.append(callback)
-
-
-@contextlib.contextmanager
-def signals_to(stop: Stop) -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP request the stop (main thread only; elsewhere the owner does)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.request(signal.Signals(signum).name)
-
-    # A signal set to be ignored stays ignored: `nohup mmdemo run ...` must survive its SIGHUP.
-    watched = [
-        s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
-    ]
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in watched}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@dataclass
-class Session:
-    """What a target and the steps share: the record, the run directory, events, stop and clock."""
-
-    record: RunRecord
-    run_dir: Path
-    events: Events
-    stop: Stop
-    origin: float  # time.monotonic() when the command started
-    media_root: Path | None = None
-    redact: Redactor = field(default_factory=Redactor)
-
-    def now(self) -> float:
-        return time.monotonic() - self.origin
-
-    def mark(self, event: str) -> None:
-        """Add a moment to the record's timeline."""
-        self.record.timeline.append(TimelineEvent(event=event, at_s=round(self.now(), 3)))
-
-    def wait(self, future: Future[T]) -> T:
-        """The future's result, raising Interrupted as soon as a stop is requested."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                return future.result(timeout=POLL_S)
-            self.stop.check()
 
 
 @dataclass
@@ -168,34 +63,31 @@ Serve = Callable[[Endpoint, Session], None]
 
 
 def run_session(
-    target: Target,
+    target: Target[S, C, P, R],
     options: Options,
     events: Events | None = None,
     *,
     stop: Stop | None = None,
     serve: Serve | None = None,
-    origin: float | None = None,
+    t0: float | None = None,
 ) -> Outcome:
     """The run: demos against the target's endpoint (or `serve` until stopped); always a record."""
-    from orchestrator import demos
-
-    events = events or QuietEvents()
-    stop = stop or Stop()
-    origin = time.monotonic() if origin is None else origin
+    events, stop = events or QuietEvents(), stop or Stop()
     with signals_to(stop):
         prepared = target.prepare(now_iso())  # refusals here leave no run directory behind
-        run_dir = options.run_dir or make_run_dir(options.runs_dir, prepared.record.profile)
-        session = Session(prepared.record, run_dir, events, stop, origin)
-        events.stage(
-            "profile", f"{prepared.record.profile} on {prepared.record.variant}; run directory {run_dir}"
-        )
-        session.record.timeline.append(TimelineEvent(event="command start", at_s=0.0))
-        error: MMDemoError | None = None
+        session = open_session(prepared, options, events, stop, time.monotonic() if t0 is None else t0)
+        redact, error = Redactor(), None
         try:
-            with (
-                demos.MediaStep.start(session, prepared, options, enabled=serve is None) as media,
-                target.enter(session) as endpoint,
-            ):
+            with contextlib.ExitStack() as teardown:  # leaving it tears the server down, whatever happened
+                media = teardown.enter_context(start_media(session, prepared, options, serve is None))
+                checked = target.preflight(session, prepared.spec)
+                plan = target.plan(session, checked, media.root)
+                plan = target.prepare_model(session, plan)
+                plan = target.prefetch(session, plan)
+                running = teardown.enter_context(target.launch(session, plan))
+                redact = running.redact
+                endpoint = target.ready(session, running)
+                gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
                 if serve is not None:
                     serve(endpoint, session)
                 else:
@@ -207,16 +99,23 @@ def run_session(
             error = InternalError(exc)
         if stop.received and not isinstance(error, Interrupted):
             error = Interrupted(stop.received[0])
-        return close_record(session, error)  # still under the handlers: a signal cannot cut it short
+        return close_record(session, error, redact)  # still under the handlers: a signal cannot cut it short
 
 
-def send_demos(session: Session, endpoint: Endpoint, requests: list[Any], options: Options) -> None:
+def open_session(prepared: Prepared[Any], options: Options, events: Events, stop: Stop, t0: float) -> Session:
+    """The run directory and the record's first moment."""
+    record = prepared.record
+    run_dir = options.run_dir or make_run_dir(options.runs_dir, record.profile)
+    events.stage("profile", f"{record.profile} on {record.variant}; run directory {run_dir}")
+    record.timeline.append(TimelineEvent(event="command start", at_s=0.0))
+    return Session(record, run_dir, events, stop, t0)
+
+
+def send_demos(session: Session, endpoint: Endpoint, requests: list[DemoRequest], options: Options) -> None:
     """Send every request, record each result, and check the server survived them."""
-    from orchestrator import demos
-
     session.events.stage("demos", f"{len(requests)} requests to {endpoint.model}")
     started = time.monotonic()
-    results = demos.run_demos(
+    results = run_demos(
         requests,
         base_url=endpoint.base_url,
         api_key=endpoint.api_key,
@@ -228,12 +127,12 @@ def send_demos(session: Session, endpoint: Endpoint, requests: list[Any], option
     )
     session.stop.check()
     session.record.demos_wall_s = round(time.monotonic() - started, 3)
-    session.record.demos = [demos.to_record(result, started) for result in results]
+    session.record.demos = [to_record(result, started) for result in results]
     session.mark("demos done")
     endpoint.check("during the demos")
 
 
-def close_record(session: Session, error: MMDemoError | None) -> Outcome:
+def close_record(session: Session, error: MMDemoError | None, redact: Redactor) -> Outcome:
     """The verdict (a failed demo when nothing worse happened), written redacted to the run directory."""
     record = session.record
     record.summary = record.summarize()
@@ -242,26 +141,9 @@ def close_record(session: Session, error: MMDemoError | None) -> Outcome:
     record.status = status_of(error)
     record.error = error_record(error) if error and not isinstance(error, DemoFailed) else None
     record.finished_at = now_iso()
-    clean = RunRecord.model_validate(session.redact.data(record.model_dump()))
+    clean = RunRecord.model_validate(redact.data(record.model_dump()))
     render.write_all(session.run_dir, clean)
     return Outcome(clean, session.run_dir, error.exit_code if error else 0, error)
-
-
-def make_run_dir(runs_dir: Path, name: str) -> Path:
-    """runs/<timestamp>-<name>, unique even for two runs in the same second."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = runs_dir / (f"{stamp}-{name}" + (f"-{n}" if n else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UsageError(
-                f"cannot create a run directory under {runs_dir}: {exc.strerror or exc}"
-            ) from None
-    raise UsageError(f"cannot create a run directory under {runs_dir}")
 
 
 def error_record(error: MMDemoError) -> ErrorRecord:
@@ -285,5 +167,88 @@ def status_of(error: MMDemoError | None) -> Status:
     return "error"
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+# -- media, prepared while the server starts -------------------------------------------------------
+
+
+class MediaStep:
+    """The demo requests and their media, built in the background while vLLM loads."""
+
+    def __init__(
+        self, session: Session, future: Future[list[DemoRequest]] | None, reach: Reach, root: Path | None
+    ) -> None:
+        self.session = session
+        self.future = future
+        self.reach = reach
+        self.root = root  # the directory file:// media come from, for --allowed-local-media-path
+
+    def requests(self) -> list[DemoRequest]:
+        """The requests, once their media are ready; those the server cannot reach are left out."""
+        assert self.future is not None, "no media in serve mode"
+        built = self.session.wait(self.future)
+        skipped = [r.name for r in built if not self._reachable(r)]
+        if skipped:
+            self.session.record.notes.append(
+                f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
+            )
+        chosen = [r for r in built if r.name not in skipped]
+        self.session.events.stage("assets", provenance_summary(chosen))
+        return chosen
+
+    def _reachable(self, request: DemoRequest) -> bool:
+        if request.delivery == "file":  # needs --allowed-local-media-path on our cache
+            return self.reach.files
+        if request.delivery == "url" and not self.reach.loopback:
+            return all(a.source_url for a in request.assets)
+        return True
+
+
+@contextlib.contextmanager
+def start_media(
+    session: Session, prepared: Prepared[Any], options: Options, enabled: bool
+) -> Iterator[MediaStep]:
+    """Start building the requests (downloads included); the asset server serves media until the end."""
+    if not enabled:  # `serve` sends no demos
+        yield MediaStep(session, None, prepared.reach, None)
+        return
+    store = AssetStore(
+        options.cache_dir or assets_dir(),
+        offline=options.offline,
+        on_progress=session.events.download,
+        mirror=options.environment.asset_mirror,
+        budget_s=options.media_budget_s,
+    )
+    demos = prepared.demos
+    if not prepared.check_expectations:  # random weights: an answer is all there is to expect
+        demos = tuple(d.model_copy(update={"expect": ()}) for d in demos)
+    with AssetServer(store.root) as assets:
+        # A server on this machine fetches URL media from our loopback asset server; a remote one (another
+        # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
+        url = assets.url_for if prepared.reach.loopback else (lambda a: a.source_url or assets.url_for(a))
+        future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
+        future.add_done_callback(
+            lambda done: None if done.cancelled() or done.exception() else session.mark("media ready")
+        )
+        try:
+            yield MediaStep(session, future, prepared.reach, store.root if prepared.reach.files else None)
+        finally:
+            future.cancel()
+            session.record.asset_server_requests = assets.requests_served
+
+
+def _warm_then_build(demos: Sequence[Demo], media: Media) -> list[DemoRequest]:
+    """Import the openai SDK and its HTTP transport (~0.6 s on 2 slow cores) while vLLM starts, fetch the
+    media in parallel, build the requests."""
+    with contextlib.suppress(Exception):
+        plain_http_client().close()  # the SDK, and its transport's modules that load on first use
+    media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
+    return build_requests(demos, media, DEFAULT_MAX_TOKENS)
+
+
+def provenance_summary(requests: Sequence[DemoRequest]) -> str:
+    """'6 media: 4 cached, 2 synthetic' for the terminal."""
+    seen = {a.key: a.provenance for r in requests for a in r.assets}
+    counts: dict[str, int] = {}
+    for provenance in seen.values():
+        counts[provenance] = counts.get(provenance, 0) + 1
+    detail = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    return f"{len(seen)} media: {detail}" if seen else "no media"

@@ -1,8 +1,13 @@
-"""Targets of a session: a server mmdemo launches, or one already running; each yields an Endpoint.
+"""Targets of a session: a server mmdemo launches, or one already running.
 
-`prepare()` does what needs no run directory (load the profile, pick the variant and demos; for an
-attached server, list its models) and may refuse with a usage error; `enter()` is a context manager
-that brings the endpoint up and, for a launched server, always tears it down.
+A target is the launch path cut into the steps `session.run_session` lists, each taking what the
+one before returned:
+
+    prepare (resolve the profile, the variant, the demos) -> preflight -> plan -> prepare the model
+    -> prefetch -> launch (a context: leaving it tears down) -> ready (an Endpoint)
+
+`Launched` does each; `Attached` (a server already up) has nothing to check, plan, build, fetch or
+launch, so each of its steps hands the server on. Refusals in `prepare` leave no run directory.
 """
 
 from __future__ import annotations
@@ -12,36 +17,30 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import platform
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from orchestrator import gpu as gpu_mod
-from orchestrator import models, preflight
+from orchestrator import models, ports, preflight
+from orchestrator.api import list_models
 from orchestrator.background import background
-from orchestrator.command import Redactor, build_plan, quick_start, with_dummy_weights
+from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
+from orchestrator.command import LaunchPlan, Redactor, build_plan, quick_start, with_dummy_weights
+from orchestrator.context import Endpoint, Session
 from orchestrator.errors import ServerError, UsageError
-from orchestrator.options import DEFAULT_MAX_TOKENS, Environment, Options
-from orchestrator.profile import CHAT_TYPE_NEEDS, ChatType, Demo, Profile, ResolvedProfile, load_profile
-from orchestrator.record import (
-    DownloadRecord,
-    MachineRecord,
-    PhaseSpan,
-    RunRecord,
-    ServerRecord,
-    TeardownRecord,
-    VllmRecord,
-)
-
-if TYPE_CHECKING:
-    from orchestrator.session import Session
+from orchestrator.options import DEFAULT_MAX_TOKENS, Options
+from orchestrator.profile import Demo, Profile, ResolvedProfile, load_profile
+from orchestrator.record import DownloadRecord, MachineRecord, PhaseSpan, RunRecord, ServerRecord, VllmRecord
+from orchestrator.runs import mmdemo_version
+from orchestrator.server import Server
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RANDOM_MODEL_NOTE = (
     "This is a tiny model with random weights: its answers are gibberish. The verdict rests on the "
@@ -53,40 +52,48 @@ DUMMY_WEIGHTS_NOTE = (
     "checks memory fit, context budget and start-up; its answers mean nothing, so the verdict is 'answered'."
 )
 
+S = TypeVar("S")  # what `prepare` resolved, handed to preflight
+C = TypeVar("C")  # what preflight checked, handed to plan
+P = TypeVar("P")  # the plan, handed to the model, the prefetch and the launch
+R = TypeVar("R", bound="Running")  # what is running, handed to `ready`
+
 
 @dataclass(frozen=True)
 class Reach:
-    """What media the server can fetch: our loopback origin (same machine) and file:// from our cache."""
+    """What media the server can fetch: our loopback asset server (same machine) and file:// from our cache."""
 
     loopback: bool
     files: bool
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A server ready for requests."""
-
-    base_url: str
-    api_key: str
-    model: str
-    check: Callable[[str], None] = lambda when: None  # raises ServerError once the server is dead
-
-
 @dataclass
-class Prepared:
-    """What a target knows before anything starts: the record's skeleton and the demos to send."""
+class Prepared(Generic[S]):
+    """What a target knows before anything starts: the record's skeleton, the demos, and its own spec."""
 
     record: RunRecord
     demos: tuple[Demo, ...]
     reach: Reach
+    spec: S
     check_expectations: bool = True
 
 
-class Target(Protocol):
-    """A launched or an attached server."""
+class Running(Protocol):
+    """A server that is up (or being brought up): the secrets its record and log must not show."""
 
-    def prepare(self, started_at: str) -> Prepared: ...
-    def enter(self, session: Session) -> contextlib.AbstractContextManager[Endpoint]: ...
+    @property
+    def redact(self) -> Redactor: ...
+
+
+class Target(Protocol[S, C, P, R]):
+    """A launched or an attached server, as the steps of a session."""
+
+    def prepare(self, started_at: str) -> Prepared[S]: ...
+    def preflight(self, session: Session, spec: S) -> C: ...
+    def plan(self, session: Session, checked: C, media_root: Path | None) -> P: ...
+    def prepare_model(self, session: Session, plan: P) -> P: ...
+    def prefetch(self, session: Session, plan: P) -> P: ...
+    def launch(self, session: Session, plan: P) -> contextlib.AbstractContextManager[R]: ...
+    def ready(self, session: Session, running: R) -> Endpoint: ...
 
 
 # -- demos of a profile --------------------------------------------------------------------------
@@ -124,8 +131,6 @@ def with_max_tokens(demos: tuple[Demo, ...], options: Options) -> tuple[Demo, ..
 
 def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
     """CPU, cores, Python and accelerators, for the report."""
-    import platform
-
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -144,17 +149,46 @@ def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
     )
 
 
-def mmdemo_version() -> str:
-    """The installed mmdemo's version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mmdemo")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 # -- launched -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What `prepare` resolved: the profile's variant as this run adjusts it, the GPUs, vLLM's version."""
+
+    resolved: ResolvedProfile
+    gpus: tuple[gpu_mod.Gpu, ...]
+    version: Future[preflight.VllmInfo]  # read in the background; checked once the server is launched
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What preflight found: the spec, the vLLM command, the environment `${VAR}`s resolve against."""
+
+    spec: LaunchSpec
+    vllm_path: str
+    user_env: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The exact `vllm serve` command line and environment, with what it was made from."""
+
+    spec: LaunchSpec
+    command: LaunchPlan
+    vllm_path: str
+
+
+@dataclass
+class Launch:
+    """The launched server and its plan: what `ready` waits on."""
+
+    server: Server
+    planned: Planned
+
+    @property
+    def redact(self) -> Redactor:
+        return self.server.redact
 
 
 class Launched:
@@ -170,22 +204,18 @@ class Launched:
         self.options = options
         self._probe_gpus = probe_gpus
         self._environ = dict(os.environ if environ is None else environ)
-        self._version: Future[preflight.VllmInfo] | None = None
-        self.resolved: ResolvedProfile | None = None
-        self.gpus: list[gpu_mod.Gpu] = []
-        self.quick_flags: tuple[str, ...] = ()
 
-    def prepare(self, started_at: str) -> Prepared:
-        """Load the profile, start reading vLLM's version, pick the variant and the demos."""
+    def prepare(self, started_at: str) -> Prepared[LaunchSpec]:
+        """Resolve the profile, start reading vLLM's version, pick the variant and the demos."""
         opts = self.options
         if opts.profile is None:
             raise UsageError("a profile is required")
         profile = load_profile(opts.profile, opts.profiles_dir)
-        # Reading vLLM's version takes a subprocess (seconds): start it now, collect it in preflight.
-        self._version = background(preflight.vllm_version, opts.vllm_bin)
-        self.gpus = [] if opts.gpu == gpu_mod.CPU else list(self._probe_gpus())  # cpu: no NVML to ask
-        variant = preflight.choose_variant(profile, opts.gpu, self.gpus)
-        self.resolved = resolved = self._adjusted(profile.resolve(variant))
+        # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
+        version = background(preflight.vllm_version, opts.vllm_bin)
+        gpus = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
+        variant = preflight.choose_variant(profile, opts.gpu, gpus)
+        resolved, quick_flags = self._adjusted(profile.resolve(variant))
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
             name
@@ -201,36 +231,74 @@ class Launched:
             model_path=profile.model_path,
             served_model_name=profile.served_model_name or profile.model,
             flags=flags,
-            machine=machine_info(self.gpus),
+            machine=machine_info(gpus),
             started_at=started_at,
         )
         if profile.local_model is not None:
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:
             record.notes.append(DUMMY_WEIGHTS_NOTE)
-        if self.quick_flags:
-            record.notes.append(f"--quick-start added {', '.join(self.quick_flags)}.")
+        if quick_flags:
+            record.notes.append(f"--quick-start added {', '.join(quick_flags)}.")
         random_weights = profile.local_model is not None or opts.dummy_weights
         return Prepared(
-            record, demos, Reach(loopback=True, files=True), check_expectations=not random_weights
+            record,
+            demos,
+            Reach(loopback=True, files=True),
+            LaunchSpec(resolved, gpus, version),
+            check_expectations=not random_weights,
         )
 
-    def _adjusted(self, resolved: ResolvedProfile) -> ResolvedProfile:
+    def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
         """The variant's serve settings with what the run options add (--dummy-weights, --quick-start)."""
         serve = resolved.serve
+        added: tuple[str, ...] = ()
         if self.options.dummy_weights:
             serve = with_dummy_weights(serve, f"profile {resolved.profile.name!r}")
         if self.options.quick_start:
-            serve, self.quick_flags = quick_start(serve)
-        return dataclasses.replace(resolved, serve=serve)
+            serve, added = quick_start(serve)
+        return dataclasses.replace(resolved, serve=serve), added
 
-    def _prefetch(self, session: Session) -> None:
+    def preflight(self, session: Session, spec: LaunchSpec) -> Checked:
+        """Refuse what cannot run here (the variant, the GPUs, vLLM itself) before anything starts."""
+        session.events.stage("preflight", "vLLM, port, GPU memory, tokens")
+        preflight.check_variant(spec.resolved)
+        preflight.check_gpus(spec.resolved, spec.gpus)
+        vllm_path = preflight.find_vllm(self.options.vllm_bin)  # its version is read meanwhile
+        return Checked(spec, vllm_path, preflight.user_env(self._environ))
+
+    def plan(self, session: Session, checked: Checked, media_root: Path | None) -> Planned:
+        """The exact command line: a free (or the asked, unheld) port; refused if it needs unset `${VAR}`s."""
+        opts, resolved = self.options, checked.spec.resolved
+        command = build_plan(
+            resolved,
+            vllm_bin=checked.vllm_path,
+            host=opts.host,
+            port=ports.choose_port(opts.host, opts.port),
+            media_dir=str(media_root.resolve()) if media_root else None,
+            user_env=checked.user_env,
+            extra_env=opts.server_env,
+        )
+        preflight.check_env(resolved, command.missing_env, checked.user_env)
+        return Planned(checked.spec, command, checked.vllm_path)
+
+    def prepare_model(self, session: Session, plan: Planned) -> Planned:
+        """Build a tiny model that is not built yet; a local model directory must hold a config."""
+        local_model = plan.spec.resolved.profile.local_model
+        if local_model and not models.is_built(local_model):
+            session.events.stage("model", f"building tiny model {local_model}")
+            models.build(local_model, plan.vllm_path)
+        preflight.check_model(plan.spec.resolved)
+        session.mark("preflight done")
+        return plan
+
+    def prefetch(self, session: Session, plan: Planned) -> Planned:
         """Download a hub model's snapshot before launch, with progress; refuse what cannot fit."""
-        from orchestrator import prefetch
+        from orchestrator import prefetch  # deferred: tqdm and huggingface_hub, for hub models only
 
-        model = self.resolved.profile.model_path if self.resolved else ""
+        model = plan.spec.resolved.profile.model_path
         if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
-            return
+            return plan
         hub = prefetch.plan(model)
         prefetch.check_disk(hub)
         if hub.missing_bytes:
@@ -245,88 +313,67 @@ class Launched:
             path=str(fetched.path),
         )
         session.mark("weights ready")
+        return plan
 
     @contextlib.contextmanager
-    def enter(self, session: Session) -> Iterator[Endpoint]:
-        """Preflight, launch, wait until ready; yield the endpoint; tear the whole tree down, always."""
-        from orchestrator.server import Server
-
-        assert self.resolved is not None, "prepare() first"
-        assert self._version is not None
-        opts, resolved, record, events = self.options, self.resolved, session.record, session.events
-        events.stage("preflight", "vLLM, port, GPU memory, tokens")
-        preflight.check_variant(resolved)
-        port = preflight.choose_port(opts.host, opts.port)
-        preflight.check_gpus(resolved, self.gpus)
-        vllm_path = preflight.find_vllm(opts.vllm_bin)  # its version is read meanwhile, checked below
-        user_env = preflight.user_env(self._environ)
-        plan = build_plan(
-            resolved,
-            vllm_bin=vllm_path,
-            host=opts.host,
-            port=port,
-            media_dir=str(session.media_root.resolve()) if session.media_root else None,
-            user_env=user_env,
-            extra_env=opts.server_env,
-        )
-        preflight.check_env(resolved, plan.missing_env, user_env)
-        local_model = resolved.profile.local_model
-        if local_model and not models.is_built(local_model):
-            events.stage("model", f"building tiny model {local_model}")
-            models.build(local_model, vllm_path)
-        preflight.check_model(resolved)
-        session.mark("preflight done")
-        self._prefetch(session)
+    def launch(self, session: Session, plan: Planned) -> Iterator[Launch]:
+        """Start `vllm serve`; on leaving, tear its whole process tree down, always."""
         session.stop.check()
+        opts, command, record = self.options, plan.command, session.record
         server = Server(
-            plan,
+            command,
             log_path=session.run_dir / "server.log",
             api_key=opts.api_key,
             grace_s=opts.grace_s,
-            gpu_pids=None if resolved.is_cpu else gpu_mod.pids_using_gpus,
+            gpu_pids=None if plan.spec.resolved.is_cpu else gpu_mod.pids_using_gpus,
         )
-        session.redact = server.redact
         session.stop.on_hurry(server.hurry)
         record.server = ServerRecord(
             base_url=server.base_url,
-            command=plan.shell_with_env().replace(plan.argv[0], Path(plan.argv[0]).name, 1),
+            command=command.shell_with_env().replace(command.argv[0], Path(command.argv[0]).name, 1),
             argv=server.display_argv,
-            env=dict(plan.display_env),
+            env=dict(command.display_env),
             log="server.log",
         )
         try:
-            events.stage("launch", plan.shell())
+            session.events.stage("launch", command.shell())
             server.start()
             session.mark("launch")
             record.server.pid = server.pid  # also its process group and session id
-            # Launched first, checked while it loads: a refused version tears the server down at once.
-            info = session.wait(self._version)
-            record.vllm = VllmRecord(version=info.version, path=info.path)
-            preflight.check_version(info, resolved)
-            timeout = opts.timeout_s or resolved.ready_timeout_s
-            ready = server.wait_ready(
-                timeout, on_tick=events.waiting, on_log=events.log_line, cancelled=session.stop.is_set
-            )
-            session.mark("server ready")
-            record.server.ready_s = round(ready.elapsed_s, 3)
-            record.server.models = list(ready.models)
-
-            def check(when: str) -> None:
-                if (death := server.health_problem()) is not None:
-                    raise server.failure(f"vllm serve died {when} ({death})")
-
-            endpoint = Endpoint(server.base_url, server.api_key, plan.served_model_name, check)
-            events.ready(endpoint, ready.elapsed_s)
-            yield endpoint
+            yield Launch(server, plan)
         finally:
-            events.stage("teardown", f"grace {opts.grace_s:g} s")
+            session.events.stage("teardown", f"grace {opts.grace_s:g} s")
             end = time.monotonic()
-            record.teardown = TeardownRecord(**asdict(server.stop()))
+            record.teardown = server.stop()
             if server.started_at is not None:
                 spans = server.follower.spans(server.started_at, server.ready_at or end)
                 record.startup = [PhaseSpan(phase=p, start_s=a, end_s=b) for p, a, b in spans]
             server.redact_log()
             session.mark("teardown done")
+
+    def ready(self, session: Session, running: Launch) -> Endpoint:
+        """vLLM's version checked (a refused one tears down at once), then wait until it serves."""
+        server, spec, record = running.server, running.planned.spec, session.record
+        info = session.wait(spec.version)
+        record.vllm = VllmRecord(version=info.version, path=info.path)
+        preflight.check_version(info, spec.resolved)
+        ready = server.wait_ready(
+            self.options.timeout_s or spec.resolved.ready_timeout_s,
+            on_tick=session.events.waiting,
+            on_log=session.events.log_line,
+            cancelled=session.stop.is_set,
+        )
+        session.mark("server ready")
+        record.server.ready_s = round(ready.elapsed_s, 3)
+        record.server.models = list(ready.models)
+
+        def check(when: str) -> None:
+            if (death := server.health_problem()) is not None:
+                raise server.failure(f"vllm serve died {when} ({death})")
+
+        endpoint = Endpoint(server.base_url, server.api_key, running.planned.command.served_model_name, check)
+        session.events.ready(endpoint, ready.elapsed_s)
+        return endpoint
 
 
 # -- attached -------------------------------------------------------------------------------------
@@ -352,55 +399,78 @@ def is_loopback(base_url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Remote:
+    """A server already running, as `prepare` found it."""
+
+    base_url: str
+    api_key: str
+    model: str
+
+    @property
+    def redact(self) -> Redactor:
+        return Redactor([self.api_key] if self.api_key != "EMPTY" else [])
+
+
 class Attached:
     """A server already running: mmdemo neither launches nor stops it."""
 
     def __init__(self, options: Options, chat_types: Sequence[ChatType] = ()) -> None:
         self.options = options
         self.chat_types = tuple(chat_types)
-        self.model = ""
-        self.api_key = ""
-        self.base_url = ""
 
-    def prepare(self, started_at: str) -> Prepared:
+    def prepare(self, started_at: str) -> Prepared[Remote]:
         """List the server's models (no run directory before there is a server), pick the demos."""
-        from orchestrator.demos import list_models
-
         opts = self.options
         assert opts.base_url, "Attached needs a base URL"
-        self.base_url = normalise_base_url(opts.base_url)
-        self.api_key = opts.api_key or Environment.read().api_key or "EMPTY"
+        base_url = normalise_base_url(opts.base_url)
+        api_key = opts.api_key or opts.environment.api_key or "EMPTY"
         profile = load_profile(opts.profile, opts.profiles_dir) if opts.profile else None
         if profile:
             demos = select_demos(profile, opts.only)
         else:
             demos = tuple(Demo(chat_type=c) for c in (opts.only or self.chat_types or tuple(ChatType)))
-        served = list_models(self.base_url, self.api_key)
+        served = list_models(base_url, api_key)
         if not served:
-            raise ServerError(f"{self.base_url}/models lists no model")
+            raise ServerError(f"{base_url}/models lists no model")
         wanted = (profile.served_model_name or profile.model) if profile else None
-        self.model = wanted if wanted in served else served[0]
+        model = wanted if wanted in served else served[0]
         record = RunRecord(
             mmdemo_version=mmdemo_version(),
             profile=profile.name if profile else "attached",
             profile_path=profile.path if profile else None,
             variant="attached",
-            model=self.model,
-            served_model_name=self.model,
+            model=model,
+            served_model_name=model,
             machine=machine_info([]),
-            server=ServerRecord(base_url=self.base_url, attached=True, models=served),
+            server=ServerRecord(base_url=base_url, attached=True, models=served),
             started_at=started_at,
             notes=["Attached to a running server: mmdemo neither launched nor stopped it."],
         )
         return Prepared(
             record,
             with_max_tokens(demos, opts),
-            Reach(loopback=is_loopback(self.base_url), files=False),
+            Reach(loopback=is_loopback(base_url), files=False),
+            Remote(base_url, api_key, model),
             check_expectations=profile is not None and profile.local_model is None,
         )
 
-    @contextlib.contextmanager
-    def enter(self, session: Session) -> Iterator[Endpoint]:
-        """The server is already up."""
-        session.redact = Redactor([self.api_key] if self.api_key != "EMPTY" else [])
-        yield Endpoint(self.base_url, self.api_key, self.model)
+    # The server is up already: nothing to check, plan, build, fetch or launch; each step hands it on.
+
+    def preflight(self, session: Session, spec: Remote) -> Remote:
+        return spec
+
+    def plan(self, session: Session, checked: Remote, media_root: Path | None) -> Remote:
+        return checked
+
+    def prepare_model(self, session: Session, plan: Remote) -> Remote:
+        return plan
+
+    def prefetch(self, session: Session, plan: Remote) -> Remote:
+        return plan
+
+    def launch(self, session: Session, plan: Remote) -> contextlib.AbstractContextManager[Remote]:
+        return contextlib.nullcontext(plan)
+
+    def ready(self, session: Session, running: Remote) -> Endpoint:
+        return Endpoint(running.base_url, running.api_key, running.model)

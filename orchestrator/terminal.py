@@ -7,7 +7,6 @@ Only the CLI talks to the terminal, through this module; every text from outside
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import shlex
@@ -19,8 +18,8 @@ from orchestrator.errors import MMDemoError, ServerError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from orchestrator.context import Endpoint
     from orchestrator.session import Outcome
-    from orchestrator.targets import Endpoint
 
 
 def console(stderr: bool = False) -> Console:
@@ -74,7 +73,6 @@ class TerminalEvents:
             print(f"  | {visible(line)}", flush=True)
 
     def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
-        gc.enable()  # the imports are done; a long run or `serve` should collect as usual
         self._stop_status()
         self.console.print(f"[green]ready[/]    in {elapsed_s:.1f} s at {esc(endpoint.base_url)}")
 

@@ -31,7 +31,7 @@ class ServeCheck:
 
     @property
     def key(self) -> str:
-        return f"{self.profile.origin}::{self.variant}"
+        return f"{self.profile.label}::{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Verdict:
 
     def line(self, version: str) -> str:
         """One line naming the profile file, the variant and vLLM's reason (which names the flag)."""
-        where = f"{self.check.profile.origin}: variant {self.check.variant}"
+        where = f"{self.check.profile.label}: variant {self.check.variant}"
         if self.ok:
             return f"{where}: accepted by vLLM {version}"
         return f"{where}: vLLM {version} refuses the command line ({self.stage}): {self.error}"

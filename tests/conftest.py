@@ -122,7 +122,7 @@ def every_report_validates(request: pytest.FixtureRequest) -> Iterator[None]:
     for path in root.rglob("report.json"):
         with contextlib.suppress(ValueError):  # tests that corrupt a report on purpose name it otherwise
             data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and data.get("schema_version") == 2:
+            if isinstance(data, dict) and data.get("schema_version") == 3:
                 problems = schema_problems(data)
                 assert not problems, f"{path} does not match report.schema.json: {problems[:3]}"
 

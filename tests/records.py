@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.demos import DEFAULT_ASSETS, PROMPTS, VARIANTS
+from orchestrator.demos import DEFAULT_ASSETS, DELIVERIES, PROMPTS
 from orchestrator.media import AssetStore
 from orchestrator.record import (
     AssetRecord,
@@ -58,16 +58,16 @@ def asset_record(store: AssetStore, key: str) -> AssetRecord:
 
 
 def demo_records(store: AssetStore) -> list[DemoRecord]:
-    """One passed demo per chat type and variant, as a run of cpu-tiny-omni records them."""
+    """One passed demo per chat type and delivery, as a run of cpu-tiny-omni records them."""
     demos = []
-    for index, (chat_type, variants) in enumerate(VARIANTS.items()):
+    for index, (chat_type, deliveries) in enumerate(DELIVERIES.items()):
         assets = [asset_record(store, key) for key in DEFAULT_ASSETS[chat_type]]
-        for variant in variants:
+        for delivery in deliveries:
             demos.append(
                 DemoRecord(
-                    name=f"{chat_type.value}/{variant}",
+                    name=f"{chat_type.value}/{delivery}",
                     chat_type=chat_type.value,
-                    variant=variant,
+                    delivery=delivery,
                     status="passed",
                     http_status=200,
                     latency_s=0.3 + 0.02 * len(demos),

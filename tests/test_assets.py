@@ -87,7 +87,7 @@ def content(key: str, size: int = 4096) -> bytes:
 
 
 def store(root: Path, origin: Origin, **kwargs: Any) -> AssetStore:
-    return AssetStore(root, offline=False, origin=origin.url, backoff_s=0.0, **kwargs)
+    return AssetStore(root, offline=False, mirror=origin.url, backoff_s=0.0, **kwargs)
 
 
 def sha(data: bytes) -> str:
@@ -241,14 +241,14 @@ def test_a_server_error_is_retried_then_falls_back_to_synthetic(tmp_path: Path, 
 def test_an_unreachable_origin_falls_back_to_synthetic(tmp_path: Path) -> None:
     dead = Origin()
     dead.server.server_close()  # a port that refuses connections
-    asset = AssetStore(tmp_path, origin=dead.url, backoff_s=0.0, tries=2).get("image")
+    asset = AssetStore(tmp_path, mirror=dead.url, backoff_s=0.0, tries=2).get("image")
     assert asset.provenance == "synthetic"
 
 
 def test_offline_uses_the_cache_or_synthesises_without_any_request(tmp_path: Path, origin: Origin) -> None:
     origin.serve("duck", content("duck"))
     store(tmp_path, origin).get("duck")
-    offline = AssetStore(tmp_path, offline=True, origin=origin.url)
+    offline = AssetStore(tmp_path, offline=True, mirror=origin.url)
     assert offline.get("duck").provenance == "cache"
     lion = offline.get("lion")
     assert lion.provenance == "synthetic"

@@ -42,7 +42,7 @@ def test_timeline_bars_run_from_the_moment_before() -> None:
 
 def test_demo_bars_hold_ttft_and_mark_failures() -> None:
     demo = DemoRecord(
-        name="audio/url", chat_type="audio", variant="url", status="passed", latency_s=2.0, ttft_s=0.5,
+        name="audio/url", chat_type="audio", delivery="url", status="passed", latency_s=2.0, ttft_s=0.5,
         answer="x", started_s=0.0,
     )  # fmt: skip
     failed = demo.model_copy(update={"name": "video/url", "status": "failed", "ttft_s": None})

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from orchestrator.api import list_models
 from orchestrator.demos import (
     DemoRequest,
     DemoResult,
     Media,
     build_requests,
-    list_models,
     redacted,
     run_demos,
 )
@@ -75,7 +75,7 @@ def test_one_request_per_chat_type_and_variant_in_the_examples_order(built: dict
         "multi-audio/input_audio",
     ]
     for name, request in built.items():
-        assert (request.chat_type.value, request.variant) == tuple(name.split("/"))
+        assert (request.chat_type.value, request.delivery) == tuple(name.split("/"))
         assert request.max_completion_tokens == 128
         assert request.expect == ()
 
@@ -152,7 +152,7 @@ def test_profile_media_tokens_and_expectations_replace_the_defaults(
     cat.write_bytes(b"\x89PNG cat")
     demo = Demo(chat_type=ChatType.SINGLE_IMAGE, media=(str(cat),), max_completion_tokens=7, expect=("cat",))
     requests = build_requests([demo], Media(store, fake_url), default_max_tokens=99)
-    assert [r.variant for r in requests] == ["url", "file", "base64"]
+    assert [r.delivery for r in requests] == ["url", "file", "base64"]
     asset = requests[0].assets[0]
     assert asset.provenance == "profile"
     assert requests[2].messages[0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
@@ -281,7 +281,7 @@ def requests_for(*names: str, expect: tuple[str, ...] = ()) -> list[DemoRequest]
         DemoRequest(
             name=n,
             chat_type=ChatType.TEXT,
-            variant="text",
+            delivery="text",
             expect=expect,
             max_completion_tokens=16,
             messages=[{"role": "user", "content": n}],
@@ -305,7 +305,11 @@ def test_a_streamed_answer_passes_with_timings_and_usage(
     assert result.passed
     assert (result.status, result.http_status, result.error) == ("passed", 200, None)
     assert result.answer == "Paris is the capital."
-    assert (result.name, result.chat_type, result.variant) == ("multi-image/url", ChatType.MULTI_IMAGE, "url")
+    assert (result.name, result.chat_type, result.delivery) == (
+        "multi-image/url",
+        ChatType.MULTI_IMAGE,
+        "url",
+    )
     assert (result.prompt_tokens, result.completion_tokens) == (11, 4)
     assert result.ttft_s is not None
     assert 0 < result.ttft_s <= result.latency_s

@@ -44,9 +44,7 @@ def options(tmp_path: Path) -> Options:
 
 def intervals(cells: Sequence[CellRecord]) -> dict[str, tuple[float, float]]:
     return {
-        c.key: (c.started_s, c.started_s + c.duration_s)
-        for c in cells
-        if c.started_s is not None and c.duration_s is not None
+        c.key: (c.started_s, c.ended_s) for c in cells if c.started_s is not None and c.ended_s is not None
     }
 
 

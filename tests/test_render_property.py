@@ -68,7 +68,7 @@ def record_with(text: Outside) -> RunRecord:
     """A record with one passed and one failed demo, a server error and a note, all from `text`."""
     base = failed_run()
     passed = DemoRecord(
-        name="text-only/text", chat_type="text-only", variant="text", status="passed",
+        name="text-only/text", chat_type="text-only", delivery="text", status="passed",
         latency_s=0.4, prompt="What's the capital of France?", answer=text.answer,
     )  # fmt: skip
     failed = passed.model_copy(

@@ -278,7 +278,7 @@ def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> 
 
 
 def test_the_schema_check_catches_a_broken_report() -> None:
-    broken = {"schema_version": 2, "status": "maybe", "demos": [{"name": "x", "latency_s": "fast"}]}
+    broken = {"schema_version": 3, "status": "maybe", "demos": [{"name": "x", "latency_s": "fast"}]}
     problems = schema_problems(broken)
     assert "(top): 'profile' is a required property" in problems
     assert any(p.startswith("status: 'maybe' is not one of") for p in problems)
@@ -296,7 +296,7 @@ def test_the_shipped_schema_is_the_one_the_record_generates() -> None:
 def test_report_schema_command_prints_the_schema(mmdemo_env: dict[str, str]) -> None:
     done = mmdemo("report", "schema", env=mmdemo_env)
     assert done.returncode == 0
-    assert json.loads(done.stdout)["properties"]["schema_version"]["const"] == 2
+    assert json.loads(done.stdout)["properties"]["schema_version"]["const"] == 3
 
 
 def test_server_text_that_looks_like_markup_is_shown_literally(

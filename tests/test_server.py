@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator import watchdog
 from orchestrator.errors import ServerError
-from orchestrator.server import Server, port_is_free
+from orchestrator.ports import port_is_free
+from orchestrator.server import Server
 from tests.conftest import fake_plan, server_for, wait_for, watchdog_argv
 
 

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.context import Endpoint, Session, Stop
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.options import Options
 from orchestrator.record import MachineRecord, RunRecord
-from orchestrator.session import Session, Stop, run_session
-from orchestrator.targets import Endpoint, Prepared, Reach
+from orchestrator.session import run_session
+from orchestrator.targets import Prepared, Reach, Remote
 
 
 class FakeTarget:
-    """A target whose enter() does what the test says, and records that it left."""
+    """A target whose launch does what the test says, and records the steps it went through."""
 
     def __init__(
         self, *, refuse: bool = False, fail: Exception | None = None, stop_inside: bool = False
@@ -25,8 +26,9 @@ class FakeTarget:
         self.refuse, self.fail, self.stop_inside = refuse, fail, stop_inside
         self.left = False
         self.hurried = 0
+        self.steps: list[str] = []
 
-    def prepare(self, started_at: str) -> Prepared:
+    def prepare(self, started_at: str) -> Prepared[str]:
         if self.refuse:
             raise UsageError("no such profile")
         record = RunRecord(
@@ -38,10 +40,27 @@ class FakeTarget:
             machine=MachineRecord(cpu="c", cores=1, python="3", platform="p", accelerator="CPU only"),
             started_at=started_at,
         )
-        return Prepared(record, (), Reach(loopback=True, files=True))
+        return Prepared(record, (), Reach(loopback=True, files=True), "spec")
+
+    def preflight(self, session: Session, spec: str) -> str:
+        self.steps.append(f"preflight {spec}")
+        return "checked"
+
+    def plan(self, session: Session, checked: str, media_root: Path | None) -> str:
+        self.steps.append(f"plan {checked} {'with' if media_root else 'without'} media root")
+        return "plan"
+
+    def prepare_model(self, session: Session, plan: str) -> str:
+        self.steps.append(f"model {plan}")
+        return plan
+
+    def prefetch(self, session: Session, plan: str) -> str:
+        self.steps.append(f"prefetch {plan}")
+        return plan
 
     @contextlib.contextmanager
-    def enter(self, session: Session) -> Iterator[Endpoint]:
+    def launch(self, session: Session, plan: str) -> Iterator[Remote]:
+        self.steps.append(f"launch {plan}")
         session.stop.on_hurry(self.hurry)
         try:
             session.mark("launch")
@@ -51,10 +70,14 @@ class FakeTarget:
                 session.stop.request("SIGTERM")
                 session.stop.request("SIGINT")  # a second one hurries teardown
                 session.stop.check()
-            yield Endpoint("http://127.0.0.1:9/v1", "k", "m")
+            yield Remote("http://127.0.0.1:9/v1", "k", "m")
         finally:
             self.left = True
             session.mark("teardown done")
+
+    def ready(self, session: Session, running: Remote) -> Endpoint:
+        self.steps.append("ready")
+        return Endpoint(running.base_url, running.api_key, running.model)
 
     def hurry(self) -> None:
         self.hurried += 1
@@ -117,6 +140,19 @@ def test_serve_waits_until_stopped(options: Options) -> None:
     assert seen == ["http://127.0.0.1:9/v1"]
     assert outcome.exit_code == 130
     assert report_of(outcome.run_dir)["status"] == "interrupted"
+
+
+def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
+    target = FakeTarget()
+    run_session(target, options)
+    assert target.steps == [
+        "preflight spec",
+        "plan checked with media root",
+        "model plan",
+        "prefetch plan",
+        "launch plan",
+        "ready",
+    ]
 
 
 def test_no_demos_is_a_pass_with_a_complete_record(options: Options) -> None:

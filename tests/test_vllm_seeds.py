@@ -23,8 +23,8 @@ from orchestrator.models import BUILDERS as BUILDER_SCRIPTS
 from orchestrator.profile import load_profile
 from tests.conftest import REPO, marked_pids, mmdemo
 
-# The variants of each chat type mmdemo sends (the example client's, plus file:// for images).
-VARIANTS = {
+# The deliveries of each chat type mmdemo sends (the example client's, plus file:// for images).
+DELIVERIES = {
     "text-only": ["text"],
     "single-image": ["url", "file", "base64"],
     "multi-image": ["url"],
@@ -166,7 +166,7 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     assert report["profile"] == seed.profile
     assert report["vllm"]["version"].startswith("0.32")
 
-    expected = {f"{chat}/{variant}" for chat in seed.chat_types for variant in VARIANTS[chat]}
+    expected = {f"{chat}/{delivery}" for chat in seed.chat_types for delivery in DELIVERIES[chat]}
     by_name = {d["name"]: d for d in report["demos"]}
     assert set(by_name) == expected
     for demo in report["demos"]:

@@ -9,12 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.context import QuietEvents, Stop
 from orchestrator.errors import InternalError, MMDemoError
 from orchestrator.gpu import Gpu
 from orchestrator.matrix.cells import Cell
 from orchestrator.matrix.record import CellRecord
 from orchestrator.options import Options
-from orchestrator.session import QuietEvents, Stop, run_session
+from orchestrator.session import run_session
 from orchestrator.targets import Launched
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from orchestrator import gpu as gpu_mod
-from orchestrator import preflight
+from orchestrator import ports
 from orchestrator.gpu import CPU, Gpu
 from orchestrator.matrix.cell import not_run, run_cell
 from orchestrator.matrix.cells import Capacity, Cell, inventory
@@ -148,19 +148,22 @@ class LocalEngine:
             stop=stop,
             relative_to=matrix_dir,
         )
+        ended = time.monotonic()  # the cell's own end; waiting for its GPUs' release comes after
         released = True
         if gpus:
             deadline = time.monotonic() + self._release_wait_s
             while not (released := self._release_check(gpus, record)) and time.monotonic() < deadline:
                 time.sleep(POLL_S)
             record = record.model_copy(update={"gpu_released": released})
-        return record.model_copy(update={"started_s": round(started - t0, 3)}), released
+        return record.model_copy(
+            update={"started_s": round(started - t0, 3), "ended_s": round(ended - t0, 3)}
+        ), released
 
     def _port(self, host: str) -> int:
         """A free port no other cell of this matrix was given."""
         with self._lock:
             while True:
-                port = preflight.choose_port(host, None)
+                port = ports.choose_port(host, None)
                 if port not in self._ports:
                     self._ports.add(port)
                     return port

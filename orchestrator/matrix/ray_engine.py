@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UsageError
 from orchestrator.gpu import CPU, GPU_CLASSES, Gpu, detect
 from orchestrator.matrix.cell import not_run, run_cell
 from orchestrator.matrix.cells import Capacity, Cell
@@ -77,8 +78,6 @@ class RayEngine:
         try:
             import ray
         except ImportError:
-            from orchestrator.errors import UsageError
-
             raise UsageError("--engine ray needs Ray", hint="pip install 'mmdemo[ray]'") from None
         if not ray.is_initialized():
             address = self._address or os.environ.get("RAY_ADDRESS") or None
@@ -223,5 +222,6 @@ def remote_cell(cell: Cell, opts: Options, t0_wall: float, flag: Any) -> tuple[d
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             if (root / cell.dirname).exists():
                 tar.add(root / cell.dirname, arcname=cell.dirname)
-    record = record.model_copy(update={"started_s": round(started, 3)})
+    ended = time.time() - t0_wall
+    record = record.model_copy(update={"started_s": round(started, 3), "ended_s": round(ended, 3)})
     return record.model_dump(mode="json"), buffer.getvalue()

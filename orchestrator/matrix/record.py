@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.render import write_atomic
+from orchestrator.render.files import write_atomic
+from orchestrator.render.html import MatrixCell, to_matrix_html
 from orchestrator.render.text import markdown_cell
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,9 @@ class CellRecord(_Model):
     gpu_released: bool | None = None
     directory: str | None = None  # relative to the matrix directory
     started_s: float | None = None  # seconds after the matrix started
+    ended_s: float | None = (
+        None  # the same clock as started_s: cells that ran one after another never overlap
+    )
     duration_s: float | None = None
 
     @property
@@ -128,8 +132,6 @@ def cell_text(cell: CellRecord) -> str:
 
 def to_html(record: MatrixRecord) -> str:
     """matrix.html: the grid, each square linking to its cell's report.html."""
-    from orchestrator.render.html import MatrixCell, to_matrix_html
-
     cells = [
         MatrixCell(
             profile=c.profile,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,8 +16,7 @@ from orchestrator.matrix.cells import Capacity, Cell, plan_cells
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.record import CellRecord, MatrixRecord
 from orchestrator.options import Options
-from orchestrator.session import make_run_dir, now_iso
-from orchestrator.targets import mmdemo_version
+from orchestrator.runs import make_run_dir, mmdemo_version, now_iso
 
 OnCell = Callable[[CellRecord], None]
 
@@ -71,6 +71,7 @@ def run_matrix(
         if cell.key in records:
             shown(records[cell.key])
     stop = interrupt or Interrupt()
+    gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
     with stop.installed():
         done = engine.run([c for c in cells if c.runnable], opts, matrix_dir, stop, shown)
     records.update((r.key, r) for r in done)

@@ -61,7 +61,7 @@ class AssetStore:
         offline: bool = False,
         session: requests.Session | None = None,
         *,
-        origin: str | None = None,
+        mirror: str | None = None,
         on_progress: ProgressHook | None = None,
         tries: int = 3,
         backoff_s: float = 0.25,
@@ -70,7 +70,7 @@ class AssetStore:
     ) -> None:
         self.root = Path(root)
         self.offline = offline
-        self.origin = origin.rstrip("/") if origin else None
+        self.mirror = mirror.rstrip("/") if mirror else None  # MMDEMO_ASSET_MIRROR
         self._session = session
         self._on_progress = on_progress
         self._tries = max(1, tries)
@@ -87,10 +87,10 @@ class AssetStore:
         return parallel_map(self.get, wanted)
 
     def url_of(self, spec: AssetSpec) -> str:
-        """Where a registry asset is fetched from: upstream, or the same path under `origin`."""
-        if self.origin is None:
+        """Where a registry asset is fetched from: upstream, or the same path under the mirror."""
+        if self.mirror is None:
             return spec.url
-        return self.origin + urllib.parse.urlsplit(spec.url).path
+        return self.mirror + urllib.parse.urlsplit(spec.url).path
 
     def get(self, key: str) -> Asset:
         """The registry asset `key`: from the cache, a download, or a synthetic stand-in."""
@@ -141,7 +141,7 @@ class AssetStore:
             raise AssetError(f"profile media {path_or_url!r}: no such file")
         kind, media_type = guess(path_or_url, source.name)
         digest = _sha256(source)
-        # Copied under the cache root so file:// (--allowed-local-media-path) and the loopback origin see it.
+        # Copied under the cache root so file:// (--allowed-local-media-path) and the loopback asset server see it.
         dest = self.root / "custom" / f"{digest[:16]}-{source.name}"
         if not (dest.is_file() and _sha256(dest) == digest):
             with _atomic(dest) as out, source.open("rb") as src:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup, escape
 
 from orchestrator.logscan import DIAGNOSES
-from orchestrator.record import AssetRecord, DemoRecord, DiffReport, RunRecord
+from orchestrator.paths import cache_dir
+from orchestrator.record import AssetRecord, DemoRecord, DiffReport, RunRecord, diff
 from orchestrator.render import charts
 from orchestrator.render.inline import Inlined, inline
 from orchestrator.render.text import visible
@@ -63,8 +64,6 @@ def highlight(text: str | None, words: Sequence[str]) -> Markup:
 @cache
 def _environment() -> Environment:
     from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, StrictUndefined
-
-    from orchestrator.paths import cache_dir
 
     class QuietCache(FileSystemBytecodeCache):
         """A cache that is only ever a speed-up: a missing or unwritable directory just compiles."""
@@ -180,8 +179,6 @@ def to_matrix_html(cells: Sequence[MatrixCell], title: str = "mmdemo matrix") ->
 
 def to_diff_html(a: DiffReport, b: DiffReport, label_a: str = "A", label_b: str = "B") -> str:
     """A small page of `report diff`: per demo, status and latency in each run, and both answers."""
-    from orchestrator.record import diff
-
     demos_a = {d.name: d for d in a.demos}
     demos_b = {d.name: d for d in b.demos}
     rows = [(row, demos_a.get(row["name"]), demos_b.get(row["name"])) for row in diff(a, b)]

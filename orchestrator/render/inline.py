@@ -21,6 +21,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from orchestrator.paths import cache_dir
+from orchestrator.render.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 THUMB_PX = 320  # the longest side of an image thumbnail or a video preview
@@ -143,8 +146,6 @@ def inline(kind: str | None, path: str | Path | None) -> Inlined:
 
 def _cache_file(kind: str, file: Path) -> Path | None:
     """Where the inlined form of this version of the file is kept, or None when it cannot be keyed."""
-    from orchestrator.paths import cache_dir
-
     try:
         stat = file.stat()
         key = f"{CACHE_VERSION}|{kind}|{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -173,7 +174,6 @@ def _load(path: Path, kind: str) -> Inlined | None:
 
 def _save(path: Path, made: Inlined) -> None:
     """Keep `made` for the next run; the cache is only a speed-up, so any failure is ignored."""
-    from orchestrator.render import write_atomic  # deferred: the package imports this module
 
     if made.unavailable is not None:
         return

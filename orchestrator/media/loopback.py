@@ -1,4 +1,4 @@
-"""The loopback origin: the asset cache served on 127.0.0.1 so the model server fetches media by URL."""
+"""The loopback asset server: the asset cache served on 127.0.0.1 so the model server fetches media by URL."""
 
 from __future__ import annotations
 
