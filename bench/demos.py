@@ -3,7 +3,7 @@
 mmdemo sends its 11 requests at once; the target compares that wall time with the slowest single
 request (each request's latency when sent alone, median over iterations). The upstream flow runs
 the example client once per chat type, one process each, one request at a time, each process
-listing the models and downloading its media from the loopback origin again.
+listing the models and downloading its media from the loopback asset server again.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def run(settings: Settings) -> Scenario:
     walls: list[float] = []
     upstream: list[float] = []
     alone: dict[str, list[float]] = {}
-    with AssetServer(store.root) as origin:
-        media = Media(store=store, url=origin.url_for)
+    with AssetServer(store.root) as assets:
+        media = Media(store=store, url=assets.url_for)
         requests = build_requests(fake.demos(), media)
         latency = f"{settings.latency_s:g}"
         with fake.server(settings.work, media_dir=store.root.resolve(), latency=latency) as server:

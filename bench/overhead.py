@@ -77,7 +77,7 @@ def own_time(settings: Settings, bodies: list[bytes], media_dir: Path) -> float:
 
 
 @contextlib.contextmanager
-def hanging_origin() -> Iterator[str]:
+def hanging_mirror() -> Iterator[str]:
     """An asset host that accepts connections and never answers (a proxy or firewall that drops)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -103,15 +103,15 @@ def hanging_origin() -> Iterator[str]:
         server.close()
 
 
-def command_to_launch(settings: Settings, vllm: Path, origin: str | None) -> float:
+def command_to_launch(settings: Settings, vllm: Path, mirror: str | None) -> float:
     """Seconds from starting `mmdemo run` to `vllm serve` started (its log opened), then Ctrl-C."""
     cache = settings.work / f"cache-{uuid.uuid4().hex}"  # empty: every asset would be downloaded
     runs = settings.work / f"runs-{uuid.uuid4().hex}"
     argv = [*mmdemo_argv(), "run", str(fake.PROFILE), "--vllm-bin", str(vllm), "--runs-dir", str(runs)]
-    argv += ["--gpu", "cpu", "--grace", "2", "--no-prefetch"] + ([] if origin else ["--offline"])
+    argv += ["--gpu", "cpu", "--grace", "2", "--no-prefetch"] + ([] if mirror else ["--offline"])
     env = {**clean_env(settings), "MMDEMO_CACHE_DIR": str(cache)}
-    if origin:
-        env["MMDEMO_ASSET_MIRROR"] = origin
+    if mirror:
+        env["MMDEMO_ASSET_MIRROR"] = mirror
     t0 = time.monotonic()
     with spawned(argv, env) as proc:
         while not list(runs.glob("*/server.log")):
@@ -166,8 +166,8 @@ def run(settings: Settings) -> Scenario:
     store = AssetStore(settings.assets, offline=True)
     runs: list[float] = []
     own: list[float] = []
-    with AssetServer(store.root) as origin:
-        requests = build_requests(fake.demos(), Media(store=store, url=origin.url_for))
+    with AssetServer(store.root) as assets:
+        requests = build_requests(fake.demos(), Media(store=store, url=assets.url_for))
         bodies = [
             json.dumps({"model": "fake-omni", "messages": r.messages, "max_completion_tokens": 128}).encode()
             for r in requests
@@ -175,8 +175,8 @@ def run(settings: Settings) -> Scenario:
         for _ in range(n):
             runs.append(mmdemo_run(settings, vllm))
             own.append(own_time(settings, bodies, store.root.resolve()))
-    with hanging_origin() as origin:
-        hanging = [command_to_launch(settings, vllm, origin) for _ in range(n)]
+    with hanging_mirror() as mirror:
+        hanging = [command_to_launch(settings, vllm, mirror) for _ in range(n)]
     offline = [command_to_launch(settings, vllm, None) for _ in range(n)]
     cli = cli_start(max(n, 5))
     python = median(cli["python -c pass"])

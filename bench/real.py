@@ -72,8 +72,8 @@ def shell_flow(settings: Settings) -> dict[str, float]:
     payloads = settings.work / "payloads"
     payloads.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
-    with AssetServer(store.root) as origin:
-        requests = build_requests(resolved.profile.demos, Media(store=store, url=origin.url_for))
+    with AssetServer(store.root) as assets:
+        requests = build_requests(resolved.profile.demos, Media(store=store, url=assets.url_for))
         plan = build_plan(
             resolved,
             vllm_bin=str(vllm_bin()),

@@ -3,7 +3,7 @@
 Faithful to the example: one process per chat type, which lists the models (first one wins),
 downloads its media with the example's User-Agent, and sends that chat type's requests one at a
 time, non-streaming, printing each answer. Only the addresses are given on the command line: the
-base URL, the API key and the media URLs (a loopback origin instead of S3). Stdlib, requests and
+base URL, the API key and the media URLs (a loopback asset server instead of S3). Stdlib, requests and
 openai only; run it as a file: `python bench/upstream_client.py -c CHAT_TYPE --base-url ... --media JSON`.
 """
 
