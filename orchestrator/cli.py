@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--request-timeout", type=_SECONDS, default=D.request_timeout_s, help="seconds per demo request"
         )
         p.add_argument("--offline", action="store_true", help="never download media; use synthetic assets")
+        p.add_argument(
+            "--no-worst-case",
+            dest="worst_case",
+            action="store_false",
+            default=D.worst_case,
+            help="skip the last request, every medium the limits allow at once (default: send it)",
+        )
 
     sub.add_parser("list", help="profiles with model, chat types, variants, minimum memory")
     p = sub.add_parser("plan", help="the exact `vllm serve` command and demos, without running anything")
@@ -404,6 +411,7 @@ def _options(args: argparse.Namespace) -> Options:
         "quick_start": getattr(args, "quick_start", None),
         "dummy_weights": getattr(args, "dummy_weights", None),
         "prefetch": getattr(args, "prefetch", None),
+        "worst_case": getattr(args, "worst_case", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(DEFAULTS, **given, environment=Environment.read())

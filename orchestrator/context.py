@@ -34,6 +34,8 @@ class Endpoint:
     api_key: str
     model: str
     check: Callable[[str], None] = lambda when: None  # raises ServerError once the server is dead
+    log_mark: Callable[[], int] = lambda: 0  # where the server's log is now
+    log_since: Callable[[int], list[str]] = lambda mark: []  # its lines since a mark (redacted)
 
 
 class Events(Protocol):

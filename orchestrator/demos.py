@@ -6,10 +6,11 @@ per way the example sends media (URL, base64, file, input_audio).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -83,17 +84,30 @@ class Media:
         return assets
 
 
+# A demo of the example client; the same request again once the first round is done (vLLM's
+# multimodal processor cache serves it: a known source of second-request failures); or the one
+# request with every medium the limits allow (the encoder and KV-cache memory a clean start may
+# not have reserved).
+Kind = Literal["demo", "repeat", "worst case"]
+WORST_CASE = "worst-case"
+WORST_CASE_PROMPT = "Describe everything you were given: every image, video and audio."
+# The most of each modality the worst-case request sends: no more than the demos themselves send.
+WORST_CASE_ASSETS_MAX = {"image": 3, "video": 1, "audio": 2}
+
+
 @dataclass(frozen=True)
 class DemoRequest:
     """One chat completion to send, with the messages exactly as the upstream example builds them."""
 
     name: str
-    chat_type: ChatType
+    chat_type: str  # a ChatType's value, or "worst-case"
     delivery: str
     messages: list[dict[str, Any]]
     max_completion_tokens: int
     expect: tuple[str, ...] = ()
     assets: tuple[Asset, ...] = ()
+    prompt: str = ""
+    kind: Kind = "demo"
 
 
 @dataclass(frozen=True)
@@ -101,10 +115,10 @@ class DemoResult:
     """How one demo request ended: the answer, its timings and token counts, or the error."""
 
     name: str
-    chat_type: ChatType
+    chat_type: str
     delivery: str
     passed: bool
-    status: Literal["passed", "failed"]
+    status: Literal["passed", "failed", "hung"]  # hung: no token by the timeout (none at all, or no more)
     http_status: int | None
     latency_s: float
     ttft_s: float | None  # time to the first content delta
@@ -119,6 +133,8 @@ class DemoResult:
     prompt: str = ""
     expected: tuple[tuple[str, ...], ...] = ()
     missing: tuple[tuple[str, ...], ...] = ()
+    kind: Kind = "demo"
+    max_completion_tokens: int | None = None
 
 
 def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int = 128) -> list[DemoRequest]:
@@ -137,23 +153,75 @@ def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int 
             out.append(
                 DemoRequest(
                     name=f"{chat_type.value}/{delivery}",
-                    chat_type=chat_type,
+                    chat_type=chat_type.value,
                     delivery=delivery,
                     messages=[{"role": "user", "content": content}],
                     max_completion_tokens=demo.max_completion_tokens or default_max_tokens,
                     expect=demo.expect,
                     assets=assets,
+                    prompt=prompt,
                 )
             )
     return out
 
 
-def _part(delivery: str, asset: Asset, media: Media) -> dict[str, Any]:
+def repeats(requests: Sequence[DemoRequest]) -> list[DemoRequest]:
+    """Every request that sends media, once more: the second time goes through vLLM's processor cache."""
+    return [
+        dataclasses.replace(r, name=f"{r.name} (repeat)", kind="repeat")
+        for r in requests
+        if r.kind == "demo" and r.assets
+    ]
+
+
+def worst_case(requests: Sequence[DemoRequest], limits: Mapping[str, int] | None) -> DemoRequest | None:
+    """One request with every medium the profile's limits allow, of the media the demos send.
+
+    None when the demos send no media. A modality the limits leave unset gets as many items as a
+    demo sends at most (vLLM's default limit is far above what any demo needs).
+    """
+    demos = [r for r in requests if r.kind == "demo"]
+    by_kind: dict[str, dict[str, Asset]] = {}
+    most: dict[str, int] = {}
+    for request in demos:
+        for asset in request.assets:
+            if asset.kind:
+                by_kind.setdefault(asset.kind, {}).setdefault(asset.key, asset)
+                count = sum(1 for a in request.assets if a.kind == asset.kind)
+                most[asset.kind] = max(most.get(asset.kind, 0), count)
+    chosen: list[Asset] = []
+    for kind, assets in by_kind.items():
+        allowed = limits[kind] if limits is not None and kind in limits else most[kind]
+        chosen += list(assets.values())[: min(allowed, WORST_CASE_ASSETS_MAX.get(kind, 1))]
+    if not chosen:
+        return None
+    parts = [{"type": "text", "text": WORST_CASE_PROMPT}, *(_inline_part(a) for a in chosen)]
+    return DemoRequest(
+        name=f"{WORST_CASE}/all-media",
+        chat_type=WORST_CASE,
+        delivery="base64",
+        messages=[{"role": "user", "content": parts}],
+        max_completion_tokens=max(r.max_completion_tokens for r in demos),
+        assets=tuple(chosen),
+        prompt=WORST_CASE_PROMPT,
+        kind="worst case",
+    )
+
+
+def _inline_part(asset: Asset) -> dict[str, Any]:
+    """A medium carried in the request itself: the worst case must not depend on a fetch."""
+    return _part("input_audio" if asset.kind == "audio" else "base64", asset, None)
+
+
+def _part(delivery: str, asset: Asset, media: Media | None) -> dict[str, Any]:
     if delivery == "input_audio":
         # The example says "wav" whatever the container; the server decodes by content.
         return {"type": "input_audio", "input_audio": {"data": b64(asset), "format": "wav"}}
-    urls = {"url": media.url, "base64": data_url, "file": file_url}
     kind = f"{asset.kind}_url"  # image_url, video_url, audio_url
+    if delivery == "url":
+        assert media is not None, "a URL needs the asset server"
+        return {"type": kind, kind: {"url": media.url(asset)}}
+    urls = {"base64": data_url, "file": file_url}
     return {"type": kind, kind: {"url": urls[delivery](asset)}}
 
 
@@ -277,6 +345,7 @@ def _run_one(
     got = _Progress(started=time.monotonic())
     deadline = got.started + timeout_s  # the client's timeout bounds each read, not a trickling stream
     error: str | None = None
+    hung = False  # no token by the timeout: the server took the request and went quiet
     try:
         _stream(client, request, model, deadline, got)
     except openai.APIStatusError as exc:
@@ -284,8 +353,14 @@ def _run_one(
         error = _server_message(exc)
         exc.response.close()  # the SDK leaves an error response's connection open
     except openai.APITimeoutError:
-        waited = "more of the answer" if got.parts else "an answer"
-        error = f"waited for {waited} longer than the {timeout_s:g} s request timeout"
+        hung = True
+        if got.parts:
+            error = (
+                f"hung: the answer stopped after {len(''.join(got.parts))} characters (first token at "
+                f"{got.ttft:.2f} s); nothing more within the {timeout_s:g} s request timeout"
+            )
+        else:
+            error = f"hung: no first token within the {timeout_s:g} s request timeout"
     except openai.APIConnectionError as exc:
         error = f"cannot reach the server at {base_url}: {exc.__cause__ or exc}"
     except openai.APIError as exc:  # an error event in the middle of the stream
@@ -311,7 +386,7 @@ def _run_one(
         chat_type=request.chat_type,
         delivery=request.delivery,
         passed=error is None,
-        status="passed" if error is None else "failed",
+        status="passed" if error is None else "hung" if hung else "failed",
         http_status=got.http_status,
         latency_s=latency,
         ttft_s=got.ttft,
@@ -323,9 +398,11 @@ def _run_one(
         started_at=got.started,
         ended_at=ended,
         assets=request.assets,
-        prompt=PROMPTS[request.chat_type],
+        prompt=request.prompt,
         expected=expected,
         missing=missing,
+        kind=request.kind,
+        max_completion_tokens=request.max_completion_tokens,
     )
     log.info("demo %s: %s in %.2f s%s", request.name, result.status, latency, f" ({error})" if error else "")
     return result
@@ -357,7 +434,8 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
         verdict = "answered"
     return DemoRecord(
         name=result.name,
-        chat_type=result.chat_type.value,
+        chat_type=result.chat_type,
+        kind=result.kind,
         delivery=result.delivery,
         status=result.status,
         verdict=verdict,

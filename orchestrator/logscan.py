@@ -134,6 +134,7 @@ class LogFollower:
         self._partial = b""
         self._tail: deque[str] = deque(maxlen=tail)
         self._order = {name: index for index, (name, _) in enumerate(PHASES)}
+        self.warnings: list[str] = []  # start-up lines that predict trouble (warnings_in), as they come
 
     def poll(self) -> list[str]:
         """Lines written since the last call; updates the phase and the tail."""
@@ -147,6 +148,7 @@ class LogFollower:
         data = self._partial + chunk
         *complete, self._partial = data.split(b"\n")
         lines = [_ANSI.sub("", raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete]
+        self.warnings += [w for w in warnings_in(lines) if w not in self.warnings]
         for line in lines:
             self._tail.append(line)
             phase = phase_of(line)
@@ -171,3 +173,118 @@ class LogFollower:
         if self._partial:
             lines.append(self._partial.decode("utf-8", "replace"))
         return lines
+
+
+# -- start-up warnings: vLLM lines that predict trouble later -------------------------------------
+
+WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), meaning)
+    for pattern, meaning in (
+        (
+            r"too short to hold the multi-?modal embeddings",
+            "max_model_len cannot hold the worst-case multimodal input: a request with all the media "
+            "limit_mm_per_prompt allows will be refused; raise serve.max_model_len or lower the limits",
+        ),
+        (
+            r"max_num_seqs .*less than 1|Computed max_num_seqs",
+            "the memory left for the KV cache holds less than one full request: expect out-of-memory "
+            "or refused requests; raise gpu_memory_utilization or lower max_model_len",
+        ),
+        (
+            r"encoder cache (size|budget)|exceeds the pre-allocated encoder cache",
+            "the encoder cache bounds the largest image, video or audio item: larger media are refused",
+        ),
+        (
+            r"\bis deprecated\b|\bdeprecated\b.*\b(flag|argument|option|environment variable)",
+            "a setting this vLLM deprecates: it may be gone in the next release",
+        ),
+        (
+            r"will be ignored|\bis ignored\b|not supported .* ignor",
+            "vLLM ignores a setting the command line gives",
+        ),
+    )
+)
+_LEVEL = re.compile(r"\b(WARNING|WARN|ERROR)\b")
+
+
+def warnings_in(lines: Iterable[str]) -> list[str]:
+    """The warning lines of a start-up log that predict trouble, each followed by what it means."""
+    out: list[str] = []
+    for raw in lines:
+        line = _ANSI.sub("", raw).strip()
+        if not _LEVEL.search(line):
+            continue
+        for pattern, meaning in WARNINGS:
+            if pattern.search(line):
+                entry = f"{line[:300]} -> {meaning}"
+                if entry not in out:
+                    out.append(entry)
+                break
+    return out
+
+
+# -- a failed demo: vLLM's own message, explained -------------------------------------------------
+
+_CONTEXT = (
+    re.compile(r"Input length \((\d+)\) exceeds model's maximum context length \((\d+)\)"),
+    re.compile(r"maximum context length is (?P<limit>\d+) tokens\. However, your (?:prompt contains|request has) "
+               r"(?:at least )?(?P<prompt>\d+) input tokens"),
+)  # fmt: skip
+_TOO_MANY = re.compile(r"At most (\d+) (image|video|audio)\(s\) may be provided")
+_ENCODER = re.compile(r"(image|video|audio) item with (\d+) embedding tokens, which exceeds the "
+                      r"pre-allocated encoder cache size (\d+)")  # fmt: skip
+_FETCH = re.compile(r"Failed to fetch media|timed out|Connection refused|Cannot connect|Name or service not known",
+                    re.IGNORECASE)  # fmt: skip
+_DECODE = re.compile(r"Format not recogni[sz]ed|Failed to load (audio|video)|could not (decode|open)|"
+                     r"Error (opening|loading) (audio|video)|Invalid data found|No backend|torchcodec",
+                     re.IGNORECASE)  # fmt: skip
+FETCH_TIMEOUTS = {"image": "VLLM_IMAGE_FETCH_TIMEOUT (5 s)", "video": "VLLM_VIDEO_FETCH_TIMEOUT (30 s)",
+                  "audio": "VLLM_AUDIO_FETCH_TIMEOUT (10 s)"}  # fmt: skip
+
+
+def explain_demo(
+    message: str, *, completion_tokens: int | None, modalities: Iterable[str] = ()
+) -> str | None:
+    """What a known vLLM error of a demo means, with the profile field to change and a value; else None."""
+    for pattern in _CONTEXT:
+        if found := pattern.search(message):
+            prompt, limit = (int(found.group(1)), int(found.group(2))) if pattern is _CONTEXT[0] else (
+                int(found.group("prompt")), int(found.group("limit")))  # fmt: skip
+            needed = prompt + (completion_tokens or 0)
+            return (
+                f"the context is too short: the request needs {needed} tokens ({prompt} prompt + "
+                f"{completion_tokens or 0} completion) and max_model_len is {limit}; "
+                f"set serve.max_model_len: {round_up(needed)}"
+            )
+    if found := _TOO_MANY.search(message):
+        return (
+            f"more {found.group(2)}s than the server allows per prompt ({found.group(1)}); set "
+            f"serve.limit_mm_per_prompt.{found.group(2)} to the number the demo sends, or drop the demo"
+        )
+    if found := _ENCODER.search(message):
+        kind, tokens, size = found.group(1), int(found.group(2)), int(found.group(3))
+        knob = (
+            "media_io_kwargs: {video: {num_frames: N}} or mm_processor_kwargs max_pixels"
+            if kind == "video"
+            else "mm_processor_kwargs (e.g. max_pixels) to make items smaller"
+        )
+        return f"one {kind} item is {tokens} tokens, more than the encoder cache's {size}: set serve.{knob}"
+    if _FETCH.search(message):
+        timeouts = ", ".join(FETCH_TIMEOUTS[m] for m in modalities if m in FETCH_TIMEOUTS) or ", ".join(
+            FETCH_TIMEOUTS.values()
+        )
+        return (
+            "the server could not fetch the media: the network, not the model (a host it cannot reach, "
+            f"or slower than {timeouts}; raise that variable in the profile's env)"
+        )
+    if _DECODE.search(message):
+        return (
+            "vLLM's environment cannot decode this audio or video: install its decoders there "
+            "(`vllm[audio]` for soundfile/librosa, PyAV or ffmpeg for video); the report lists those found"
+        )
+    return None
+
+
+def round_up(tokens: int, step: int = 256) -> int:
+    """A max_model_len that holds `tokens`: the next multiple of `step`."""
+    return max(step, -(-tokens // step) * step)

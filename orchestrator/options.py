@@ -42,6 +42,7 @@ class Options:
     dummy_weights: bool = False
     prefetch: bool = True
     media_budget_s: float = 60.0  # all demo media downloads together
+    worst_case: bool = True  # after the demos, one request with every medium the limits allow
     run_dir: Path | None = None  # a matrix cell's own directory
     server_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES of a cell
     environment: Environment = field(default_factory=Environment.read)  # what the command started with

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 from orchestrator.backend import locate_vllm, vllm_python
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
+from orchestrator.paths import cache_dir
 from orchestrator.profile import Profile, ResolvedProfile
+from orchestrator.render.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,28 @@ _VERSION_LINE = re.compile(r"^v?\d+\.\d+(\.\d+)?\S*$")
 
 @dataclass(frozen=True)
 class VllmInfo:
-    """The vLLM command that will run, its version, and the rule that found it."""
+    """The vLLM command that will run, its version, the rule that found it, and its environment."""
 
     path: str
     version: str
     found_by: str = ""
+    torch: str | None = None
+    transformers: str | None = None
+    decoders: tuple[str, ...] = ()  # the audio/video decoders vLLM's environment has
+
+
+# Run by the backend's Python: versions from package metadata and decoders found, nothing imported.
+_FACTS = """
+import importlib.metadata as m, importlib.util as u, json, shutil
+def version(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return None
+found = [n for n in ("soundfile", "librosa", "av", "cv2", "torchaudio", "torchcodec", "decord") if u.find_spec(n)]
+print(json.dumps({"vllm": version("vllm"), "torch": version("torch"), "transformers": version("transformers"),
+                  "decoders": found + (["ffmpeg"] if shutil.which("ffmpeg") else [])}))
+"""
 
 
 def find_vllm(vllm_bin: str | None) -> str:
@@ -41,9 +61,18 @@ def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
     """The installed vLLM's version: read from its package metadata, else `vllm --version`."""
     path, found_by = locate_vllm(vllm_bin)
     # `vllm --version` imports torch and vLLM (~7 s on a small CPU); the metadata answers in ~50 ms.
-    version = _version_from_metadata(path)
-    if version:
-        return VllmInfo(path=path, version=version, found_by=found_by)
+    facts = backend_facts(path)
+    version = facts.get("vllm")
+    if isinstance(version, str) and _VERSION_LINE.match(version):
+        decoders = facts.get("decoders")
+        return VllmInfo(
+            path=path,
+            version=version,
+            found_by=found_by,
+            torch=_text(facts.get("torch")),
+            transformers=_text(facts.get("transformers")),
+            decoders=tuple(str(d) for d in decoders) if isinstance(decoders, list) else (),
+        )
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
@@ -64,30 +93,50 @@ def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
     return VllmInfo(path=path, version=match.group(0), found_by=found_by)
 
 
-def _version_from_metadata(path: str) -> str | None:
-    """Ask the Python of the command's environment for the `vllm` distribution's version."""
+def backend_facts(path: str) -> dict[str, object]:
+    """vLLM's, torch's and transformers' versions and the media decoders of the command's environment.
+
+    Read from package metadata by that environment's Python (no import), once per environment: the
+    answer is kept in the cache until its site-packages change.
+    """
     try:
         python = str(vllm_python(path))
     except PreflightError:
-        return None
-    if os.path.abspath(python) == os.path.abspath(sys.executable):
-        # vLLM installed beside mmdemo: ask our own metadata, no process needed.
-        try:
-            return importlib.metadata.version("vllm")
-        except importlib.metadata.PackageNotFoundError:
-            return None
+        return {}
+    key = _facts_key(python)
+    cached = cache_dir() / "backends" / f"{key}.json" if key else None
+    if cached is not None:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(cached.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                return data
     try:
-        done = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        done = subprocess.run([python, "-c", _FACTS], capture_output=True, text=True, timeout=30, check=False)
+        data = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if cached is not None:
+        with contextlib.suppress(OSError):
+            write_atomic(cached, json.dumps(data))
+    return data
+
+
+def _facts_key(python: str) -> str | None:
+    """A key that changes when the environment's packages do (site-packages' mtime), or None."""
+    venv = Path(python).parent.parent
+    try:
+        stamps = [f"{p}:{p.stat().st_mtime_ns}" for p in sorted(venv.glob("lib/python*/site-packages"))]
+    except OSError:
         return None
-    text = done.stdout.strip()
-    return text if done.returncode == 0 and _VERSION_LINE.match(text) else None
+    if not stamps:
+        return None
+    return hashlib.sha256("|".join([os.path.realpath(python), *stamps]).encode()).hexdigest()[:24]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

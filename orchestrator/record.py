@@ -21,7 +21,11 @@ SCHEMA_VERSION: Literal[3] = 3
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 Status = Literal["passed", "failed", "error", "interrupted"]
-DemoStatus = Literal["passed", "failed"]
+# hung: no token by the request's timeout (none at all, or no more) while the server lived
+DemoStatus = Literal["passed", "failed", "hung"]
+# demo: a request of the example client; repeat: the same once more after the first round (vLLM's
+# multimodal processor cache serves it); worst case: every medium the limits allow, in one request
+DemoKind = Literal["demo", "repeat", "worst case"]
 # understood: the answer holds every expected word group; answered: an answer came back (no words
 # expected, a random model, or words missing); no answer: an error instead of an answer.
 Verdict = Literal["understood", "answered", "no answer"]
@@ -47,8 +51,9 @@ class DemoRecord(_Model):
     """One demo request: what was sent, what came back, how long it took."""
 
     name: str
-    chat_type: str
+    chat_type: str  # a chat type of the example client, or worst-case
     delivery: str  # how the media were sent: url, base64, file, input_audio (text: text)
+    kind: DemoKind = "demo"
     status: DemoStatus
     verdict: Verdict = "answered"
     http_status: int | None = None
@@ -64,11 +69,18 @@ class DemoRecord(_Model):
     missing: list[list[str]] = Field(default_factory=list)
     started_s: float | None = None  # since the demo phase began
     assets: list[AssetRecord] = Field(default_factory=list)
+    diagnosis: str | None = None  # a known vLLM error explained: what it means, the field to change
+    log_lines: list[str] = Field(default_factory=list)  # hung: the server's log while it was in flight
 
 
 class VllmRecord(_Model):
+    """The vLLM that served, and what its environment holds (what breaks remote-code models, decoders)."""
+
     version: str
     path: str
+    torch: str | None = None
+    transformers: str | None = None
+    decoders: list[str] = Field(default_factory=list)  # audio/video decoders found in vLLM's environment
 
 
 class MachineRecord(_Model):
@@ -146,8 +158,9 @@ class ErrorRecord(_Model):
 class Summary(_Model):
     total: int = 0
     passed: int = 0
-    failed: int = 0
+    failed: int = 0  # hung ones included
     understood: int = 0
+    hung: int = 0
 
 
 class RunRecord(_Model):
@@ -176,6 +189,7 @@ class RunRecord(_Model):
     teardown: TeardownRecord | None = None
     error: ErrorRecord | None = None
     notes: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # vLLM's start-up lines that predict trouble, explained
     started_at: str
     finished_at: str | None = None
 
@@ -183,9 +197,9 @@ class RunRecord(_Model):
         """Counts of the demos, as stored in `summary`."""
         passed = sum(1 for d in self.demos if d.status == "passed")
         understood = sum(1 for d in self.demos if d.verdict == "understood")
-        return Summary(
-            total=len(self.demos), passed=passed, failed=len(self.demos) - passed, understood=understood
-        )
+        hung = sum(1 for d in self.demos if d.status == "hung")
+        total = len(self.demos)
+        return Summary(total=total, passed=passed, failed=total - passed, understood=understood, hung=hung)
 
     def to_json(self) -> str:
         """report.json's text: every field, exact text kept (JSON escapes it, lone surrogates too)."""

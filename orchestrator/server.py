@@ -346,6 +346,23 @@ class Server:
             hint=hint,
         )
 
+    def log_mark(self) -> int:
+        """Where the server's log ends now: a mark for `log_since`."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, mark: int, most: int = 40) -> list[str]:
+        """The last `most` lines the server logged since `mark`, secrets redacted."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(mark)
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [self.redact(line) for line in text.splitlines()[-most:]]
+
     def redact_log(self) -> None:
         """Rewrite server.log with every secret replaced (once the server has stopped writing it)."""
         evidence.redact_log(self.log_path, self.redact)

@@ -18,7 +18,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +31,22 @@ from orchestrator.context import Endpoint, Events, QuietEvents, Session, Stop, s
 from orchestrator.demos import (
     DEFAULT_ASSETS,
     DemoRequest,
+    DemoResult,
     Media,
     build_requests,
     plain_http_client,
+    repeats,
     run_demos,
     to_record,
+    worst_case,
 )
 from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError
+from orchestrator.logscan import explain_demo
 from orchestrator.media import AssetServer, AssetStore
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.paths import assets_dir
 from orchestrator.profile import Demo
-from orchestrator.record import ErrorRecord, RunRecord, Status, TimelineEvent
+from orchestrator.record import DemoRecord, ErrorRecord, RunRecord, Status, TimelineEvent
 from orchestrator.runs import make_run_dir, now_iso
 from orchestrator.targets import C, P, Prepared, R, Reach, S, Target
 
@@ -91,7 +95,7 @@ def run_session(
                 if serve is not None:
                     serve(endpoint, session)
                 else:
-                    send_demos(session, endpoint, media.requests(), options)
+                    send_demos(session, endpoint, media.requests(), options, prepared.limits)
         except MMDemoError as exc:
             error = exc
         except Exception as exc:  # a bug: teardown has run, and the record is still written
@@ -111,25 +115,74 @@ def open_session(prepared: Prepared[Any], options: Options, events: Events, stop
     return Session(record, run_dir, events, stop, t0)
 
 
-def send_demos(session: Session, endpoint: Endpoint, requests: list[DemoRequest], options: Options) -> None:
-    """Send every request, record each result, and check the server survived them."""
-    session.events.stage("demos", f"{len(requests)} requests to {endpoint.model}")
+def send_demos(
+    session: Session,
+    endpoint: Endpoint,
+    requests: list[DemoRequest],
+    options: Options,
+    limits: Mapping[str, int] | None,
+) -> None:
+    """The demos, then each media demo once more, then the worst case; the server must survive each."""
+    rounds = [("during the demos", requests), ("during the repeats", repeats(requests))]
+    worst = worst_case(requests, limits) if options.worst_case else None
+    if worst is not None:
+        rounds.append((WORST_CASE_DEATH, [worst]))
+    then = f", {len(rounds[1][1])} repeats" + (", the worst case" if worst else "")
+    session.events.stage("demos", f"{len(requests)} requests to {endpoint.model}{then}")
     started = time.monotonic()
-    results = run_demos(
-        requests,
-        base_url=endpoint.base_url,
-        api_key=endpoint.api_key,
-        model=endpoint.model,
-        concurrency=options.concurrency,
-        timeout_s=options.request_timeout_s,
-        on_result=session.events.demo_done,
-        cancelled=session.stop.is_set,
-    )
-    session.stop.check()
-    session.record.demos_wall_s = round(time.monotonic() - started, 3)
-    session.record.demos = [to_record(result, started) for result in results]
+    for when, batch in rounds:
+        if not batch:
+            continue
+        mark = endpoint.log_mark()
+        results = run_demos(
+            batch,
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            model=endpoint.model,
+            concurrency=options.concurrency,
+            timeout_s=options.request_timeout_s,
+            on_result=session.events.demo_done,
+            cancelled=session.stop.is_set,
+        )
+        session.stop.check()
+        firsts = {d.name: d for d in session.record.demos if d.kind == "demo"}
+        session.record.demos += [explained(r, started, firsts, endpoint, mark) for r in results]
+        session.record.demos_wall_s = round(time.monotonic() - started, 3)
+        endpoint.check(when)  # a dead server fails the run with its own evidence
     session.mark("demos done")
-    endpoint.check("during the demos")
+
+
+# The worst case is where a clean start's memory budget (encoder cache, KV cache) gives out.
+WORST_CASE_DEATH = (
+    "on the worst-case request (every medium limit_mm_per_prompt allows, at once: lower those limits "
+    "or max_model_len, or raise gpu_memory_utilization)"
+)
+REPEAT_FAILED = (
+    "the repeat failed where the first request passed: vLLM's multimodal processor cache served it "
+    "(a known source of second-request failures); serve.extra_args [--disable-mm-preprocessor-cache] "
+    "works around it"
+)
+
+
+def explained(
+    result: DemoResult, started: float, firsts: Mapping[str, DemoRecord], endpoint: Endpoint, mark: int
+) -> DemoRecord:
+    """A result as the record keeps it, a failure with what it means; a hang with the server's log."""
+    record = to_record(result, started)
+    if result.passed:
+        return record
+    first = firsts.get(result.name.removesuffix(" (repeat)"))
+    if result.kind == "repeat" and first is not None and first.status == "passed":
+        record.diagnosis = REPEAT_FAILED
+    else:
+        record.diagnosis = explain_demo(
+            result.error or "",
+            completion_tokens=result.max_completion_tokens,
+            modalities={a.kind for a in result.assets if a.kind},
+        )
+    if result.status == "hung":
+        record.log_lines = endpoint.log_since(mark)
+    return record
 
 
 def close_record(session: Session, error: MMDemoError | None, redact: Redactor) -> Outcome:

@@ -75,6 +75,7 @@ class Prepared(Generic[S]):
     reach: Reach
     spec: S
     check_expectations: bool = True
+    limits: Mapping[str, int] | None = None  # limit_mm_per_prompt, where known: the worst case's size
 
 
 class Running(Protocol):
@@ -147,6 +148,12 @@ def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
         gpus=[asdict(g) for g in gpus],
         driver=gpus[0].driver if gpus else None,
     )
+
+
+def _limits(resolved: ResolvedProfile) -> dict[str, int] | None:
+    """The variant's limit_mm_per_prompt, or None where vLLM's default (no practical limit) applies."""
+    limits = resolved.serve.limit_mm_per_prompt
+    return None if limits is None else {str(kind): count for kind, count in limits.items()}
 
 
 # -- launched -------------------------------------------------------------------------------------
@@ -247,6 +254,7 @@ class Launched:
             Reach(loopback=True, files=True),
             LaunchSpec(resolved, gpus, version),
             check_expectations=not random_weights,
+            limits=_limits(resolved),
         )
 
     def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
@@ -355,7 +363,13 @@ class Launched:
         """vLLM's version checked (a refused one tears down at once), then wait until it serves."""
         server, spec, record = running.server, running.planned.spec, session.record
         info = session.wait(spec.version)
-        record.vllm = VllmRecord(version=info.version, path=info.path)
+        record.vllm = VllmRecord(
+            version=info.version,
+            path=info.path,
+            torch=info.torch,
+            transformers=info.transformers,
+            decoders=list(info.decoders),
+        )
         preflight.check_version(info, spec.resolved)
         ready = server.wait_ready(
             self.options.timeout_s or spec.resolved.ready_timeout_s,
@@ -366,12 +380,22 @@ class Launched:
         session.mark("server ready")
         record.server.ready_s = round(ready.elapsed_s, 3)
         record.server.models = list(ready.models)
+        record.warnings = [server.redact(w) for w in server.follower.warnings]
+        for warning in record.warnings:
+            session.events.stage("warning", warning)
 
         def check(when: str) -> None:
             if (death := server.health_problem()) is not None:
                 raise server.failure(f"vllm serve died {when} ({death})")
 
-        endpoint = Endpoint(server.base_url, server.api_key, running.planned.command.served_model_name, check)
+        endpoint = Endpoint(
+            server.base_url,
+            server.api_key,
+            running.planned.command.served_model_name,
+            check,
+            log_mark=server.log_mark,
+            log_since=server.log_since,
+        )
         session.events.ready(endpoint, ready.elapsed_s)
         return endpoint
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.context import Endpoint
+    from orchestrator.record import RunRecord
     from orchestrator.session import Outcome
 
 
@@ -120,7 +121,7 @@ def finish(console: Console, outcome: Outcome) -> int:
             status = (
                 ("[green]understood[/]" if d.verdict == "understood" else "[green]passed[/]")
                 if ok
-                else "[red]failed[/]"
+                else f"[red]{d.status}[/]"
             )
             table.add_row(
                 esc(d.name),
@@ -131,6 +132,9 @@ def finish(console: Console, outcome: Outcome) -> int:
                 esc(one_line(d.answer if ok else d.error, 70)),
             )
         console.print(table)
+        for d in record.demos:
+            if d.diagnosis:
+                console.print(f"[yellow]why[/]      {esc(d.name)}: {esc(d.diagnosis)}", highlight=False)
     teardown = record.teardown
     if teardown:
         console.print(
@@ -145,10 +149,27 @@ def finish(console: Console, outcome: Outcome) -> int:
     summary = record.summary
     verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{record.status.upper()}[/]"
     understood = f", {summary.understood} understood" if summary.understood else ""
+    hung = f", {summary.hung} hung" if summary.hung else ""
     page = outcome.run_dir / "report.html"
     where = page if page.exists() else outcome.run_dir
-    console.print(f"{verdict} {summary.passed}/{summary.total} demos{understood}; report: {esc(where)}")
+    console.print(
+        f"{verdict} {summary.passed}/{summary.total} requests ({rounds(record)}){understood}{hung}; "
+        f"report: {esc(where)}"
+    )
     return outcome.exit_code
+
+
+def rounds(record: RunRecord) -> str:
+    """'11 demos, 10 repeats, the worst case': what the requests were."""
+    counts = {
+        kind: sum(1 for d in record.demos if d.kind == kind) for kind in ("demo", "repeat", "worst case")
+    }
+    parts = [f"{counts['demo']} demos"]
+    if counts["repeat"]:
+        parts.append(f"{counts['repeat']} repeats")
+    if counts["worst case"]:
+        parts.append("the worst case")
+    return ", ".join(parts)
 
 
 def esc(value: object) -> str:

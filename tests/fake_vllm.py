@@ -23,6 +23,11 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   REQUEST_FILE=path  written when a chat completion has been received (before LATENCY)
   CHAT_STATUS=code, CHAT_MESSAGE=text   every chat completion fails so
   VERSION=x          reported version (0.32.0)
+  HANG_PROMPT=text   a chat completion whose prompt holds `text` never answers (no first token)
+  FAIL_REPEAT=1      a chat completion with the same messages as an earlier one fails (500), as a
+      broken multimodal processor cache does
+  DIE_ON_MEDIA=N     a chat completion with N or more media items kills the engine (health 503, exit)
+  WARN_LOG=text      WARNING lines logged at start-up ("\n" separates them)
   LOG_ENV=A,B        print those environment variables into its log (for redaction tests)
 """
 
@@ -48,7 +53,8 @@ from typing import Any
 SWITCHES = ("READY_AFTER", "NEVER_READY", "CRASH_AFTER", "EXIT_CODE", "CRASH_LOG", "ENGINE_DEATH_AFTER",
             "IGNORE_SIGTERM", "WORKERS", "WORKER_IGNORE_SIGTERM", "WORKER_GRACE", "ESCAPE", "MODELS_DELAY",
             "LATENCY", "TOKEN_DELAY", "CHAT_STATUS", "CHAT_MESSAGE", "MARKER_FILE", "PORT_FILE", "REQUEST_FILE",
-            "READY_FILE", "RECORD", "VERSION", "LOG_ENV")  # fmt: skip
+            "READY_FILE", "RECORD", "VERSION", "LOG_ENV", "HANG_PROMPT", "FAIL_REPEAT", "DIE_ON_MEDIA",
+            "WARN_LOG")  # fmt: skip
 MODALITIES = {"image_url": "image", "video_url": "video", "input_audio": "audio", "audio_url": "audio"}
 FETCH_TIMEOUT_ENV = {"image": "VLLM_IMAGE_FETCH_TIMEOUT", "video": "VLLM_VIDEO_FETCH_TIMEOUT",
                      "audio": "VLLM_AUDIO_FETCH_TIMEOUT"}  # fmt: skip
@@ -233,6 +239,7 @@ class FakeServer:
         self.ready_at = 0.0
         self.engine_dead = False
         self.requests_total = 0
+        self.seen: set[str] = set()  # the messages of every chat completion so far (FAIL_REPEAT)
         self.record_lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -386,6 +393,20 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"The model `{model}` does not exist.")
         prompt, media = parse_messages(body["messages"])
         counts = {m: sum(1 for mod, _ in media if mod == m) for m in ("image", "video", "audio")}
+        seen = json.dumps(body["messages"], sort_keys=True)
+        repeated, _ = seen in fake.seen, fake.seen.add(seen)
+        if env("FAIL_REPEAT") and repeated:
+            raise ApiError(500, "fake processor cache: the cached item does not match the prompt")
+        if env("DIE_ON_MEDIA") and len(media) >= int(env("DIE_ON_MEDIA")):
+            fake.engine_dead = True
+            log("CUDA out of memory. Tried to allocate 2.00 GiB (fake, on the encoder)", "ERROR", "core.py:1")
+            log("EngineDeadError: EngineCore encountered an issue.", "ERROR", "async_llm.py:1")
+            threading.Timer(0.3, os._exit, (0,)).start()
+            raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the cause.")
+        if env("HANG_PROMPT") and env("HANG_PROMPT") in prompt:
+            log("Added request (it will never be scheduled: fake HANG_PROMPT)", source="async_llm.py:1")
+            while True:  # the scheduler never runs it; the server itself stays healthy
+                time.sleep(1.0)
         for modality, count in counts.items():
             limit = opts["limits"].get(modality)
             if limit is not None and count > limit:
@@ -603,6 +624,8 @@ class Main:
         if self.wait(env_float("READY_AFTER") or 0.0):
             self.shutdown_gracefully(None)
         log("Loading weights took 0.01 seconds", source="default_loader.py:1")
+        for line in filter(None, env("WARN_LOG").replace("\\n", "\n").splitlines()):
+            log(line, "WARNING", "config.py:1")
         server = self.become_ready()
 
         death_after = env_float("ENGINE_DEATH_AFTER")

@@ -21,7 +21,16 @@ def test_demo_against_a_running_server(tmp_path: Path, mmdemo_env: dict[str, str
         report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
         assert [d["name"] for d in report["demos"]] == [
             "text-only/text", "single-image/url", "single-image/base64", "multi-audio/input_audio",
+            "single-image/url (repeat)", "single-image/base64 (repeat)", "multi-audio/input_audio (repeat)",
+            "worst-case/all-media",
         ]  # fmt: skip
+        # No limits known for a server mmdemo did not start: the worst case sends as many of each
+        # medium as one demo does at most (one image, two audios).
+        assert [a["key"] for a in report["demos"][-1]["assets"]] == [
+            "image",
+            "winning_call",
+            "azacinto_foscolo",
+        ]
         assert report["teardown"] is None
         assert report["server"]["attached"] is True
         assert any("single-image/file" in note for note in report["notes"])
@@ -40,7 +49,9 @@ def test_run_with_base_url_uses_the_profiles_demos(tmp_path: Path, mmdemo_env: d
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
         assert report["model"] == "fake-omni"
-        assert [d["name"] for d in report["demos"]] == ["audio/input_audio", "audio/url", "audio/base64"]
+        demos = ["audio/input_audio", "audio/url", "audio/base64"]
+        names = [d["name"] for d in report["demos"]]
+        assert names == [*demos, *(f"{n} (repeat)" for n in demos), "worst-case/all-media"]
 
 
 def test_attach_with_a_wrong_key_fails_clearly(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:

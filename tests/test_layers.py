@@ -19,7 +19,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """import-linter on the `orchestrator` package found under `root`, with the project's contracts."""
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(REPO / "pyproject.toml")],
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", "--config", str(REPO / "pyproject.toml")],
         cwd=root,
         capture_output=True,
         text=True,

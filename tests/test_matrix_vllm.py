@@ -39,7 +39,8 @@ def test_two_tiny_profiles_on_the_cpu(tmp_path: Path, mmdemo_env: dict[str, str]
     first, second = record["cells"]
     assert second["started_s"] >= first["ended_s"]  # one at a time on a CPU
     for cell in record["cells"]:
-        assert cell["demos_passed"] == cell["demos_total"] == 4  # text + single-image by url, file, base64
+        # text + single-image by url, file, base64; the three again (the processor cache); the worst case
+        assert cell["demos_passed"] == cell["demos_total"] == 8
         assert cell["teardown_remaining"] == 0
         assert cell["time_to_ready_s"] > 0
         report = json.loads((matrix_dir / cell["directory"] / "report.json").read_text())

@@ -167,8 +167,11 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     assert report["vllm"]["version"].startswith("0.32")
 
     expected = {f"{chat}/{delivery}" for chat in seed.chat_types for delivery in DELIVERIES[chat]}
-    by_name = {d["name"]: d for d in report["demos"]}
+    by_name = {d["name"]: d for d in report["demos"] if d["kind"] == "demo"}
     assert set(by_name) == expected
+    repeats = {d["name"] for d in report["demos"] if d["kind"] == "repeat"}
+    assert repeats == {f"{name} (repeat)" for name in expected if not name.startswith("text-only/")}
+    assert [d["kind"] for d in report["demos"]].count("worst case") == 1
     for demo in report["demos"]:
         assert demo["status"] == "passed", demo
         assert demo["http_status"] == 200, demo

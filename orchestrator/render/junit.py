@@ -30,8 +30,8 @@ def suite(record: RunRecord, name: str | None = None) -> ET.Element:
             time=f"{demo.latency_s:.3f}",
         )
         if demo.status != "passed":
-            failure = ET.SubElement(case, "failure", message=one_line(demo.error, 200))
-            failure.text = visible(demo.error)
+            failure = ET.SubElement(case, "failure", message=one_line(demo.error, 200), type=demo.status)
+            failure.text = visible("\n".join(filter(None, [demo.error, demo.diagnosis, *demo.log_lines])))
         else:
             ET.SubElement(case, "system-out").text = visible(demo.answer)
     if server_error and record.error is not None:

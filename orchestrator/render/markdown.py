@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from orchestrator.record import DemoRecord, RunRecord
+from orchestrator.record import DemoRecord, RunRecord, VllmRecord
 from orchestrator.render.text import code_fence, markdown_cell, one_line, visible
 
 VERDICTS = {"passed": "✅ passed", "failed": "❌ failed"}
+DEMO_MARKS = {"passed": "✅", "failed": "❌", "hung": "⏳"}
 
 
 def fmt(value: float | int | None, unit: str = "", digits: int = 2) -> str:
@@ -26,6 +27,20 @@ def demo_label(demo: DemoRecord) -> str:
     return demo.verdict
 
 
+def environment(vllm: VllmRecord) -> str:
+    """'; torch 2.13.0, transformers 5.19; decoders: soundfile, av' where the record knows them."""
+    parts = [
+        f"{name} {markdown_cell(v, None)}"
+        for name, v in (("torch", vllm.torch), ("transformers", vllm.transformers))
+        if v
+    ]
+    if vllm.torch or vllm.decoders:
+        parts.append(
+            "decoders: " + (", ".join(markdown_cell(d, None) for d in vllm.decoders) or "none found")
+        )
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def to_markdown(record: RunRecord) -> str:
     """The whole report.md."""
     summary = record.summary
@@ -36,19 +51,24 @@ def to_markdown(record: RunRecord) -> str:
         f"# mmdemo: {markdown_cell(record.profile, None)} on {markdown_cell(record.variant, None)} — {verdict}",
         "",
         f"- model: {markdown_cell(record.model, None)} (served as {markdown_cell(record.served_model_name, None)})",
-        f"- vLLM: {markdown_cell(vllm.version, None)} ({markdown_cell(vllm.path, None)})"
+        f"- vLLM: {markdown_cell(vllm.version, None)} ({markdown_cell(vllm.path, None)})" + environment(vllm)
         if vllm
         else "- vLLM: ?",
         f"- machine: {markdown_cell(record.machine.accelerator, None)}; {markdown_cell(record.machine.cpu, None)}",
         f"- time to ready: {fmt(record.server.ready_s, ' s', 1)}",
         f"- demos: {summary.passed}/{summary.total} passed"
-        + (f", {summary.understood} understood" if any(d.expected for d in record.demos) else ""),
+        + (f", {summary.understood} understood" if any(d.expected for d in record.demos) else "")
+        + (f", {summary.hung} hung" if summary.hung else ""),
     ]
     if record.flags:
         lines.append(f"- options: {', '.join(markdown_cell(f, None) for f in record.flags)}")
     if teardown:
         lines.append(f"- teardown: {fmt(teardown.duration_s, ' s')}, {teardown.remaining} process(es) left")
     lines.append("")
+    if record.warnings:
+        lines += ["**Warnings from vLLM's start-up:**", ""]
+        lines += [f"- {markdown_cell(w, None)}" for w in record.warnings]
+        lines.append("")
     if record.error:
         err = record.error
         lines += [f"**Error:** {markdown_cell(err.message, None)}", ""]
@@ -72,8 +92,10 @@ def to_markdown(record: RunRecord) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for demo in record.demos:
-            mark = "✅" if demo.status == "passed" else "❌"
+            mark = DEMO_MARKS.get(demo.status, "❌")
             text = demo.answer if demo.status == "passed" else demo.error
+            if demo.diagnosis:
+                text = f"{text} — {demo.diagnosis}"
             synthetic = any(a.provenance == "synthetic" for a in demo.assets)
             lines.append(
                 f"| {markdown_cell(demo.name)}{' (synthetic media)' if synthetic else ''} "
