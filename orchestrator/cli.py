@@ -302,7 +302,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from orchestrator import preflight
+    from orchestrator import gpufit
     from orchestrator.command import build_plan
     from orchestrator.gpu import detect
     from orchestrator.paths import assets_dir
@@ -310,7 +310,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.targets import select_demos
 
     profile = load_profile(args.profile, args.profiles_dir)
-    variant = preflight.choose_variant(profile, args.gpu, detect() if args.gpu == "auto" else [])
+    choice = gpufit.choose(profile, args.gpu, detect() if args.gpu.lower() == "auto" else [])
+    variant = choice.variant
     resolved = profile.resolve(variant)
     plan = build_plan(
         resolved,
@@ -322,6 +323,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     out = terminal.console()
     out.print(f"# {profile.name}: {profile.model} on {variant}", markup=False)
+    if choice.reason:  # sized by memory: which variant, and why
+        out.print(f"# {choice.reason}", markup=False)
     if resolved.unsupported:
         out.print(f"# unsupported on {variant}: {resolved.unsupported}", markup=False)
     for key, value in plan.display_env.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestrator import gpu as gpu_mod
-from orchestrator import models, preflight
+from orchestrator import gpufit, models, preflight
 from orchestrator.background import background
 from orchestrator.command import Redactor, build_plan, quick_start, with_dummy_weights
 from orchestrator.errors import ServerError, UsageError
@@ -132,7 +132,7 @@ def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    accelerator = ", ".join(f"{g.name} ({g.memory_total_gib:.0f} GiB)" for g in gpus) or "CPU only"
+    accelerator = gpu_mod.describe(gpus)  # the cards, their memory and the platform (CUDA or ROCm)
     return MachineRecord(
         cpu=cpu,
         cores=os.cpu_count(),
@@ -184,7 +184,10 @@ class Launched:
         # Reading vLLM's version takes a subprocess (seconds): start it now, collect it in preflight.
         self._version = background(preflight.vllm_version, opts.vllm_bin)
         self.gpus = [] if opts.gpu == gpu_mod.CPU else list(self._probe_gpus())  # cpu: no NVML to ask
-        variant = preflight.choose_variant(profile, opts.gpu, self.gpus)
+        choice = gpufit.choose(
+            profile, opts.gpu, self.gpus
+        )  # any case; a card without its variant: by memory
+        variant, self.gpus = choice.variant, list(choice.gpus)  # a mixed box: the named class's platform only
         self.resolved = resolved = self._adjusted(profile.resolve(variant))
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
@@ -204,6 +207,8 @@ class Launched:
             machine=machine_info(self.gpus),
             started_at=started_at,
         )
+        if choice.reason:  # which variant and why, where it is not the card's own
+            record.notes.append(choice.reason + ".")
         if profile.local_model is not None:
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:
