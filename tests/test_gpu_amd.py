@@ -8,6 +8,7 @@ paths; the fake `amdsmi` module (tests/fakes/amdsmi) follows the py-interface RE
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import pytest
 
 from orchestrator import gpu, proctree, rocm
 from orchestrator.gpu import CUDA, ROCM, Gpu
-from tests.conftest import FAKES, GPU_OUTPUTS, mi300x, server_for, wait_for
+from tests.conftest import FAKES, GPU_OUTPUTS, REPO, fake_amdsmi_state, mi300x, mmdemo, server_for, wait_for
 
 
 def recorded(name: str) -> str:
@@ -238,3 +239,57 @@ def test_memory_that_is_never_released_is_reported(
     teardown = server.stop()
     assert teardown.remaining == 0
     assert teardown.gpu_released is False
+
+
+# -- the commands on a (fake) MI300X box ----------------------------------------------------------
+
+
+def test_doctor_and_plan_on_an_mi300x_box(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    state = fake_amdsmi_state(tmp_path, mi300x(8))
+    env = {**mmdemo_env, "PYTHONPATH": str(FAKES), "FAKE_AMDSMI": str(state), "PATH": "/usr/bin:/bin"}
+    doctor = mmdemo("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stderr
+    out = " ".join(doctor.stdout.split())  # rich may wrap the long lines
+    assert (
+        "GPU 7: AMD Instinct MI300X: 191.7 GiB free of 192 GiB (class MI300X, ROCm, driver 6.8.5, found by amdsmi)"
+        in out
+    )
+    assert "platform: ROCm" in out
+    plan = mmdemo("plan", "llava-1.5-7b", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "# llava-1.5-7b: llava-hf/llava-1.5-7b-hf on MI300X" in plan.stdout
+    assert "export VLLM_ENGINE_ITERATION_TIMEOUT_S=300" in plan.stdout
+
+
+def test_doctor_says_when_vllm_is_not_a_build_for_the_platform() -> None:
+    from orchestrator.doctor import platform_line
+
+    amd = [Gpu(0, "AMD Instinct MI300X", 196592, platform=ROCM)]
+    nvidia = [Gpu(0, "NVIDIA H100 80GB HBM3", 81559)]
+    assert platform_line(amd, "0.18.0+rocm700") == "ROCm (vLLM 0.18.0+rocm700)"
+    assert platform_line(amd, "0.33.0") == (
+        "ROCm, but vLLM 0.33.0 is not a ROCm build: `make install-vllm` says how to get one"
+    )
+    assert platform_line(nvidia, "0.33.0") == "CUDA (vLLM 0.33.0)"
+    assert platform_line(amd + nvidia, None).startswith("ROCm and CUDA: one vLLM build drives one platform")
+
+
+def test_install_vllm_on_an_amd_box_says_how_to_get_vllm_for_rocm(
+    tmp_path: Path, tools_on_path: Callable[..., None]
+) -> None:
+    tools_on_path("rocm-smi")  # what the script looks for, with amd-smi and /dev/kfd
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("MMDEMO_PLATFORM", "MMDEMO_VLLM_ROCM")}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-vllm.sh"), str(venv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "AMD GPU (ROCm) found: PyPI's vllm wheel is the CUDA build" in done.stdout
+    assert "vllm/vllm-openai-rocm:latest" in done.stdout  # the official ROCm image
+    assert "--extra-index-url https://wheels.vllm.ai/rocm/" in done.stdout  # or vLLM's ROCm wheels
+    assert not venv.exists()  # nothing installed
