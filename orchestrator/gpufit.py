@@ -98,14 +98,14 @@ def _auto(profile: Profile, gpus: Sequence[Gpu]) -> Choice:
 
 
 def fit(profile: Profile, memory_mib: float, platform: str | None) -> str | None:
-    """The largest supported GPU variant whose class fits the memory: the platform's own first, else any."""
-    fitting = [
-        (GPU_CLASSES[name], name)
-        for name, variant in profile.variants.items()
-        if name in GPU_CLASSES
-        and not variant.unsupported
-        and GPU_CLASSES[name] * 1024 <= memory_mib * FIT_SLACK
-    ]
+    """The largest supported GPU variant whose class (and need) fits the memory: the platform's own first."""
+    fitting = []
+    for name, variant in profile.variants.items():
+        if name not in GPU_CLASSES or variant.unsupported:
+            continue
+        need = profile.requires.merged(variant.requires).gpu_memory_gib or 0
+        if max(GPU_CLASSES[name], need) * 1024 <= memory_mib * FIT_SLACK:
+            fitting.append((GPU_CLASSES[name], name))
     same = [f for f in fitting if platform_of(f[1]) == platform]
     return max(same or fitting)[1] if fitting else None
 
