@@ -210,7 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--emit", choices=("skypilot",), help="print a SkyPilot task that runs this matrix; run nothing"
     )
-    p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
+    p.add_argument(
+        "--launch", action="store_true", help="SkyPilot: one managed job per GPU class, at once; results here"
+    )
+    p.add_argument(
+        "--pipeline", action="store_true", help="SkyPilot: one pipeline, the GPU classes one after another"
+    )
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
     server_opts(p)
@@ -481,16 +486,17 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = terminal.console()
-    if args.emit == "skypilot" or args.launch:
-        task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket)
-        if not args.launch:
-            print(task, end="")
-            return 0
-        return skypilot.launch(task, opts.runs_dir)
-    if args.engine == "ray":
+    if args.emit == "skypilot" and not args.launch:
+        print(skypilot.emit(args.profiles, classes, opts, bucket=args.bucket, pipeline=args.pipeline), end="")
+        return 0
+    if args.launch:  # one SkyPilot managed job per GPU class, at once; results gathered here
+        from orchestrator.matrix.sky_engine import SkyEngine
+
+        engine: Any = SkyEngine(args.profiles, classes, bucket=args.bucket, pipeline=args.pipeline)
+    elif args.engine == "ray":
         from orchestrator.matrix.ray_engine import RayEngine
 
-        engine: Any = RayEngine()
+        engine = RayEngine()
     else:
         from orchestrator.matrix.local import LocalEngine
 
@@ -504,7 +510,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
-        where = f" GPU {cell.cuda_visible_devices}" if cell.cuda_visible_devices else ""
+        where = f" GPU {','.join(map(str, cell.gpus))}" if cell.gpus else ""  # as the driver numbers them
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
         console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 
