@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from orchestrator.errors import UsageError
 from orchestrator.matrix import gather, skypilot
 from orchestrator.matrix import record as record_mod
 from orchestrator.options import Options
-from tests.conftest import FAKES, mmdemo
+from tests.conftest import FAKES, mmdemo, signal_mmdemo
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"
 A, TP2 = (str(PROFILES / f"{n}.yaml") for n in ("fake-a", "fake-tp2"))
@@ -247,3 +248,27 @@ def test_launch_without_sky_says_how_to_get_it(tmp_path: Path, mmdemo_env: dict[
     assert done.returncode == 3
     assert "the `sky` command was not found" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_the_launchers_and_says_the_jobs_go_on(
+    tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    env = fake_sky(tmp_path, mmdemo_env, together="3")  # two launches wait at the barrier for a third
+    runs = tmp_path / "runs"
+    started = tmp_path / "calls"
+    code = signal_mmdemo(
+        ["matrix", A, "--gpu", "H100,MI300X", "--launch", "--runs-dir", str(runs)],
+        env,
+        tmp_path / "out.txt",
+        until=lambda: len(list(started.glob("*.started"))) == 2,
+        sig=signal.SIGINT,
+    )
+    assert code == 130, (tmp_path / "out.txt").read_text()
+    record = record_mod.load(next(runs.glob("*-matrix")) / "matrix.json")
+    assert {c.status for c in record.cells} == {"interrupted"}
+    reasons = {c.gpu_class: c.reason for c in record.cells}
+    assert reasons["H100"] == (
+        "launcher stopped by SIGINT; the managed job goes on: `sky jobs cancel -n mmdemo-matrix-h100` "
+        "(see sky/H100.log)"
+    )
+    assert not calls(tmp_path)  # neither fake job got to its end: both launchers were stopped
