@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import terminal
-from orchestrator.errors import InternalError, Interrupted, MMDemoError
+from orchestrator.errors import InternalError, Interrupted, MMDemoError, UsageError
 
 if TYPE_CHECKING:
     from orchestrator.options import Options
@@ -486,6 +486,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = terminal.console()
+    if (args.pipeline or args.bucket) and not (args.emit or args.launch):  # never silently ignored
+        raise UsageError("--pipeline and --bucket go with --emit skypilot or --launch (SkyPilot)")
     if args.emit == "skypilot" and not args.launch:
         print(skypilot.emit(args.profiles, classes, opts, bucket=args.bucket, pipeline=args.pipeline), end="")
         return 0

@@ -212,6 +212,7 @@ def test_launch_starts_one_job_per_class_together_and_gathers_one_matrix(
     assert (matrix_dir / "sky" / "MI300X.log").is_file()  # each job's log, kept
     assert "| fake-a |" in (matrix_dir / "matrix.md").read_text()
     assert "matrix   4 cell(s), 4 to run, on skypilot" in done.stdout
+    assert "fake-tp2@MI300X" in done.stdout  # a line per cell, as each class's job comes back
 
 
 def test_a_class_whose_job_brings_nothing_back_fails_its_cells_only(
@@ -272,3 +273,9 @@ def test_ctrl_c_stops_the_launchers_and_says_the_jobs_go_on(
         "(see sky/H100.log)"
     )
     assert not calls(tmp_path)  # neither fake job got to its end: both launchers were stopped
+
+
+def test_skypilot_options_without_skypilot_are_refused_not_ignored(mmdemo_env: dict[str, str]) -> None:
+    done = mmdemo("matrix", A, "--pipeline", env=mmdemo_env)
+    assert done.returncode == 2
+    assert "--pipeline and --bucket go with --emit skypilot or --launch (SkyPilot)" in done.stderr

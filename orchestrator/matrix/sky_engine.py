@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -109,20 +109,18 @@ class SkyEngine:
         sky_dir.mkdir(parents=True, exist_ok=True)
         configs = skypilot.tasks(self.names, classes, opts, bucket=self.bucket, nodes=self.nodes)
         self.launches = self._write(configs, sky_dir)
+        records: list[CellRecord] = []
         try:
             for launch in self.launches:
                 self._start(launch)
-            self._wait(stop)
+            for launch in self._finished(stop):  # each class reported as soon as its job is done
+                mine = [c for c in cells if c.gpu_class in launch.classes]
+                for record in self._gather(launch, mine, matrix_dir, stop):
+                    records.append(record)
+                    on_done(record)
         finally:
             for launch in self.launches:
                 self._end(launch)
-        records = []
-        for launch in self.launches:
-            for record in self._gather(
-                launch, [c for c in cells if c.gpu_class in launch.classes], matrix_dir, stop
-            ):
-                records.append(record)
-                on_done(record)
         return records
 
     def _write(self, configs: dict[str, dict[str, Any]], sky_dir: Path) -> list[Launch]:
@@ -152,16 +150,26 @@ class SkyEngine:
             start_new_session=True,  # its own group: Ctrl-C here reaches it through us, once
         )
 
-    def _wait(self, stop: Interrupt) -> None:
+    def _finished(self, stop: Interrupt) -> Iterator[Launch]:
+        """The launches as their launchers end; after Ctrl-C the rest within STOP_WAIT_S, then killed."""
+        pending = list(self.launches)
         stopped_at: float | None = None
-        while any(launch.proc is not None and launch.proc.poll() is None for launch in self.launches):
+        while pending:
+            for launch in [x for x in pending if x.proc is None or x.proc.poll() is not None]:
+                pending.remove(launch)
+                self._end(launch)
+                yield launch
             if stop.is_set() and stopped_at is None:
                 stopped_at = time.monotonic()
-                for launch in self.launches:
+                for launch in pending:
                     self._signal(launch, signal.SIGINT)  # the launcher detaches; the job goes on
             if stopped_at is not None and time.monotonic() > stopped_at + STOP_WAIT_S:
+                for launch in pending:
+                    self._end(launch)
+                    yield launch
                 return
-            time.sleep(POLL_S)
+            if pending:
+                time.sleep(POLL_S)
 
     @staticmethod
     def _signal(launch: Launch, sig: signal.Signals) -> None:
@@ -170,11 +178,11 @@ class SkyEngine:
                 os.killpg(launch.proc.pid, sig)
 
     def _end(self, launch: Launch) -> None:
-        """The launcher is gone when run() returns: killed if it outlived the wait."""
+        """The launcher is gone and its log closed: killed if it outlived the wait (idempotent)."""
         if launch.proc is not None and launch.proc.poll() is None:
             self._signal(launch, signal.SIGKILL)
             launch.proc.wait()
-        if launch.handle is not None:
+        if launch.handle is not None and not launch.handle.closed:
             launch.handle.close()
 
     def _gather(
