@@ -7,10 +7,11 @@ box, not on two Ray nodes that share a host (the two-node test cluster, host-net
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 
-from orchestrator import preflight
+from orchestrator.errors import PreflightError
 
 TRIES = 100
 
@@ -36,9 +37,21 @@ class PortBook:
             return sorted(self._taken)
 
 
-def cell_port(host: str, claim: Callable[[int], bool], pick: Callable[[str], int] | None = None) -> int:
+def free_port(host: str) -> int:
+    """A port nothing holds on this node right now (bound to port 0 and released)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot bind a port on --host {host}: {exc.strerror or exc}",
+                hint="--host must be an address of this machine (default 127.0.0.1)",
+            ) from None
+        return int(sock.getsockname()[1])
+
+
+def cell_port(host: str, claim: Callable[[int], bool], pick: Callable[[str], int] = free_port) -> int:
     """A port free on this node right now that no other cell of the matrix was given."""
-    pick = pick or (lambda h: preflight.choose_port(h, None))
     for _ in range(TRIES):
         port = pick(host)
         if claim(port):
