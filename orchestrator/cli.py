@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import terminal
-from orchestrator.errors import InternalError, Interrupted, MMDemoError
+from orchestrator.errors import InternalError, Interrupted, MMDemoError, UsageError
 
 if TYPE_CHECKING:
     from orchestrator.context import Endpoint, Session
@@ -218,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--emit", choices=("skypilot",), help="print a SkyPilot task that runs this matrix; run nothing"
     )
-    p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
+    p.add_argument(
+        "--launch", action="store_true", help="SkyPilot: one managed job per GPU class, at once; results here"
+    )
+    p.add_argument(
+        "--pipeline", action="store_true", help="SkyPilot: one pipeline, the GPU classes one after another"
+    )
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
     server_opts(p)
@@ -312,7 +317,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from orchestrator import preflight
+    from orchestrator import gpufit
     from orchestrator.command import build_plan
     from orchestrator.gpu import detect
     from orchestrator.paths import assets_dir
@@ -320,7 +325,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.targets import select_demos
 
     profile = load_profile(args.profile, args.profiles_dir)
-    variant = preflight.choose_variant(profile, args.gpu, detect() if args.gpu == "auto" else [])
+    choice = gpufit.choose(profile, args.gpu, detect() if args.gpu.lower() == "auto" else [])
+    variant = choice.variant
     resolved = profile.resolve(variant)
     plan = build_plan(
         resolved,
@@ -332,6 +338,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     out = terminal.console()
     out.print(f"# {profile.name}: {profile.model} on {variant}", markup=False)
+    if choice.reason:  # sized by memory: which variant, and why
+        out.print(f"# {choice.reason}", markup=False)
     if resolved.unsupported:
         out.print(f"# unsupported on {variant}: {resolved.unsupported}", markup=False)
     for key, value in plan.display_env.items():
@@ -489,16 +497,19 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = terminal.console()
-    if args.emit == "skypilot" or args.launch:
-        task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket)
-        if not args.launch:
-            print(task, end="")
-            return 0
-        return skypilot.launch(task, opts.runs_dir)
-    if args.engine == "ray":
+    if (args.pipeline or args.bucket) and not (args.emit or args.launch):  # never silently ignored
+        raise UsageError("--pipeline and --bucket go with --emit skypilot or --launch (SkyPilot)")
+    if args.emit == "skypilot" and not args.launch:
+        print(skypilot.emit(args.profiles, classes, opts, bucket=args.bucket, pipeline=args.pipeline), end="")
+        return 0
+    if args.launch:  # one SkyPilot managed job per GPU class, at once; results gathered here
+        from orchestrator.matrix.sky_engine import SkyEngine
+
+        engine: Any = SkyEngine(args.profiles, classes, bucket=args.bucket, pipeline=args.pipeline)
+    elif args.engine == "ray":
         from orchestrator.matrix.ray_engine import RayEngine
 
-        engine: Any = RayEngine()
+        engine = RayEngine()
     else:
         from orchestrator.matrix.local import LocalEngine
 
@@ -512,7 +523,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
-        where = f" GPU {cell.cuda_visible_devices}" if cell.cuda_visible_devices else ""
+        where = f" GPU {','.join(map(str, cell.gpus))}" if cell.gpus else ""  # as the driver numbers them
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
         console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 

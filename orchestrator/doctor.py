@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from orchestrator import preflight
 from orchestrator.command import expand_env
 from orchestrator.errors import MMDemoError
-from orchestrator.gpu import detect
+from orchestrator.gpu import PLATFORM_NAMES, ROCM, Gpu, detect
+from orchestrator.gpufit import sized_class
 from orchestrator.options import DEFAULTS
 from orchestrator.paths import cache_dir, packaged_profiles_dir
 from orchestrator.profile import iter_profile_files, parse_profile_file
@@ -35,13 +36,18 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
     if gpus:
         for g in gpus:
             free = f"{g.memory_free_gib:.1f} GiB free of " if g.memory_free_gib is not None else ""
+            own = g.gpu_class or f"none of its own; sized by memory as {sized_class(g) or 'too small'}"
             console.print(
-                f"GPU {g.index}:       {g.name}: {free}{g.memory_total_gib:.0f} GiB "
-                f"(variant {g.variant or 'unknown'}, driver {g.driver or '?'})",
+                f"GPU {g.index}:       {escape(g.name)}: {free}{g.memory_total_gib:.0f} GiB "
+                f"(class {own}, {PLATFORM_NAMES.get(g.platform, g.platform)}, driver {g.driver or '?'}, "
+                f"found by {g.detected_by or '?'})",
                 highlight=False,
             )
+        console.print(f"platform:    {platform_line(gpus, info.version if info else None)}", highlight=False)
     else:
-        console.print("GPU:         none found (NVML and nvidia-smi): profiles run their cpu variant")
+        console.print(
+            "GPU:         none found (NVML, nvidia-smi, amdsmi, amd-smi, rocm-smi): profiles run their cpu variant"
+        )
     token = "present" if preflight.hf_token_present(os.environ) else "not set (gated models will fail)"
     console.print(f"HF token:    {token}")
     hf_home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
@@ -74,3 +80,21 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
             table.add_row(escape(path.stem), "–", f"[red]{escape(str(exc))}[/]")
     console.print(table)
     return 0
+
+
+def platform_line(gpus: list[Gpu], vllm_version: str | None) -> str:
+    """Which platform the GPUs are, and whether the vLLM found is a build for it."""
+    platforms = list(dict.fromkeys(g.platform for g in gpus))
+    names = " and ".join(PLATFORM_NAMES.get(p, p) for p in platforms)
+    if len(platforms) > 1:
+        return f"{names}: one vLLM build drives one platform; pick one with --gpu CLASS"
+    if vllm_version is None:
+        return names
+    rocm_build = "rocm" in vllm_version.lower()
+    if platforms[0] == ROCM and not rocm_build:
+        return (
+            f"{names}, but vLLM {vllm_version} is not a ROCm build: `make install-vllm` says how to get one"
+        )
+    if platforms[0] != ROCM and rocm_build:
+        return f"{names}, but vLLM {vllm_version} is a ROCm build"
+    return f"{names} (vLLM {vllm_version})"

@@ -1,91 +1,60 @@
-"""GPU detection (NVML, then nvidia-smi) and the mapping from marketing names to variant names.
+"""GPU detection: NVIDIA's (NVML, then nvidia-smi) and AMD's (rocm.py), and who holds GPU memory.
 
 Detection is injected: callers take a probe function so tests pass a fake and nothing here needs a GPU.
+The classes and the Gpu record live in gpuclass.py (re-exported here for the callers that import them).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+
+from orchestrator import rocm
+from orchestrator.gpuclass import (
+    CPU,
+    CUDA,
+    GPU_CLASSES,
+    PLATFORM_NAMES,
+    ROCM,
+    VARIANT_NAMES,
+    Gpu,
+    canonical_class,
+    describe,
+    platform_of,
+    variant_for_name,
+    visible_env,
+)
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "GPU_CLASSES",
+    "PLATFORM_NAMES",
+    "ROCM",
+    "VARIANT_NAMES",
+    "Gpu",
+    "canonical_class",
+    "describe",
+    "detect",
+    "detect_nvidia",
+    "parse_nvidia_smi",
+    "pids_using_gpus",
+    "platform_of",
+    "variant_for_name",
+    "visible_env",
+]
 
 log = logging.getLogger(__name__)
 
-# Variant names a profile may use, with the memory of the card (GiB) used to size and explain them.
-GPU_CLASSES: dict[str, int] = {
-    "B200": 180,
-    "H200": 141,
-    "H100": 80,
-    "GH200": 96,
-    "A100-80GB": 80,
-    "A100-40GB": 40,
-    "L40S": 48,
-    "A6000": 48,
-    "L4": 24,
-    "A10G": 24,
-    "RTX4090": 24,
-    "T4": 16,
-}
-CPU = "cpu"
-VARIANT_NAMES: tuple[str, ...] = (*GPU_CLASSES, CPU)
-
-# Ordered: the first pattern that matches the marketing name wins (H200 before H100, GH200 before both).
-_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"\bB200\b", "B200"),
-    (r"\bGH200\b", "GH200"),
-    (r"\bH200\b", "H200"),
-    (r"\bH100\b", "H100"),
-    (r"\bH800\b", "H100"),
-    (r"\bA100\b.*\b80\s*GB\b", "A100-80GB"),
-    (r"\bA100\b", "A100-40GB"),
-    (r"\bL40S\b", "L40S"),
-    (r"\bRTX A6000\b|\bA6000\b", "A6000"),
-    (r"\bL4\b", "L4"),
-    (r"\bA10G\b", "A10G"),
-    (r"\bA10\b", "A10G"),
-    (r"\bRTX 4090\b", "RTX4090"),
-    (r"\bT4\b", "T4"),
-)
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One GPU as the driver reports it."""
-
-    index: int
-    name: str
-    memory_total_mib: int
-    memory_free_mib: int | None = None
-    driver: str | None = None
-
-    @property
-    def memory_total_gib(self) -> float:
-        return self.memory_total_mib / 1024
-
-    @property
-    def memory_free_gib(self) -> float | None:
-        return None if self.memory_free_mib is None else self.memory_free_mib / 1024
-
-    @property
-    def variant(self) -> str | None:
-        return variant_for_name(self.name, self.memory_total_mib)
-
-
-def variant_for_name(name: str, memory_total_mib: int | None = None) -> str | None:
-    """Map a marketing name ("NVIDIA H100 80GB HBM3") to a variant name, or None if unknown."""
-    text = name.upper().replace("NVIDIA", " ")
-    if memory_total_mib is not None and re.search(r"\bA100\b", text) and memory_total_mib > 60_000:
-        return "A100-80GB"
-    for pattern, variant in _NAME_PATTERNS:
-        if re.search(pattern, text):
-            return variant
-    return None
-
 
 def detect() -> list[Gpu]:
-    """The GPUs on this machine: NVML first, nvidia-smi as the fallback, [] when there are none."""
+    """The GPUs on this machine: NVIDIA's (NVML, else nvidia-smi) then AMD's (rocm.py); [] when none."""
+    return detect_nvidia() + (rocm.detect() or [])
+
+
+def detect_nvidia() -> list[Gpu]:
+    """NVIDIA GPUs: NVML first, nvidia-smi as the fallback, [] when there are none."""
     gpus = _detect_nvml()
     if gpus is None:
         gpus = _detect_nvidia_smi()
@@ -115,6 +84,7 @@ def _detect_nvml() -> list[Gpu] | None:
                     memory_total_mib=int(memory.total) // 2**20,
                     memory_free_mib=int(memory.free) // 2**20,
                     driver=driver,
+                    detected_by="nvml",
                 )
             )
         return gpus
@@ -153,11 +123,19 @@ def parse_nvidia_smi(out: str) -> list[Gpu]:
             continue
         free = int(float(fields[2])) if len(fields) > 2 and fields[2] else None
         driver = fields[3] if len(fields) > 3 else None
-        gpus.append(Gpu(index, fields[0], int(float(fields[1])), free, driver))
+        gpus.append(Gpu(index, fields[0], int(float(fields[1])), free, driver, detected_by="nvidia-smi"))
     return gpus
 
 
 def pids_using_gpus() -> set[int] | None:
+    """PIDs that hold GPU memory on any GPU (NVML, and AMD's tools); None where no tool can tell."""
+    nvidia, amd = _nvml_pids(), rocm.holders()
+    if nvidia is None and amd is None:
+        return None
+    return (nvidia or set()) | (amd or set())
+
+
+def _nvml_pids() -> set[int] | None:
     """PIDs that hold GPU memory per NVML, or None where NVML is unavailable."""
     try:
         import pynvml

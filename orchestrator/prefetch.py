@@ -143,6 +143,21 @@ class Fetched:
     files_downloaded: int
 
 
+_SESSION_LOCK = threading.Lock()
+
+
+def _shared_session() -> None:
+    """Create huggingface_hub's shared HTTP client once, under a lock.
+
+    Its get_session() checks and creates without holding its lock, so two matrix cells prefetching at
+    the same moment each made a client and one leaked (an unclosed socket, a ResourceWarning).
+    """
+    from huggingface_hub import get_session
+
+    with _SESSION_LOCK:
+        get_session()
+
+
 def plan(
     model: str, *, revision: str | None = None, token: str | None = None, env: HubEnv | None = None
 ) -> HubPlan:
@@ -162,6 +177,7 @@ def plan(
         RevisionNotFoundError,
     )
 
+    _shared_session()
     api = HfApi(endpoint=env.endpoint, token=env.token or False)
     where = f"{model} on {env.endpoint}"
     try:

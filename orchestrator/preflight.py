@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import gpufit
 from orchestrator.backend import locate_vllm, vllm_python
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
+from orchestrator.errors import PreflightError
+from orchestrator.gpu import Gpu
 from orchestrator.paths import cache_dir
 from orchestrator.profile import Profile, ResolvedProfile
 from orchestrator.render.files import write_atomic
@@ -158,52 +159,8 @@ def check_version(info: VllmInfo, resolved: ResolvedProfile) -> None:
 
 
 def choose_variant(profile: Profile, gpu: str, gpus: Sequence[Gpu]) -> str:
-    """The variant to run: the one named, or (auto) the one for the GPU found, or cpu."""
-    if gpu != "auto":
-        if gpu not in profile.variants:
-            raise UsageError(
-                f"profile {profile.name!r} has no variant {gpu!r}",
-                hint=f"its variants: {_variant_list(profile)}",
-            )
-        return gpu
-    if not gpus:
-        if CPU in profile.variants:
-            return CPU
-        raise PreflightError(
-            f"no GPU found and profile {profile.name!r} has no cpu variant",
-            hint=f"its variants need: {_variant_list(profile)}; try `mmdemo run cpu-tiny-omni`",
-        )
-    first = gpus[0]
-    if first.variant in profile.variants:
-        return first.variant
-    fitting = [
-        (GPU_CLASSES[name], name)
-        for name, variant in profile.variants.items()
-        if name in GPU_CLASSES
-        and not variant.unsupported
-        and GPU_CLASSES[name] * 1024 <= first.memory_total_mib * 1.02
-    ]
-    if fitting:
-        chosen = max(fitting)[1]
-        log.info("no %s variant for %s; using %s, the largest that fits", profile.name, first.name, chosen)
-        return chosen
-    raise PreflightError(
-        f"profile {profile.name!r} has no variant that fits {first.name} ({first.memory_total_gib:.0f} GiB)",
-        hint=f"its variants: {_variant_list(profile)}",
-    )
-
-
-def _variant_list(profile: Profile) -> str:
-    parts = []
-    for name, variant in profile.variants.items():
-        need = profile.requires.merged(variant.requires).gpu_memory_gib
-        if variant.unsupported:
-            parts.append(f"{name} (unsupported)")
-        elif name == CPU or need is None:
-            parts.append(name)
-        else:
-            parts.append(f"{name} (>= {need:g} GiB)")
-    return ", ".join(parts) or "(none)"
+    """The variant to run: the class named (any case), or (auto) the GPU found's, or cpu; see gpufit."""
+    return gpufit.choose(profile, gpu, gpus).variant  # sizing by memory, AMD and mixed boxes live there
 
 
 def check_variant(resolved: ResolvedProfile) -> None:
@@ -232,7 +189,7 @@ def check_gpus(resolved: ResolvedProfile, gpus: Sequence[Gpu]) -> None:
             raise PreflightError(
                 f"GPU {gpu.index} ({gpu.name}) has {free:.1f} GiB free; "
                 f"{resolved.profile.name} on {resolved.variant} needs {need:g} GiB",
-                hint="another process holds GPU memory (see `nvidia-smi`); end it or pick another GPU",
+                hint=f"another process holds GPU memory (see `{'amd-smi' if gpu.platform == 'rocm' else 'nvidia-smi'}`); end it or pick another GPU",
             )
 
 

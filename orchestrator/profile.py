@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.errors import ProfileError
 from orchestrator.expect import alternatives
-from orchestrator.gpu import CPU, VARIANT_NAMES
+from orchestrator.gpu import CPU, VARIANT_NAMES, canonical_class
 from orchestrator.paths import models_dir, profile_search_path
 
 LOCAL_MODEL_PREFIX = "mmdemo:"
@@ -211,11 +211,16 @@ class Profile(_Frozen):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
-        for name in variants:
-            if name not in VARIANT_NAMES:
+        canonical: dict[str, Variant] = {}  # keys in any case ("h100"), kept as GPU_CLASSES spells them
+        for name, variant in variants.items():
+            known = canonical_class(name)
+            if known is None:
                 hint = _did_you_mean(name, VARIANT_NAMES)
                 raise ValueError(f"unknown variant {name!r}{hint}; known: {', '.join(VARIANT_NAMES)}")
-        return variants
+            if known in canonical:
+                raise ValueError(f"variant {name!r} repeats {known!r} (GPU class names ignore case)")
+            canonical[known] = variant
+        return canonical
 
     @model_validator(mode="after")
     def _demos_fit_limits(self) -> Profile:
@@ -263,7 +268,8 @@ class Profile(_Frozen):
         return self.model
 
     def resolve(self, variant: str) -> ResolvedProfile:
-        """The settings, env and requirements for one variant (which must exist)."""
+        """The settings, env and requirements for one variant (which must exist; any case)."""
+        variant = canonical_class(variant) or variant
         if variant not in self.variants:
             raise ProfileError(
                 f"{self.label}: profile {self.name!r} has no variant {variant!r}",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from orchestrator import gpu as gpu_mod
-from orchestrator import models, ports, preflight
+from orchestrator import gpufit, models, ports, preflight
 from orchestrator.api import list_models
 from orchestrator.background import background
 from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
@@ -138,7 +138,7 @@ def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    accelerator = ", ".join(f"{g.name} ({g.memory_total_gib:.0f} GiB)" for g in gpus) or "CPU only"
+    accelerator = gpu_mod.describe(gpus)  # the cards, their memory and the platform (CUDA or ROCm)
     return MachineRecord(
         cpu=cpu,
         cores=os.cpu_count(),
@@ -220,8 +220,9 @@ class Launched:
         profile = load_profile(opts.profile, opts.profiles_dir)
         # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
         version = background(preflight.vllm_version, opts.vllm_bin)
-        gpus = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
-        variant = preflight.choose_variant(profile, opts.gpu, gpus)
+        probed = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
+        choice = gpufit.choose(profile, opts.gpu, probed)  # any case; a card without its variant: by memory
+        variant, gpus = choice.variant, tuple(choice.gpus)  # a mixed box: the named class's platform only
         resolved, quick_flags = self._adjusted(profile.resolve(variant))
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
@@ -241,6 +242,8 @@ class Launched:
             machine=machine_info(gpus),
             started_at=started_at,
         )
+        if choice.reason:  # which variant and why, where it is not the card's own
+            record.notes.append(choice.reason + ".")
         if profile.local_model is not None:
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:

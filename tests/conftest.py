@@ -187,6 +187,42 @@ def mmdemo(
     )
 
 
+FAKES = HERE / "fakes"  # a fake `amdsmi` library and fake `amd-smi` / `rocm-smi` commands
+GPU_OUTPUTS = HERE / "gpu_outputs"  # recorded outputs of AMD's tools (see its README.md)
+
+
+def fake_amdsmi_state(tmp_path: Path, gpus: list[dict[str, Any]], **state: Any) -> Path:
+    """Write the fake amdsmi library's state (tests/fakes/amdsmi) and return its path for FAKE_AMDSMI."""
+    path = tmp_path / "amdsmi-state.json"
+    path.write_text(json.dumps({"gpus": gpus, **state}))
+    return path
+
+
+def mi300x(count: int, used_mb: int = 283) -> list[dict[str, Any]]:
+    """The fake amdsmi state of an MI300X box: `count` cards of 196592 MB."""
+    return [{"market_name": "AMD Instinct MI300X", "vram_total": 196592, "vram_used": used_mb}] * count
+
+
+@pytest.fixture
+def amdsmi_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Path]:
+    """Install the fake `amdsmi` library for this test; call the result with the GPUs (and state) to fake."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("amdsmi", FAKES / "amdsmi" / "__init__.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "amdsmi", module)
+
+    def box(gpus: list[dict[str, Any]], **state: Any) -> Path:
+        path = fake_amdsmi_state(tmp_path, gpus, **state)
+        monkeypatch.setenv("FAKE_AMDSMI", str(path))
+        return path
+
+    return box
+
+
 REAL_VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 
@@ -241,12 +277,22 @@ def fake_plan(
     )
 
 
-def server_for(tmp_path: Path, grace_s: float = 5.0, api_key: str | None = None, **kwargs: Any) -> Server:
+def server_for(
+    tmp_path: Path,
+    grace_s: float = 5.0,
+    api_key: str | None = None,
+    gpu_pids: Callable[[], set[int] | None] | None = None,
+    **kwargs: Any,
+) -> Server:
     """The one way tests start the fake `vllm serve`: a supervised Server over `fake_plan`."""
     from orchestrator.server import Server
 
     return Server(
-        fake_plan(tmp_path, **kwargs), log_path=tmp_path / "server.log", grace_s=grace_s, api_key=api_key
+        fake_plan(tmp_path, **kwargs),
+        log_path=tmp_path / "server.log",
+        grace_s=grace_s,
+        api_key=api_key,
+        gpu_pids=gpu_pids,
     )
 
 

@@ -73,28 +73,50 @@ def test_local_ray_with_fake_gpus(tmp_path: Path, ray_env: None) -> None:
     assert record["cells"][0]["node"]
 
 
-def test_two_node_cluster_places_cells_on_their_class(tmp_path: Path, ray_env: None) -> None:
+def test_two_node_cluster_places_cells_on_their_class_with_ports_that_never_collide(
+    tmp_path: Path, ray_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both nodes share this host, as nodes of one machine or host-network containers do: ports
+    # picked on each node alone could collide; the driver's port book hands each number out once.
+    monkeypatch.setenv("FAKE_VLLM_LOG_ENV", "CUDA_VISIBLE_DEVICES,HIP_VISIBLE_DEVICES,ROCR_VISIBLE_DEVICES")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "num_gpus": 2, "resources": {"mmdemo-gpu:H100": 2}},
+        head_node_args={"num_cpus": 3, "num_gpus": 3, "resources": {"mmdemo-gpu:H100": 3}},
     )
     try:
-        worker = cluster.add_node(num_cpus=2, num_gpus=1, resources={"mmdemo-gpu:L4": 1})
+        worker = cluster.add_node(num_cpus=2, num_gpus=1, resources={"mmdemo-gpu:MI300X": 1})
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         engine = RayEngine()
-        assert {k: v.count for k, v in engine.capacity().items()} == {"H100": 2, "L4": 1}
-        outcome = run_matrix([A, TP2], ["H100", "L4"], options(tmp_path), engine)
+        assert {k: v.count for k, v in engine.capacity().items()} == {"H100": 3, "MI300X": 1}
+        outcome = run_matrix([A, TP2], ["H100", "MI300X"], options(tmp_path), engine)
         cells = {c.key: c for c in outcome.record.cells}
-        assert cells["fake-tp2@L4"].status == "skipped"
+        assert cells["fake-tp2@MI300X"].status == "skipped"  # its H100 variant, borrowed, needs 2 GPUs
         assert outcome.exit_code == 0, outcome.record.model_dump_json(indent=1)
-        on_l4 = cells["fake-a@L4"]
-        assert worker.node_id in str(on_l4.node)
-        assert worker.node_id not in str(cells["fake-a@H100"].node)
-        assert worker.node_id not in str(cells["fake-tp2@H100"].node)
-        assert on_l4.cuda_visible_devices == server_saw(outcome.matrix_dir, on_l4.directory) == "0"
-        tp2 = cells["fake-tp2@H100"]
-        assert sorted(server_saw(outcome.matrix_dir, tp2.directory).split(",")) == ["0", "1"]
+        on_amd = cells["fake-a@MI300X"]
+        assert worker.node_id in str(on_amd.node)
+        assert all(worker.node_id not in str(cells[k].node) for k in cells if k.endswith("@H100"))
+        # The AMD node's cell gets the ROCm variables for the GPU Ray gave it.
+        assert on_amd.visible_devices == {
+            "ROCR_VISIBLE_DEVICES": "0",
+            "HIP_VISIBLE_DEVICES": "0",
+            "CUDA_VISIBLE_DEVICES": "0",
+        }
+        assert server_saw(outcome.matrix_dir, on_amd.directory) == "0"
+        assert (
+            "env HIP_VISIBLE_DEVICES=0"
+            in (outcome.matrix_dir / str(on_amd.directory) / "server.log").read_text()
+        )
+        tp2, one = cells["fake-tp2@H100"], cells["fake-a@H100"]
+        assert sorted(server_saw(outcome.matrix_dir, tp2.directory).split(",")) == sorted(map(str, tp2.gpus))
+        assert len(tp2.gpus) == 2
+        assert set(tp2.gpus).isdisjoint(one.gpus)
+        ran = [c for c in outcome.record.cells if c.status == "passed"]
+        assert len(ran) == 3  # at the same time: three servers on one host
+        ports = [c.port for c in ran]
+        assert None not in ports
+        assert len(set(ports)) == len(ports)  # one number per cell, across both nodes
+        assert sorted(ray.get(engine.ports.taken.remote())) == sorted(ports)  # each one from the book
     finally:
         ray.shutdown()
         cluster.shutdown()

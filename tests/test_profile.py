@@ -79,6 +79,10 @@ BAD = [
     ("bad-expect-empty-alternative", ":5: demos.0.expect: 'duck||bird' has an empty alternative"),
     ("bad-removed-flag", ":3: serve.extra_args: `--task` was replaced by `--runner`"),
     ("bad-unknown-variant", ":2: variants: unknown variant 'H10' (did you mean 'H100'?)"),
+    (
+        "bad-variant-repeated-in-another-case",
+        ":2: variants: variant 'h100' repeats 'H100' (GPU class names ignore case)",
+    ),
     ("bad-wrong-type", ":3: serve.max_model_len = 'lots': Input should be a valid integer"),
     ("bad-unparsable", ":3: not valid YAML: expected ',' or ']'"),
     ("bad-not-a-mapping", ": a profile must be a mapping of keys, got list"),

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.context import QuietEvents, Stop
 from orchestrator.errors import InternalError, MMDemoError
-from orchestrator.gpu import Gpu
+from orchestrator.gpu import Gpu, platform_of
 from orchestrator.matrix.cells import Cell
 from orchestrator.matrix.record import CellRecord
 from orchestrator.options import Options
@@ -20,6 +20,7 @@ from orchestrator.targets import Launched
 
 log = logging.getLogger(__name__)
 _STATUS_CODES = {"passed": 0, "failed": 1, "interrupted": 130}
+VISIBLE_DEVICES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 
 
 def not_run(cell: Cell, status: str, exit_code: int, reason: str) -> CellRecord:
@@ -32,6 +33,7 @@ def not_run(cell: Cell, status: str, exit_code: int, reason: str) -> CellRecord:
         exit_code=exit_code,
         reason=reason,
         gpu_count=cell.gpu_count,
+        platform=platform_of(cell.gpu_class),
     )
 
 
@@ -80,7 +82,9 @@ def run_cell(
         )
         return record.model_copy(update={"duration_s": round(time.monotonic() - t0, 3)})
     record = not_run(cell, "error", error.exit_code, str(error))
-    return record.model_copy(update={"gpus": [g.index for g in gpus], "node": node})
+    return record.model_copy(
+        update={"gpus": [g.index for g in gpus], "node": node, "visible_devices": dict(server_env or {})}
+    )
 
 
 def _from_report(
@@ -115,6 +119,8 @@ def _from_report(
         gpu_count=cell.gpu_count,
         gpus=[g.index for g in gpus],
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        platform=platform_of(cell.gpu_class),
+        visible_devices={k: v for k, v in env.items() if k in VISIBLE_DEVICES},
         node=node,
         port=_port(server.get("base_url")),
         time_to_ready_s=server.get("ready_s"),

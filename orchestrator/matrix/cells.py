@@ -6,9 +6,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator import preflight
+from orchestrator import gpufit
 from orchestrator.errors import MMDemoError, UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES, Gpu
+from orchestrator.gpu import CPU, GPU_CLASSES, Gpu, canonical_class, platform_of
 from orchestrator.profile import Profile, iter_profile_files, load_profile, parse_profile_file
 
 log = logging.getLogger(__name__)
@@ -48,29 +48,44 @@ class Cell:
 
 
 def parse_classes(text: str) -> tuple[str, ...]:
-    """'H100,L4' -> ('H100', 'L4'); an unknown class is a usage error naming it."""
-    classes = tuple(c.strip() for c in text.split(",") if c.strip())
-    known = (*GPU_CLASSES, CPU)
-    for name in classes:
-        if name not in known:
-            raise UsageError(f"--gpu: unknown GPU class {name!r}", hint=f"known: {', '.join(known)}")
+    """'h100,L4' -> ('H100', 'L4'): any case, GPU_CLASSES' spelling; an unknown class is a usage error."""
+    classes = []
+    for name in (c.strip() for c in text.split(",") if c.strip()):
+        known = canonical_class(name)
+        if known is None:
+            raise UsageError(
+                f"--gpu: unknown GPU class {name!r}", hint=f"known: {', '.join((*GPU_CLASSES, CPU))}"
+            )
+        classes.append(known)
     if not classes:
         raise UsageError("--gpu: no GPU class given")
-    return classes
+    return tuple(dict.fromkeys(classes))
 
 
 def inventory(gpus: Sequence[Gpu]) -> dict[str, Capacity]:
-    """Detected GPUs grouped by class (a GPU of unknown name is left out)."""
+    """Detected GPUs grouped by class; a card no class names counts as the class its memory sizes it as."""
     out: dict[str, Capacity] = {}
     for g in gpus:
-        if g.variant is None:
-            log.warning("GPU %d (%s) is of no known class; the matrix leaves it out", g.index, g.name)
+        gpu_class = class_of(g)
+        if gpu_class is None:
+            log.warning("GPU %d (%s) is of no known class and too small for any: left out", g.index, g.name)
             continue
-        have = out.get(g.variant)
-        out[g.variant] = Capacity(
+        if g.gpu_class is None:
+            log.warning(
+                "GPU %d (%s, %.0f GiB) has no class of its own: the matrix counts it as %s (%d GiB), "
+                "the largest class of its platform its memory holds",
+                g.index, g.name, g.memory_total_gib, gpu_class, GPU_CLASSES[gpu_class],
+            )  # fmt: skip
+        have = out.get(gpu_class)
+        out[gpu_class] = Capacity(
             (have.count if have else 0) + 1, min(g.memory_total_mib, have.memory_mib if have else 1 << 40)
         )
     return out
+
+
+def class_of(g: Gpu) -> str | None:
+    """The class a GPU counts as in the matrix: its own, else the one its memory sizes it as."""
+    return gpufit.sized_class(g)
 
 
 def plan_cell(profile: Profile, gpu_class: str, capacity: Mapping[str, Capacity], where: str) -> Cell:
@@ -82,8 +97,9 @@ def plan_cell(profile: Profile, gpu_class: str, capacity: Mapping[str, Capacity]
         return replace(base, variant=CPU)
     have = capacity.get(gpu_class)
     memory_mib = have.memory_mib if have else GPU_CLASSES[gpu_class] * 1024
+    platform = platform_of(gpu_class) or "cuda"
     try:
-        variant = preflight.choose_variant(profile, "auto", [Gpu(0, gpu_class, memory_mib)])
+        variant = gpufit.choose(profile, "auto", [Gpu(0, gpu_class, memory_mib, platform=platform)]).variant
     except MMDemoError as exc:
         return replace(base, skip=str(exc))
     if variant == CPU:
@@ -124,7 +140,7 @@ def plan_cells(
 
     No classes: the classes the engine has, else cpu.
     """
-    classes = tuple(classes) or tuple(capacity) or (CPU,)
+    classes = tuple(canonical_class(c) or c for c in classes) or tuple(capacity) or (CPU,)
     if names:
         profiles = [load_profile(name, profiles_dir) for name in names]
         return [plan_cell(p, c, capacity, where) for p in profiles for c in classes]

@@ -1,26 +1,28 @@
-"""Engine `local`: this box. Whole GPUs per cell through CUDA_VISIBLE_DEVICES, disjoint GPUs at once.
+"""Engine `local`: this box. Whole GPUs per cell through the platform's visible-devices variables.
 
-A GPU goes back to the pool only once the cell that had it has torn down and its memory is seen
-released (the teardown's NVML check, or an injected check); a GPU that never frees is held back
-and cells that can no longer be placed fail with that reason. CPU cells take the one CPU slot: vLLM
-on CPU takes every core, so they run one at a time. Ports are handed out distinct.
+NVIDIA cells get CUDA_VISIBLE_DEVICES; AMD cells ROCR_VISIBLE_DEVICES with HIP_VISIBLE_DEVICES (and
+CUDA_VISIBLE_DEVICES, which vLLM's ROCm platform checks against HIP) numbered within it. Cells on
+disjoint GPUs run at once. A GPU goes back to the pool only once the cell that had it has torn down
+and its memory is seen released (the teardown's NVML or AMD check, or an injected check); a GPU that
+never frees is held back and cells that can no longer be placed fail with that reason. One box runs
+one vLLM build, so one platform: run.py refuses a matrix whose cells need two. CPU cells take the
+one CPU slot: vLLM on CPU takes every core, so they run one at a time. Ports are handed out distinct.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from orchestrator import gpu as gpu_mod
-from orchestrator import ports
-from orchestrator.gpu import CPU, Gpu
+from orchestrator.gpu import CPU, CUDA, Gpu, platform_of, visible_env
 from orchestrator.matrix.cell import not_run, run_cell
-from orchestrator.matrix.cells import Capacity, Cell, inventory
+from orchestrator.matrix.cells import Capacity, Cell, class_of, inventory
 from orchestrator.matrix.interrupt import Interrupt
+from orchestrator.matrix.ports import PortBook, cell_port
 from orchestrator.matrix.record import CellRecord
 from orchestrator.options import Options
 
@@ -41,6 +43,7 @@ class LocalEngine:
 
     name = "local"
     where = "this machine"
+    one_platform = True  # one box, one vLLM build
 
     def __init__(
         self,
@@ -53,8 +56,8 @@ class LocalEngine:
         self._release_check = release_check
         self._release_wait_s = release_wait_s
         self._gpus: list[Gpu] = []
-        self._ports: set[int] = set()
-        self._lock = threading.Lock()
+        self._platform = CUDA
+        self.ports = PortBook()
 
     def capacity(self) -> dict[str, Capacity]:
         self._gpus = list(self._probe())
@@ -66,11 +69,14 @@ class LocalEngine:
         """Every cell, scheduled greedily in order onto free GPUs; returns their records."""
         if not self._gpus:
             self.capacity()
+        platforms = {p for c in cells if c.variant != CPU and (p := platform_of(c.gpu_class))}
+        self._platform = next(iter(platforms), CUDA)  # run.py saw to it that there is one
+        gpus = [g for g in self._gpus if g.platform == self._platform]
         by_class: dict[str, list[int]] = {}
-        for g in self._gpus:
-            if g.variant is not None:
-                by_class.setdefault(g.variant, []).append(g.index)
-        free = {g.index for g in self._gpus if g.variant is not None}
+        for g in gpus:
+            if (gpu_class := class_of(g)) is not None:
+                by_class.setdefault(gpu_class, []).append(g.index)
+        free = {i for indices in by_class.values() for i in indices}
         held: set[int] = set()
         cpu_free = True
         pending = list(cells)
@@ -135,15 +141,17 @@ class LocalEngine:
         self, cell: Cell, take: list[int], opts: Options, *, matrix_dir: Path, stop: Interrupt, t0: float
     ) -> tuple[CellRecord, bool]:
         started = time.monotonic()
-        current = {g.index: g for g in self._probe()} if take else {}
-        gpus = [current.get(i) or next(g for g in self._gpus if g.index == i) for i in take]
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in take)} if take else None
+        platform = self._platform  # indices are per platform: a mixed box numbers each vendor from 0
+        current = {g.index: g for g in self._probe() if g.platform == platform} if take else {}
+        known = {g.index: g for g in self._gpus if g.platform == platform}
+        gpus = [current.get(i) or known[i] for i in take]
+        env = visible_env(self._platform, take) if take else None
         record = run_cell(
             cell,
             opts,
             matrix_dir / cell.dirname,
             gpus=gpus,
-            port=self._port(opts.host),
+            port=cell_port(opts.host, self.ports.claim),
             server_env=env,
             stop=stop,
             relative_to=matrix_dir,
@@ -158,12 +166,3 @@ class LocalEngine:
         return record.model_copy(
             update={"started_s": round(started - t0, 3), "ended_s": round(ended - t0, 3)}
         ), released
-
-    def _port(self, host: str) -> int:
-        """A free port no other cell of this matrix was given."""
-        with self._lock:
-            while True:
-                port = ports.choose_port(host, None)
-                if port not in self._ports:
-                    self._ports.add(port)
-                    return port

@@ -4,10 +4,13 @@ Placement: `num_gpus` from the variant plus the custom resource `mmdemo-gpu:<cla
 GPU), which tells A100-80GB from A100-40GB where Ray's own accelerator detection cannot. A node
 declares it when Ray starts there: `ray start ... --resources '{"mmdemo-gpu:A100-80GB": 8}'`.
 Without it, a node's `accelerator_type:<T>` resource stands for the one class T names (never for
-A100, which is two classes). Ray sets CUDA_VISIBLE_DEVICES for each task; the cell's server
-inherits it. The task runs the same cell function on its node and returns the cell's files as a
-tar archive, unpacked into the driver's matrix directory. A class the cluster lacks is refused
-before any task is submitted (Ray would wait forever).
+A100, which is two classes; AMD's names are Ray's own, e.g. AMD-Instinct-MI300X-OAM). Ray gives each
+task its GPU ids (CUDA_VISIBLE_DEVICES on NVIDIA nodes, HIP_VISIBLE_DEVICES on AMD ones); the cell's
+server gets the platform's variables for exactly those ids, as on one box. The task runs the same
+cell function on its node and returns the cell's files as a tar archive, unpacked into the
+driver's matrix directory. A class the cluster lacks is refused before any task is submitted (Ray
+would wait forever). Ports: each cell takes a free port on its node and claims it in one PortBook
+actor of the driver's, so no two cells of the matrix get the same port, on one node or several.
 
 Interrupts: Ray's own cancel raises KeyboardInterrupt in a task only when its main thread next runs
 Python code, which a cell blocked on a demo request may not do for minutes, and the driver then
@@ -32,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES, Gpu, detect
+from orchestrator.gpu import CPU, CUDA, GPU_CLASSES, Gpu, detect, platform_of, visible_env
+from orchestrator.gpuclass import ROCM_CLASSES
 from orchestrator.matrix.cell import not_run, run_cell
 from orchestrator.matrix.cells import Capacity, Cell
 from orchestrator.matrix.interrupt import Interrupt
+from orchestrator.matrix.ports import PortBook, cell_port
 from orchestrator.matrix.record import CellRecord
 from orchestrator.options import Options
 
@@ -59,8 +64,17 @@ class StopFlag:
         return self.name
 
 
-# Ray's accelerator type names that mean exactly one mmdemo class.
-_RAY_TYPES = {c: c for c in GPU_CLASSES if not c.startswith("A100")}
+# Ray's accelerator type names that mean exactly one mmdemo class: NVIDIA's are the class names;
+# AMD's come from Ray's amd_gpu.py (amd_product_dict, by PCI device id).
+_RAY_TYPES = {c: c for c in GPU_CLASSES if not c.startswith("A100") and c not in ROCM_CLASSES} | {
+    "AMD-Instinct-MI300X-OAM": "MI300X",
+    "AMD-Instinct-MI300X-HF": "MI300X",
+    "AMD-Instinct-MI325X-OAM": "MI325X",
+    "AMD-Instinct-MI250X": "MI250X",
+    "AMD-Instinct-MI250X-MI250": "MI250X",
+    "AMD-Instinct-MI210": "MI210",
+}
+_TYPE_OF = {cls: ray_type for ray_type, cls in reversed(list(_RAY_TYPES.items()))}  # first name per class
 
 
 class RayEngine:
@@ -68,6 +82,7 @@ class RayEngine:
 
     name = "ray"
     where = "the Ray cluster"
+    one_platform = False  # each node runs its own vLLM build: NVIDIA and AMD nodes may share a cluster
 
     def __init__(self, address: str | None = None, **init_kwargs: Any) -> None:
         self._address = address
@@ -116,7 +131,7 @@ class RayEngine:
         if f"{RESOURCE_PREFIX}{cell.gpu_class}" in self._ray().cluster_resources():
             resources[f"{RESOURCE_PREFIX}{cell.gpu_class}"] = cell.gpu_count
         else:
-            resources[f"{ACCELERATOR_PREFIX}{_RAY_TYPES[cell.gpu_class]}"] = 0.001
+            resources[f"{ACCELERATOR_PREFIX}{_TYPE_OF[cell.gpu_class]}"] = 0.001
         return {"num_cpus": 1, "num_gpus": cell.gpu_count, "resources": resources, "max_retries": 0}
 
     def run(
@@ -131,8 +146,11 @@ class RayEngine:
         ray = self._ray()
         remote = ray.remote(remote_cell)
         flag = ray.remote(num_cpus=0)(StopFlag).remote()
+        self.ports = ray.remote(num_cpus=0)(PortBook).remote()
         t0_wall = time.time()
-        refs = {remote.options(**self.options(c)).remote(c, opts, t0_wall, flag): c for c in cells}
+        refs = {
+            remote.options(**self.options(c)).remote(c, opts, t0_wall, flag, self.ports): c for c in cells
+        }
         records: list[CellRecord] = []
         told: float | None = None
         cancelled = False
@@ -178,7 +196,9 @@ class RayEngine:
         return record.model_copy(update={"directory": cell.dirname})
 
 
-def remote_cell(cell: Cell, opts: Options, t0_wall: float, flag: Any) -> tuple[dict[str, Any], bytes]:
+def remote_cell(
+    cell: Cell, opts: Options, t0_wall: float, flag: Any, ports: Any
+) -> tuple[dict[str, Any], bytes]:
     """On a Ray node: run the cell on the GPUs Ray gave this task; its record and its files (tar.gz)."""
     import ray
 
@@ -194,10 +214,11 @@ def remote_cell(cell: Cell, opts: Options, t0_wall: float, flag: Any) -> tuple[d
                 return
 
     ids = [int(str(i)) for i in ray.get_gpu_ids()]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    found = {g.index: g for g in detect()} if ids else {}
+    platform = platform_of(cell.gpu_class) or CUDA
+    found = {g.index: g for g in detect() if g.platform == platform} if ids else {}
     memory = GPU_CLASSES.get(cell.gpu_class, 0) * 1024
-    gpus = [found.get(i) or Gpu(i, cell.gpu_class, memory) for i in ids]
+    gpus = [found.get(i) or Gpu(i, cell.gpu_class, memory, platform=platform) for i in ids]
+    port = cell_port(opts.host, lambda p: bool(ray.get(ports.claim.remote(p))))
     node = f"{socket.gethostname()} {ray.get_runtime_context().get_node_id()}"
     started = time.time() - t0_wall  # the driver's clock and this node's: close enough for a timeline
     poller = threading.Thread(target=poll, name="matrix-stop-flag", daemon=True)
@@ -210,7 +231,8 @@ def remote_cell(cell: Cell, opts: Options, t0_wall: float, flag: Any) -> tuple[d
                 replace(opts, runs_dir=root),
                 root / cell.dirname,
                 gpus=gpus,
-                server_env={"CUDA_VISIBLE_DEVICES": visible} if visible is not None and ids else None,
+                port=port,
+                server_env=visible_env(platform, ids) if ids else None,
                 stop=stop,
                 node=node,
                 relative_to=root,

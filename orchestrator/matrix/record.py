@@ -35,8 +35,10 @@ class CellRecord(_Model):
     exit_code: int
     reason: str | None = None  # why it was skipped, or the error that ended it
     gpu_count: int = 0
-    gpus: list[int] = []  # the GPU indices it had (CUDA_VISIBLE_DEVICES), on its node
+    gpus: list[int] = []  # the GPU indices it had (as the driver numbers them), on its node
     cuda_visible_devices: str | None = None  # as the server saw it
+    platform: str | None = None  # cuda or rocm; None for a cpu cell
+    visible_devices: dict[str, str] = {}  # every visible-devices variable the server got (ROCR/HIP/CUDA)
     node: str | None = None
     port: int | None = None
     time_to_ready_s: float | None = None
@@ -61,7 +63,7 @@ class MatrixRecord(_Model):
 
     schema_version: Literal[1] = 1
     mmdemo_version: str
-    engine: Literal["local", "ray"]
+    engine: Literal["local", "ray", "skypilot"]
     status: Literal["passed", "failed", "error", "interrupted"]
     exit_code: int
     profiles: list[str]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.gpu import CPU
+from orchestrator.errors import PreflightError
+from orchestrator.gpu import CPU, PLATFORM_NAMES, platform_of
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix.cell import not_run
 from orchestrator.matrix.cells import Capacity, Cell, plan_cells
@@ -22,10 +23,11 @@ OnCell = Callable[[CellRecord], None]
 
 
 class Engine(Protocol):
-    """Where cells run: this box (local) or a Ray cluster."""
+    """Where cells run: this box (local), a Ray cluster, or SkyPilot jobs."""
 
     name: str
     where: str
+    one_platform: bool  # one vLLM build runs every cell: NVIDIA and AMD classes cannot mix
 
     def capacity(self) -> dict[str, Capacity]: ...
     def run(
@@ -58,6 +60,8 @@ def run_matrix(
     """Plan the cells, run the runnable ones on the engine, record every cell; never raises for a cell."""
     started_at, t0 = now_iso(), time.monotonic()
     cells = plan_cells(names, classes, engine.capacity(), profiles_dir=opts.profiles_dir, where=engine.where)
+    if engine.one_platform:
+        refuse_two_platforms(cells, engine.where)
     matrix_dir = make_run_dir(opts.runs_dir, "matrix")
     if on_plan:
         on_plan(cells, matrix_dir)
@@ -94,3 +98,21 @@ def run_matrix(
     )
     record_mod.write_all(matrix_dir, record)
     return MatrixOutcome(record, matrix_dir)
+
+
+def refuse_two_platforms(cells: Sequence[Cell], where: str) -> None:
+    """One line when the runnable cells need NVIDIA and AMD GPUs of one vLLM build."""
+    by_platform: dict[str, list[str]] = {}
+    for cell in cells:
+        if cell.runnable and (platform := platform_of(cell.gpu_class)) is not None:
+            by_platform.setdefault(platform, [])
+            if cell.gpu_class not in by_platform[platform]:
+                by_platform[platform].append(cell.gpu_class)
+    if len(by_platform) < 2:
+        return
+    parts = " and ".join(f"{PLATFORM_NAMES[p]} ({', '.join(c)})" for p, c in by_platform.items())
+    raise PreflightError(
+        f"{where} has GPUs of two platforms, {parts}, and one vLLM build drives one",
+        hint="run one platform's classes at a time: "
+        + " or ".join(f"--gpu {','.join(c)}" for c in by_platform.values()),
+    )

@@ -1,27 +1,28 @@
 """`mmdemo matrix --emit skypilot`: the same matrix as SkyPilot tasks, one per GPU class.
 
-A SkyPilot cluster has one accelerator type, so each GPU class is its own task: several classes
-make a pipeline (a multi-document YAML for `sky jobs launch`), one class a plain task for
-`sky launch`. Each task's `run` starts a Ray of its own on the task's nodes (SkyPilot's internal
-Ray is not for user jobs), declaring the `mmdemo-gpu:<class>` resource the ray engine places on,
-and runs `mmdemo matrix --engine ray` there; the matrix directory goes to a mounted bucket when
-one is given. HF_TOKEN is a secret: its value is never written into the YAML.
+A SkyPilot cluster has one accelerator type, so each GPU class is its own task. One class is a
+plain task for `sky launch`. Several classes are a job group (SkyPilot's multi-document YAML with
+`execution: parallel`): their clusters start together, so the matrix takes as long as its slowest
+class, not the sum; `--pipeline` gives the old serial pipeline instead. `--launch` (sky_engine.py)
+submits one managed job per class at once and gathers their results into one matrix directory.
+Each task's `run` starts a Ray of its own on the task's nodes (SkyPilot's internal Ray is not for
+user jobs), declaring the `mmdemo-gpu:<class>` resource the ray engine places on, runs `mmdemo
+matrix --engine ray` there, then prints its matrix directory into the job's log (gather.py); the
+matrix directory also goes to a mounted bucket when one is given. AMD classes install vLLM's ROCm
+wheels (PyPI's vllm is the CUDA build). HF_TOKEN is a secret: its value is never written into the YAML.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES
+from orchestrator.errors import UsageError
+from orchestrator.gpu import CPU, GPU_CLASSES, canonical_class
+from orchestrator.gpuclass import ROCM_CLASSES
 from orchestrator.matrix.cells import Capacity, plan_cells
 from orchestrator.options import Options
 
@@ -39,6 +40,11 @@ SKY_ACCELERATORS: dict[str, str] = {
     "A10G": "A10G",
     "RTX4090": "RTX4090",
     "T4": "T4",
+    # AMD Instinct: SkyPilot's catalog names the MI300X so (RunPod, Kubernetes labels); the others alike.
+    "MI325X": "MI325X",
+    "MI300X": "MI300X",
+    "MI250X": "MI250X",
+    "MI210": "MI210",
 }
 RESOURCE_PREFIX = "mmdemo-gpu:"  # the ray engine's custom resource per GPU class
 OUT = "/mmdemo-out"
@@ -50,6 +56,16 @@ python3 -m uv venv --allow-existing ~/mmdemo-venv
 python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]' 'vllm[audio]'
 """
 
+# vLLM's ROCm wheels (docs/getting_started/installation/gpu.rocm.inc.md): Python 3.12 only, from
+# wheels.vllm.ai; uv's default index strategy asks that index first, so PyPI's CUDA wheel loses.
+_SETUP_ROCM = """\
+set -e
+python3 -m pip install --quiet uv
+python3 -m uv venv --allow-existing --python 3.12 ~/mmdemo-venv
+python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]' 'vllm[audio]' --extra-index-url {index}
+"""
+ROCM_WHEELS = "https://wheels.vllm.ai/rocm/"
+
 _RUN = """\
 set -e
 export PATH=~/mmdemo-venv/bin:$PATH
@@ -58,7 +74,10 @@ RESOURCES="{{\\"{prefix}{gpu_class}\\": $SKYPILOT_NUM_GPUS_PER_NODE}}"
 if [ "$SKYPILOT_NODE_RANK" = "0" ]; then
   ray start --head --port 6379 --disable-usage-stats --num-gpus "$SKYPILOT_NUM_GPUS_PER_NODE" --resources "$RESOURCES"
   export RAY_ADDRESS=127.0.0.1:6379
-  mmdemo matrix {profiles}--gpu {gpu_class} --engine ray --runs-dir {runs_dir}{flags}
+  code=0
+  mmdemo matrix {profiles}--gpu {gpu_class} --engine ray --runs-dir {runs_dir}{flags} || code=$?
+  python -m orchestrator.matrix.gather ship {runs_dir} {gpu_class} || true
+  exit $code
 else
   ray start --address "$HEAD_IP:6379" --disable-usage-stats --num-gpus "$SKYPILOT_NUM_GPUS_PER_NODE" --resources "$RESOURCES" --block
 fi
@@ -90,12 +109,12 @@ def task(
     if opts.timeout_s:
         flags += f" --timeout {opts.timeout_s:g}"
     config: dict[str, Any] = {
-        "name": f"mmdemo-matrix-{gpu_class.lower()}",
+        "name": task_name(gpu_class),
         "workdir": ".",  # launch from the mmdemo checkout: setup installs it from there
         "resources": {"accelerators": f"{accelerator(gpu_class)}:{gpus}"},
         "num_nodes": nodes,
         "secrets": {"HF_TOKEN": None},  # passed at launch (--secret HF_TOKEN), never written here
-        "setup": _SETUP,
+        "setup": _SETUP_ROCM.format(index=ROCM_WHEELS) if gpu_class in ROCM_CLASSES else _SETUP,
         "run": _RUN.format(
             prefix=RESOURCE_PREFIX,
             gpu_class=gpu_class,
@@ -109,35 +128,64 @@ def task(
     return config
 
 
-def emit(
+def task_name(gpu_class: str) -> str:
+    """The task's (and its managed job's) name for a GPU class."""
+    return f"mmdemo-matrix-{gpu_class.lower()}"
+
+
+def tasks(
     names: Sequence[str], classes: Sequence[str], opts: Options, *, bucket: str | None, nodes: int = 1
-) -> str:
-    """The YAML: one task for one class, else a pipeline of one task per class."""
+) -> dict[str, dict[str, Any]]:
+    """One task per GPU class that can run any of the profiles (a class nothing runs on rents nothing)."""
     if not classes:
         raise UsageError("--emit skypilot needs the GPU classes to ask the cloud for: --gpu H100,L4,...")
+    classes = [canonical_class(c) or c for c in classes]
     for gpu_class in classes:
         accelerator(gpu_class)
     plenty = {c: Capacity(8, GPU_CLASSES[c] * 1024) for c in classes}
     cells = plan_cells(names, classes, plenty, profiles_dir=opts.profiles_dir, where="the task")
-    docs: list[dict[str, Any]] = []
+    out = {}
     for gpu_class in classes:
         mine = [c for c in cells if c.gpu_class == gpu_class and c.runnable]
-        if not mine:
-            continue  # every profile is skipped on this class: no machine to rent for it
-        gpus = max(c.gpu_count for c in mine)
-        docs.append(task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes))
-    if not docs:
+        if mine:
+            gpus = max(c.gpu_count for c in mine)
+            out[gpu_class] = task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes)
+    if not out:
         raise UsageError(f"no profile can run on {', '.join(classes)}: nothing to emit")
-    head = [
-        "# mmdemo matrix as SkyPilot task(s), one per GPU class: "
-        + ("`sky launch` it." if len(docs) == 1 else "a pipeline for `sky jobs launch`."),
-        "# Launch from the mmdemo checkout (workdir: .), with --secret HF_TOKEN for gated models.",
-        f"# Results: {'bucket ' + bucket + ' (mounted at ' + OUT + ')' if bucket else 'on the cluster in ~/mmdemo-runs (rsync CLUSTER:~/mmdemo-runs/ runs/)'}",
-    ]
-    if len(docs) > 1:
+    return out
+
+
+def emit(
+    names: Sequence[str],
+    classes: Sequence[str],
+    opts: Options,
+    *,
+    bucket: str | None,
+    nodes: int = 1,
+    pipeline: bool = False,
+) -> str:
+    """The YAML: one task for one class; else a job group (in parallel), or with pipeline=True a pipeline."""
+    docs: list[dict[str, Any]] = list(tasks(names, classes, opts, bucket=bucket, nodes=nodes).values())
+    if len(docs) == 1:
+        how = "`sky launch` it (or `sky jobs launch` for a managed job)."
+    elif pipeline:
+        how = "a pipeline: `sky jobs launch` runs the classes one after another."
         docs.insert(0, {"name": "mmdemo-matrix"})
-    body = yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=200)
-    return "\n".join(head) + "\n" + body
+    else:
+        how = "a job group: `sky jobs launch` starts every class at once (mmdemo matrix --launch: one job per class)."
+        # inter_connection false: the classes need not reach each other, so they may land on different clouds.
+        docs.insert(0, {"name": "mmdemo-matrix", "execution": "parallel", "inter_connection": False})
+    head = [
+        "# mmdemo matrix as SkyPilot task(s), one per GPU class: " + how,
+        "# Launch from the mmdemo checkout (workdir: .), with --secret HF_TOKEN for gated models.",
+        f"# Results: {'bucket ' + bucket + ' (mounted at ' + OUT + ') and ' if bucket else ''}each job's log (mmdemo matrix --launch unpacks them)",
+    ]
+    return "\n".join(head) + "\n" + dump(docs)
+
+
+def dump(docs: Sequence[dict[str, Any]]) -> str:
+    """YAML documents as SkyPilot reads them, shell scripts as literal blocks."""
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=200)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -150,18 +198,3 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str)
-
-
-def launch(text: str, runs_dir: Path) -> int:
-    """Write the YAML under runs_dir and hand it to the `sky` CLI; its exit code."""
-    sky = shutil.which("sky")
-    if sky is None:
-        raise PreflightError("the `sky` command was not found", hint="pip install 'mmdemo[sky]' (SkyPilot)")
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    path = runs_dir / "matrix.sky.yaml"
-    path.write_text(text, encoding="utf-8")
-    pipeline = text.count("\n---") > 0
-    argv = [sky, "jobs", "launch", "--yes", str(path)] if pipeline else [sky, "launch", "--yes", str(path)]
-    if os.environ.get("HF_TOKEN"):  # SkyPilot reads the value from our environment; it never hits the file
-        argv += ["--secret", "HF_TOKEN"]
-    return subprocess.run(argv, check=False).returncode
