@@ -8,7 +8,6 @@ and derives one. Every refusal is a one-line `MMDemoError` raised before anythin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +47,7 @@ class DeriveRequest:
     trust_remote_code: bool = False
     vllm_bin: str | None = None
     cpu: bool | None = None  # see DeriveOptions.cpu
-    env: Mapping[str, str] | None = None  # where HF_TOKEN is read (default: os.environ)
+    env: Mapping[str, str] | None = None  # HF_ENDPOINT, HF_TOKEN, ... (default: os.environ)
 
 
 def resolve(
@@ -81,11 +80,11 @@ def derive_for(ref: ModelRef, gpus: Sequence[Gpu], request: DeriveRequest = Deri
         )
         return derive(probing.result(), weights, gpus, options)
     assert isinstance(ref, HubModel)
-    from orchestrator.preflight import hf_token
+    from orchestrator.prefetch import HubEnv
 
-    token = hf_token(os.environ if request.env is None else request.env)
-    repo = hub_repo(ref.repo_id, ref.revision, token)
-    check_access(repo, token)
+    hub = HubEnv.from_environ(request.env)
+    repo = hub_repo(ref.repo_id, ref.revision, hub)
+    check_access(repo, hub)
     facts = probe(_probe_request(ref.repo_id, request, revision=ref.revision, commit=repo.sha))
     options = DeriveOptions(
         name=ref.name,

@@ -354,9 +354,10 @@ def _miss(facts: ModelFacts, on_disk: int, gpu_class: str, found: Sequence[Gpu],
         smallest = min(bigger, key=lambda c: GPU_CLASSES[c])
         would.append(f"one {smallest} ({GPU_CLASSES[smallest]} GB) or larger")
     tail = f"; it would fit {' or '.join(would)}" if would else ""
+    cards = f"the {gpu_class} found has" if len(found) == 1 else f"the {len(found)} {gpu_class} found have"
     return (
-        f"it needs ~{one.total / GIB:.1f} GiB on one GPU ({one.describe(context)}) and the "
-        f"{len(found)} {gpu_class} found have {have:.1f} GiB each{tail}"
+        f"it needs ~{one.total / GIB:.1f} GiB on one GPU ({one.describe(context)}) and "
+        f"{cards} {have:.1f} GiB each{tail}"
     )
 
 

@@ -30,7 +30,7 @@ _WIDTH = 110
 def to_yaml(derivation: Derivation) -> str:
     """The profile of `derivation` as YAML with the provenance as comments."""
     profile, provenance = derivation.profile, derivation.provenance
-    data = profile.model_dump(mode="json", exclude_unset=True, exclude={"name", "path"})
+    data = _tidy(profile.model_dump(mode="json", exclude_unset=True, exclude={"name", "path"}))
     lines = [
         f"# Derived by mmdemo from what vLLM {derivation.facts.vllm} says about {profile.model}",
         "# (orchestrator/derive.py); each derived value says where it came from. Edit freely.",
@@ -74,6 +74,17 @@ def _line(lines: list[str], text: str, source: str | None, indent: int) -> None:
 
 def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def _tidy(value: Any) -> Any:
+    """300.0 -> 300: a whole number reads as one (the schema's floats take it back)."""
+    if isinstance(value, dict):
+        return {k: _tidy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tidy(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def flow(value: Any) -> str:

@@ -3,7 +3,8 @@
 A local directory: the sizes of its weight files. A hub id: one `model_info(files_metadata=True)`
 request, which lists every file with its size (the LFS size for weights), the commit the revision
 points at, whether the repo is gated and, where the hub computed it, the parameter count by dtype.
-A gated repo without a token, or with a token it refuses, is a one-line refusal.
+A gated repo without a token, or with a token it refuses, is a one-line refusal. The hub's address
+and the token come from `prefetch.HubEnv` (the environment, read at call time).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import PreflightError
+from orchestrator.prefetch import HubEnv
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +87,17 @@ def hub_weights(repo: HubRepo) -> Weights:
     )
 
 
-def hub_repo(repo_id: str, revision: str | None = None, token: str | None = None) -> HubRepo:
-    """One model_info request (HF_ENDPOINT honoured); a missing repo or revision is a one-line refusal."""
+def hub_repo(repo_id: str, revision: str | None, hub: HubEnv) -> HubRepo:
+    """One model_info request to `hub.endpoint`; a missing repo or revision is a one-line refusal."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"{repo_id}@{revision}" if revision else repo_id
+    if hub.offline:
+        raise PreflightError(f"{where}: HF_HUB_OFFLINE is set, so the hub cannot tell what the model is")
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token or False)
+        api = HfApi(endpoint=hub.endpoint, token=hub.token or False)
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
         raise PreflightError(f"{where}: the hub has no revision {revision!r} of {repo_id}") from None
     except RepositoryNotFoundError:
@@ -114,20 +119,20 @@ def hub_repo(repo_id: str, revision: str | None = None, token: str | None = None
     )
 
 
-def check_access(repo: HubRepo, token: str | None) -> None:
+def check_access(repo: HubRepo, hub: HubEnv) -> None:
     """Refuse a gated repo without a token, or one whose token the hub turns away (a HEAD of config.json)."""
     if not repo.gated:
         return
-    if not token:
+    if not hub.token:
         raise PreflightError(
             f"{repo.repo_id} is a gated model and no Hugging Face token is set", hint=_TOKEN_HINT
         )
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-    url = hf_hub_url(repo.repo_id, "config.json", revision=repo.sha or repo.revision)
+    url = hf_hub_url(repo.repo_id, "config.json", revision=repo.sha or repo.revision, endpoint=hub.endpoint)
     try:
-        get_hf_file_metadata(url, token=token)
+        get_hf_file_metadata(url, token=hub.token)
     except GatedRepoError:
         raise PreflightError(
             f"{repo.repo_id} is a gated model and the hub refuses this token access to it", hint=_TOKEN_HINT

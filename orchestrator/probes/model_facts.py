@@ -64,16 +64,17 @@ def read_json(model: str, revision: str | None, name: str) -> dict | None:
 def classify(exc: BaseException) -> Refusal:
     """Turn what vLLM, transformers or the hub raised into a kind and one line."""
     name = type(exc).__name__
-    text = one_line(exc, 2000)
+    # pydantic's wrapping of vLLM's own ValueError: "1 validation error for ModelConfig Value error, ..."
+    text = re.sub(r"^\d+ validation errors? for \w+ (Value error, )?", "", one_line(exc, 2000))
     if name == "GatedRepoError" or "gated repo" in text.lower():
         return Refusal("gated", "the model is in a gated repository: access needs a token")
     if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
-        return Refusal("not-found", one_line(exc))
+        return Refusal("not-found", text[:300])
     if "are not supported for now" in text or "has no vLLM implementation" in text:
         return Refusal("unsupported-architecture", text.split(" Supported architectures")[0][:300])
     if "trust_remote_code" in text or "trust-remote-code" in text:
-        return Refusal("needs-remote-code", one_line(exc))
-    return Refusal("config", f"{name}: {one_line(exc)}")
+        return Refusal("needs-remote-code", text[:300])
+    return Refusal("config", f"{name}: {text[:300]}")
 
 
 def remote_code(model: str, revision: str | None) -> list[str]:
