@@ -294,6 +294,8 @@ def _variants(
         else:
             variants[CPU] = cpu
             draft.provenance[f"variants.{CPU}"] = why
+    if not variants and not misses:
+        raise PreflightError(f"{facts.model}: no GPU of a known class was found and no cpu variant was asked for")
     if not variants:
         raise PreflightError(f"{facts.model} is too big for this machine: {'; '.join(misses)}")
     draft.notes.extend(misses)

@@ -294,3 +294,22 @@ def signal_mmdemo(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+FAKE_PROBE = HERE / "probes" / "fake_model_facts.py"
+
+
+@pytest.fixture
+def fake_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model probe's stand-in script in place of vLLM's, an isolated cache; the file counting its runs."""
+    from orchestrator import probe
+    from orchestrator.preflight import VllmInfo
+
+    monkeypatch.setattr(probe, "SCRIPT", FAKE_PROBE)
+    monkeypatch.setattr("orchestrator.backend.vllm_python", lambda path: Path(sys.executable))
+    monkeypatch.setattr("orchestrator.preflight.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu"))
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    counter = tmp_path / "probe-runs.txt"
+    counter.touch()
+    monkeypatch.setenv("FAKE_PROBE_RUNS", str(counter))
+    return counter

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from orchestrator import probe as probe_module
 from orchestrator.background import background
 from orchestrator.errors import PreflightError
 from orchestrator.preflight import VllmInfo
 from orchestrator.probe import ModelFacts, ProbeRequest, probe
 
-FAKE = Path(__file__).parent / "probes" / "fake_model_facts.py"
-
-
-@pytest.fixture
-def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The stand-in script in place of vLLM's, an isolated cache, and the file that counts its runs."""
-    monkeypatch.setattr(probe_module, "SCRIPT", FAKE)
-    monkeypatch.setattr("orchestrator.backend.vllm_python", lambda path: Path(sys.executable))
-    monkeypatch.setattr("orchestrator.preflight.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu"))
-    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    counter = tmp_path / "runs.txt"
-    counter.touch()
-    monkeypatch.setenv("FAKE_PROBE_RUNS", str(counter))
-    return counter
-
 
 def count(runs: Path) -> int:
     return len(runs.read_text().splitlines())
+
+
+@pytest.fixture
+def runs(fake_probe: Path) -> Path:
+    return fake_probe
 
 
 @pytest.fixture
