@@ -295,7 +295,9 @@ def _variants(
             variants[CPU] = cpu
             draft.provenance[f"variants.{CPU}"] = why
     if not variants and not misses:
-        raise PreflightError(f"{facts.model}: no GPU of a known class was found and no cpu variant was asked for")
+        raise PreflightError(
+            f"{facts.model}: no GPU of a known class was found and no cpu variant was asked for"
+        )
     if not variants:
         raise PreflightError(f"{facts.model} is too big for this machine: {'; '.join(misses)}")
     draft.notes.extend(misses)
