@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orchestrator import backend, preflight
 from orchestrator.background import background
 from orchestrator.derive import Derivation, DeriveOptions, derive
 from orchestrator.gpu import Gpu
@@ -68,7 +69,7 @@ def derive_for(ref: ModelRef, gpus: Sequence[Gpu], request: DeriveRequest = Deri
     """Ask the hub and vLLM about the model and derive its profile for these GPUs."""
     host = _host_memory()
     if isinstance(ref, LocalModel):
-        probing = background(probe, _probe_request(str(ref.path), request), name="model-probe")
+        probing = background(probe, probe_request(str(ref.path), request), name="model-probe")
         weights = local_weights(ref.path)  # while the probe imports vLLM
         options = DeriveOptions(
             name=ref.name,
@@ -83,9 +84,9 @@ def derive_for(ref: ModelRef, gpus: Sequence[Gpu], request: DeriveRequest = Deri
     from orchestrator.prefetch import HubEnv
 
     hub = HubEnv.from_environ(request.env)
-    repo = hub_repo(ref.repo_id, ref.revision, hub)
-    check_access(repo, hub)
-    facts = probe(_probe_request(ref.repo_id, request, revision=ref.revision, commit=repo.sha))
+    repo = hub_repo(ref.repo_id, ref.revision, endpoint=hub.endpoint, token=hub.token, offline=hub.offline)
+    check_access(repo, endpoint=hub.endpoint, token=hub.token)
+    facts = probe(probe_request(ref.repo_id, request, revision=ref.revision, commit=repo.sha))
     options = DeriveOptions(
         name=ref.name,
         revision=ref.revision,
@@ -97,12 +98,18 @@ def derive_for(ref: ModelRef, gpus: Sequence[Gpu], request: DeriveRequest = Deri
     return derive(facts, hub_weights(repo), gpus, options)
 
 
-def _probe_request(
-    model: str, request: DeriveRequest, revision: str | None = None, commit: str | None = None
+def probe_request(
+    model: str,
+    request: DeriveRequest = DeriveRequest(),
+    revision: str | None = None,
+    commit: str | None = None,
 ) -> ProbeRequest:
+    """The probe of `model` with the vLLM `run` would use (its Python, its version: ~50 ms to read)."""
+    info = preflight.vllm_version(request.vllm_bin)
     return ProbeRequest(
         model=model,
-        vllm_bin=request.vllm_bin,
+        python=backend.vllm_python(info.path),
+        vllm_version=info.version,
         revision=revision,
         commit=commit,
         trust_remote_code=request.trust_remote_code,

@@ -572,7 +572,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from orchestrator.init_cmd import cmd_init as init
 
-    return init(args)
+    return init(args, terminal.console(stderr=True))
 
 
 _COMMANDS = {

@@ -1,7 +1,8 @@
 """`mmdemo init MODEL [-o FILE] [--trust-remote-code] [--gpu ...]`: write a model's derived profile as YAML.
 
 The file carries a comment on every derived value saying where it came from; it validates, passes
-`validate --against-vllm`, and runs as the derivation would. Registered by cli.build_parser.
+`validate --against-vllm`, and runs as the derivation would. Registered by cli.build_parser, which
+hands it the console (like doctor: nothing below the CLI imports the terminal).
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
 from orchestrator.gpu import Gpu
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _CLASS_COUNT = re.compile(r"^(?P<cls>[A-Za-z0-9-]+?)(?:x(?P<n>\d+))?$")
 
@@ -54,14 +59,12 @@ def gpus_for(spec: str) -> tuple[list[Gpu], bool | None]:
     return gpus, None
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    """Derive the model's profile and write it; 0 on success."""
-    from orchestrator import terminal
+def cmd_init(args: argparse.Namespace, err: Console) -> int:
+    """Derive the model's profile and write it (YAML to stdout without -o; notes to `err`); 0 on success."""
     from orchestrator.autoprofile import DeriveRequest, derive_for
     from orchestrator.modelref import ProfileRef, matching_profile, parse_ref
     from orchestrator.profilegen import to_yaml
 
-    err = terminal.console(stderr=True)
     ref = parse_ref(args.model)
     if isinstance(ref, ProfileRef):
         raise UsageError(
@@ -77,12 +80,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     derivation = derive_for(ref, gpus, request)
     text = to_yaml(derivation)
     for note in derivation.notes:
-        err.print(f"note: {terminal.esc(note)}", highlight=False)
+        err.print(f"note: {note}", markup=False, highlight=False)
     if args.output is None:
         sys.stdout.write(text)
         return 0
     from orchestrator.render import write_atomic
 
     write_atomic(args.output, text)
-    err.print(f"wrote {terminal.esc(args.output)}: {terminal.esc(derivation.line)}", highlight=False)
+    err.print(f"wrote {args.output}: {derivation.line}", markup=False, highlight=False)
     return 0

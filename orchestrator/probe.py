@@ -1,7 +1,7 @@
 """The model probe: what the installed vLLM says about a model (no weights), typed, and cached.
 
 `probe(request)` runs probes/model_facts.py with the Python of the vLLM environment (~7-15 s, mostly
-imports) and returns `ModelFacts`. The answer is cached under `cache_dir()/probes/`, keyed by the
+imports) and returns `ModelFacts`; `autoprofile.probe_request` fills in that Python and the version. The answer is cached under `cache_dir()/probes/`, keyed by the
 model (a local directory's small files hashed), its revision (the hub commit where known), the
 vLLM version, trust_remote_code and the demo media, so a second call reads a file. `probe` takes
 one argument, so a caller can start it with `orchestrator.background.background(probe, request)`
@@ -89,10 +89,11 @@ class ModelFacts(_Frozen):
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    """What to probe: a local directory or hub id, and what changes vLLM's answer."""
+    """What to probe (a local directory or hub id), with which vLLM, and what changes its answer."""
 
     model: str
-    vllm_bin: str | None = None
+    python: Path  # the vLLM environment's interpreter (backend.vllm_python)
+    vllm_version: str  # part of the cache key (preflight.vllm_version)
     revision: str | None = None
     commit: str | None = None  # the hub commit `revision` resolved to: a new commit is a new entry
     trust_remote_code: bool = False
@@ -103,28 +104,24 @@ class ProbeRequest:
 
 def probe(request: ProbeRequest) -> ModelFacts:
     """The facts for `request`: from the cache, else from a run of the probe script."""
-    from orchestrator.backend import vllm_python
-    from orchestrator.preflight import vllm_version
-
-    info = vllm_version(request.vllm_bin)
-    path = cache_path(request, info.version)
+    path = cache_path(request)
     if request.use_cache and (cached := _read(path)) is not None:
         log.info("model facts for %s from the cache (%s)", request.model, path)
         return cached
-    facts = run_script(vllm_python(info.path), request)
+    facts = run_script(request)
     if facts.error is None or facts.error_kind in _CACHED_ERRORS:
         _write(path, facts)
     return facts
 
 
-def cache_path(request: ProbeRequest, vllm: str) -> Path:
-    """Where the facts for this request and vLLM version are cached."""
+def cache_path(request: ProbeRequest) -> Path:
+    """Where the facts for this request (model, revision, options, vLLM version) are cached."""
     key = {
         "probe": PROBE_VERSION,
         "model": request.model,
         "revision": request.commit or request.revision,
         "trust_remote_code": request.trust_remote_code,
-        "vllm": vllm,
+        "vllm": request.vllm_version,
         "media": request.media.model_dump(mode="json"),
         "files": _local_digest(Path(request.model)),
     }
@@ -163,8 +160,9 @@ def _write(path: Path, facts: ModelFacts) -> None:
         raise
 
 
-def run_script(python: Path, request: ProbeRequest, env: Mapping[str, str] | None = None) -> ModelFacts:
+def run_script(request: ProbeRequest, env: Mapping[str, str] | None = None) -> ModelFacts:
     """Run the probe script once (no cache); its process group ends with it, whatever happens."""
+    python = request.python
     payload = {
         "model": request.model,
         "revision": request.revision,

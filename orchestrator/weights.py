@@ -4,7 +4,7 @@ A local directory: the sizes of its weight files. A hub id: one `model_info(file
 request, which lists every file with its size (the LFS size for weights), the commit the revision
 points at, whether the repo is gated and, where the hub computed it, the parameter count by dtype.
 A gated repo without a token, or with a token it refuses, is a one-line refusal. The hub's address
-and the token come from `prefetch.HubEnv` (the environment, read at call time).
+and the token are the caller's (autoprofile reads them with `prefetch.HubEnv`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import PreflightError
-from orchestrator.prefetch import HubEnv
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +86,18 @@ def hub_weights(repo: HubRepo) -> Weights:
     )
 
 
-def hub_repo(repo_id: str, revision: str | None, hub: HubEnv) -> HubRepo:
-    """One model_info request to `hub.endpoint`; a missing repo or revision is a one-line refusal."""
+def hub_repo(
+    repo_id: str, revision: str | None, *, endpoint: str, token: str | None, offline: bool = False
+) -> HubRepo:
+    """One model_info request to `endpoint`; a missing repo or revision is a one-line refusal."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"{repo_id}@{revision}" if revision else repo_id
-    if hub.offline:
+    if offline:
         raise PreflightError(f"{where}: HF_HUB_OFFLINE is set, so the hub cannot tell what the model is")
     try:
-        api = HfApi(endpoint=hub.endpoint, token=hub.token or False)
+        api = HfApi(endpoint=endpoint, token=token or False)
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
         raise PreflightError(f"{where}: the hub has no revision {revision!r} of {repo_id}") from None
@@ -119,20 +120,20 @@ def hub_repo(repo_id: str, revision: str | None, hub: HubEnv) -> HubRepo:
     )
 
 
-def check_access(repo: HubRepo, hub: HubEnv) -> None:
+def check_access(repo: HubRepo, *, endpoint: str, token: str | None) -> None:
     """Refuse a gated repo without a token, or one whose token the hub turns away (a HEAD of config.json)."""
     if not repo.gated:
         return
-    if not hub.token:
+    if not token:
         raise PreflightError(
             f"{repo.repo_id} is a gated model and no Hugging Face token is set", hint=_TOKEN_HINT
         )
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-    url = hf_hub_url(repo.repo_id, "config.json", revision=repo.sha or repo.revision, endpoint=hub.endpoint)
+    url = hf_hub_url(repo.repo_id, "config.json", revision=repo.sha or repo.revision, endpoint=endpoint)
     try:
-        get_hf_file_metadata(url, token=hub.token)
+        get_hf_file_metadata(url, token=token)
     except GatedRepoError:
         raise PreflightError(
             f"{repo.repo_id} is a gated model and the hub refuses this token access to it", hint=_TOKEN_HINT

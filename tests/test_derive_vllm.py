@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.autoprofile import DeriveRequest, derive_for
+from orchestrator.autoprofile import DeriveRequest, derive_for, probe_request
 from orchestrator.derive import DeriveOptions, derive
 from orchestrator.errors import PreflightError
 from orchestrator.modelref import HubModel, LocalModel, parse_ref
-from orchestrator.probe import ModelFacts, ProbeRequest, probe
+from orchestrator.probe import ModelFacts, probe
 from orchestrator.profile import ChatType, load_profile
 from orchestrator.sizing import gpus_of_class
 from orchestrator.weights import local_weights
@@ -71,7 +71,8 @@ def built(mmdemo_env: dict[str, str], vllm_bin: str) -> Build:
 
 
 def facts_of(directory: Path, vllm_bin: str, trust_remote_code: bool = False) -> ModelFacts:
-    return probe(ProbeRequest(str(directory), vllm_bin, trust_remote_code=trust_remote_code))
+    request = DeriveRequest(trust_remote_code=trust_remote_code, vllm_bin=vllm_bin)
+    return probe(probe_request(str(directory), request))
 
 
 @pytest.mark.parametrize("tiny", [*TINY, Tiny("tiny-text", None)], ids=str)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.errors import PreflightError
-from orchestrator.prefetch import HubEnv
 from orchestrator.weights import check_access, hub_repo, hub_weights, local_weights, weight_files
 from tests.fake_hub import FakeHub
 from tests.hub_models import LLAVA_ID, LLAVA_PARAMETERS, LLAVA_SHARDS, llava_repo
@@ -50,13 +50,14 @@ def hub(session_hub: FakeHub) -> Iterator[FakeHub]:
         session_hub.repos.pop(repo_id, None)
 
 
-def env(hub: FakeHub, token: str | None = None) -> HubEnv:
-    return HubEnv(endpoint=hub.url, cache_dir=Path("/nonexistent"), offline=False, token=token)
+def at(hub: FakeHub, token: str | None = None) -> dict[str, Any]:
+    """Where the hub is and the token to show it."""
+    return {"endpoint": hub.url, "token": token}
 
 
 def test_the_hub_tells_sizes_commit_and_parameters_without_a_download(hub: FakeHub) -> None:
     before = len(hub.requests)  # the session's hub has answered other tests too
-    repo = hub_repo(LLAVA_ID, None, env(hub))
+    repo = hub_repo(LLAVA_ID, None, **at(hub))
     assert repo.sha == hub.repos[LLAVA_ID].sha
     assert repo.gated is False
     weights = hub_weights(repo)
@@ -70,23 +71,22 @@ def test_the_hub_tells_sizes_commit_and_parameters_without_a_download(hub: FakeH
 
 def test_a_missing_repo_or_revision_is_one_line(hub: FakeHub) -> None:
     with pytest.raises(PreflightError, match="no model 'nobody/nothing' on the hub"):
-        hub_repo("nobody/nothing", None, env(hub))
+        hub_repo("nobody/nothing", None, **at(hub))
     with pytest.raises(PreflightError, match="the hub has no revision 'v9'"):
-        hub_repo(LLAVA_ID, "v9", env(hub))
-    offline = HubEnv(endpoint=hub.url, cache_dir=Path("/x"), offline=True)
+        hub_repo(LLAVA_ID, "v9", **at(hub))
     with pytest.raises(PreflightError, match="HF_HUB_OFFLINE is set"):
-        hub_repo(LLAVA_ID, None, offline)
+        hub_repo(LLAVA_ID, None, **at(hub), offline=True)
 
 
 def test_a_gated_repo_needs_a_token_it_accepts(hub: FakeHub) -> None:
-    repo = hub_repo(GATED, None, env(hub))
+    repo = hub_repo(GATED, None, **at(hub))
     assert repo.gated is True
     with pytest.raises(PreflightError) as caught:
-        check_access(repo, env(hub))
+        check_access(repo, **at(hub))
     assert str(caught.value) == f"{GATED} is a gated model and no Hugging Face token is set"
     assert caught.value.hint is not None
     assert "HF_TOKEN" in caught.value.hint
     with pytest.raises(PreflightError, match="the hub refuses this token access to it"):
-        check_access(repo, env(hub, "wrong-token"))
-    check_access(repo, env(hub, "good-token"))
-    check_access(hub_repo(LLAVA_ID, None, env(hub)), env(hub))  # not gated: nothing asked
+        check_access(repo, **at(hub, "wrong-token"))
+    check_access(repo, **at(hub, "good-token"))
+    check_access(hub_repo(LLAVA_ID, None, **at(hub)), **at(hub))  # not gated: nothing asked
