@@ -15,7 +15,9 @@ from orchestrator.probe import ModelFacts, ProbeRequest, probe
 
 def request(model: object, **changes: Any) -> ProbeRequest:
     """A probe of `model` run by this interpreter, as if by vLLM 0.32.0+cpu."""
-    return ProbeRequest(str(model), Path(sys.executable), changes.pop("vllm_version", "0.32.0+cpu"), **changes)
+    return ProbeRequest(
+        str(model), Path(sys.executable), changes.pop("vllm_version", "0.32.0+cpu"), **changes
+    )
 
 
 def count(runs: Path) -> int:
