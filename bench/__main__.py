@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench import demos, matrix, overhead, quickstart, readiness, real, report, teardown
+from bench import demos, derivation, matrix, overhead, quickstart, readiness, real, report, teardown
 from bench.procs import marked, sweep
 from bench.result import Row, Scenario, Settings
 
@@ -24,6 +24,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (real.run, False),  # not fast: a real CPU vLLM, about two minutes
     (quickstart.run, False),  # not fast: three real CPU vLLM starts
     (matrix.run, True),
+    (derivation.run, False),  # not fast: the real vLLM's probe, cold and cached
 ]
 
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             leaked = sweep(session)
     if args.fast:
-        for name in (real.NAME, quickstart.NAME):
+        for name in (real.NAME, quickstart.NAME, derivation.NAME):
             scenarios.append(Scenario(name, [Row(name, "skipped: --fast", None)], skipped="--fast"))
     data = report.to_json(scenarios, started, vars(args) | {"out": str(args.out)}, leaked)
     console.print(report.table(scenarios))

@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", nargs="?", default="tiny-omni")
     b.add_argument("--force", action="store_true")
     vllm_bin(b)
+
+    from orchestrator.init_cmd import add_init_parser  # `mmdemo init` lives in its own module
+
+    add_init_parser(sub)
     return parser
 
 
@@ -587,6 +591,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from orchestrator.init_cmd import cmd_init as init
+
+    return init(args, terminal.console(stderr=True))
+
+
 _COMMANDS = {
     "list": cmd_list,
     "plan": cmd_plan,
@@ -598,6 +608,7 @@ _COMMANDS = {
     "matrix": cmd_matrix,
     "report": cmd_report,
     "models": cmd_models,
+    "init": cmd_init,
 }
 
 

@@ -23,6 +23,7 @@ BUILDERS = {
     "tiny-phi3v": "phi3v.py",
     "tiny-ultravox": "ultravox.py",
     "tiny-qwen2vl": "qwen2vl.py",
+    "tiny-text": "text.py",  # text only: what a derived profile of a text model runs
 }
 MARKER = "mmdemo-model.json"
 

@@ -24,6 +24,7 @@ from orchestrator.watchdog import pids_with_env
 if TYPE_CHECKING:
     from orchestrator.command import LaunchPlan
     from orchestrator.server import Server
+    from tests.fake_hub import FakeHub
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -137,9 +138,9 @@ FAKE_MODELS = ("fake/omni", "fake/a", "fake/fails", "fake/tp2", "fake/cpu-only")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def session_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     """A loopback Hugging Face hub for the whole session: the fake profiles' weight prefetch goes there,
-    and nothing in the tests can reach the real hub."""
+    and nothing in the tests can reach the real hub. A test may add repos to it (`hub.repos[id] = ...`)."""
     from tests.fake_hub import FakeHub, FakeRepo, serve
 
     config = b'{"architectures": ["FakeForCausalLM"]}'
@@ -151,13 +152,19 @@ def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ.pop("HF_HUB_OFFLINE", None)
         os.environ.pop("HF_TOKEN", None)
         try:
-            yield hub.url
+            yield hub
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_url(session_hub: FakeHub) -> str:
+    """The session hub's address (HF_ENDPOINT)."""
+    return session_hub.url
 
 
 @pytest.fixture
@@ -349,3 +356,22 @@ def signal_mmdemo(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+FAKE_PROBE = HERE / "probes" / "fake_model_facts.py"
+
+
+@pytest.fixture
+def fake_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model probe's stand-in script in place of vLLM's, an isolated cache; the file counting its runs."""
+    from orchestrator import probe
+    from orchestrator.preflight import VllmInfo
+
+    monkeypatch.setattr(probe, "SCRIPT", FAKE_PROBE)
+    monkeypatch.setattr("orchestrator.backend.vllm_python", lambda path: Path(sys.executable))
+    monkeypatch.setattr("orchestrator.preflight.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu"))
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    counter = tmp_path / "probe-runs.txt"
+    counter.touch()
+    monkeypatch.setenv("FAKE_PROBE_RUNS", str(counter))
+    return counter

@@ -1,13 +1,16 @@
 """A loopback Hugging Face hub for the prefetch tests: real HTTP on 127.0.0.1, port 0.
 
 It answers what huggingface_hub's model_info / list_repo_tree / hf_hub_download ask for a small repo:
-    GET  /api/models/{repo}[/revision/{rev}]   model info; `?blobs=True` adds sizes and LFS hashes
+    GET  /api/models/{repo}[/revision/{rev}]   model info; `?blobs=True` adds sizes and LFS hashes;
+                                               `safetensors` (parameters by dtype) where the repo has them
     GET  /api/models/{repo}/tree/{rev}[/path]  the file listing
     HEAD /{repo}/resolve/{rev}/{file}          X-Repo-Commit, ETag, Content-Length
     GET  /{repo}/resolve/{rev}/{file}          the bytes; honours `Range: bytes=N-` (206)
 Errors carry the hub's X-Error-Code (RepoNotFound, RevisionNotFound, GatedRepo, EntryNotFound).
 A gated repo lists its files to anyone but answers 401 without a token and 403 with a token it
-does not know. `stall_after[file] = N` makes the first download of that file send N bytes and then
+does not know. `sizes[file] = N` lists a file of N bytes that is never served (weights a test
+must not download: model_info and the tree show it, a download of it is refused and recorded).
+`stall_after[file] = N` makes the first download of that file send N bytes and then
 hang until `release()`: the moment a test interrupts a download.
 """
 
@@ -34,13 +37,22 @@ class FakeRepo:
     files: dict[str, bytes]
     gated: bool = False
     tokens: frozenset[str] = frozenset()  # tokens allowed to download a gated repo
+    sizes: dict[str, int] = field(default_factory=dict)  # listed, never served (see the module doc)
+    parameters: dict[str, int] = field(default_factory=dict)  # dtype -> count, as the hub computes
 
     @property
     def sha(self) -> str:
         digest = hashlib.sha1(self.repo_id.encode())
         for name in sorted(self.files):
             digest.update(name.encode() + hashlib.sha1(self.files[name]).digest())
+        for name in sorted(self.sizes):
+            digest.update(name.encode() + str(self.sizes[name]).encode())
         return digest.hexdigest()
+
+    @property
+    def listing(self) -> list[str]:
+        """Every file name, served or only listed."""
+        return sorted({*self.files, *self.sizes})
 
     def etag(self, name: str) -> str:
         data = self.files[name]
@@ -143,11 +155,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _api(self, repo: FakeRepo, kind: str | None, query: dict[str, list[str]]) -> None:
             if kind == "tree":
-                self._json([_tree_entry(repo, name) for name in sorted(repo.files)])
+                self._json([_tree_entry(repo, name) for name in repo.listing])
                 return
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
             siblings = []
-            for name in sorted(repo.files):
+            for name in repo.listing:
                 sibling: dict[str, object] = {"rfilename": name}
                 if blobs:
                     entry = _tree_entry(repo, name)
@@ -157,8 +169,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                         assert isinstance(lfs, dict)
                         sibling["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"], "pointerSize": 134}
                 siblings.append(sibling)
+            extra: dict[str, object] = {}
+            if repo.parameters:
+                extra["safetensors"] = {"parameters": repo.parameters, "total": sum(repo.parameters.values())}
             self._json(
                 {
+                    **extra,
                     "_id": repo.sha[:24],
                     "id": repo.repo_id,
                     "modelId": repo.repo_id,
@@ -184,7 +200,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return
             data = repo.files.get(name)
             if data is None:
-                self._error(404, "EntryNotFound")
+                self._error(404, "EntryNotFound")  # also a listed-only file: never downloaded
                 return
             start = 0
             if (rng := re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))) and body:
@@ -214,11 +230,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
 
 def _tree_entry(repo: FakeRepo, name: str) -> dict[str, object]:
-    data = repo.files[name]
+    if name in repo.sizes:  # an LFS file we only list: its pointer's hashes stand for the content's
+        size, data = repo.sizes[name], name.encode()
+    else:
+        data = repo.files[name]
+        size = len(data)
     oid = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    entry: dict[str, object] = {"type": "file", "path": name, "size": len(data), "oid": oid}
-    if len(data) >= LFS_MIN:
-        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    entry: dict[str, object] = {"type": "file", "path": name, "size": size, "oid": oid}
+    if size >= LFS_MIN:
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 134}
     return entry
 
 

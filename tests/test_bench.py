@@ -15,6 +15,7 @@ SCENARIOS = {
     "5 real server",
     "6 quick start",
     "7 matrix",
+    "8 derivation",
 }
 ROW_KEYS = {"scenario", "metric", "value", "baseline", "delta", "ratio", "target", "met", "unit", "note"}
 
@@ -30,7 +31,7 @@ def test_fast_bench_writes_every_row_and_the_machine(tmp_path: Path) -> None:
     assert {"date", "machine", "args", "targets", "rows", "raw", "skipped", "leaked_processes"} <= set(data)
     assert {"cpu", "cores", "python", "vllm"} <= set(data["machine"])
     assert data["leaked_processes"] == []
-    assert data["skipped"] == {"5 real server": "--fast", "6 quick start": "--fast"}
+    assert data["skipped"] == {"5 real server": "--fast", "6 quick start": "--fast", "8 derivation": "--fast"}
     assert {row["scenario"] for row in data["rows"]} == SCENARIOS
     for row in data["rows"]:
         assert set(row) == ROW_KEYS
