@@ -8,6 +8,7 @@ and derives one. Every refusal is a one-line `MMDemoError` raised before anythin
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,8 +25,11 @@ from orchestrator.modelref import (
     matching_profile,
     parse_ref,
 )
+from orchestrator.paths import cache_dir
 from orchestrator.probe import ProbeRequest, probe
 from orchestrator.profile import Profile, load_profile, parse_profile_file
+from orchestrator.profilegen import to_yaml
+from orchestrator.render.files import write_atomic
 from orchestrator.weights import check_access, hub_repo, hub_weights, local_weights
 
 TINY_MARKER = "mmdemo-model.json"  # written by every tiny-model builder (models.MARKER): random weights
@@ -62,7 +66,20 @@ def resolve(
     if (match := matching_profile(ref, profiles_dir)) is not None:
         return Resolved(parse_profile_file(match.path), match.line, match=match)
     derivation = derive_for(ref, gpus, request)
-    return Resolved(derivation.profile, derivation.line, derivation=derivation)
+    return Resolved(saved(derivation), derivation.line, derivation=derivation)
+
+
+def saved(derivation: Derivation) -> Profile:
+    """The derived profile written as `mmdemo init` writes it (into the cache) and read back from there.
+
+    A run of it is then a run of a profile file: what a matrix cell names, what the report points at,
+    what the user may copy and commit; the file round-trips to the same profile (tested).
+    """
+    text = to_yaml(derivation)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = cache_dir() / "derived" / key / f"{derivation.profile.name}.yaml"
+    write_atomic(path, text)
+    return parse_profile_file(path)
 
 
 def derive_for(ref: ModelRef, gpus: Sequence[Gpu], request: DeriveRequest = DeriveRequest()) -> Derivation:

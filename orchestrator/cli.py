@@ -34,6 +34,12 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C, SIGTERM, SIGHUP)"""
 
 
+PROFILE_HELP = (
+    "a profile (a name, see `mmdemo list`, or a YAML file) or a model: a hub id (org/name[@revision]) "
+    "or a model directory, whose profile is derived when none names it"
+)
+
+
 def _chat_types(value: str) -> tuple[Any, ...]:
     from orchestrator.chattypes import ChatType
 
@@ -111,8 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where run directories go")
 
+    def trust(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="a model that needs its own code may run it (a derived profile; never added silently)",
+        )
+
     def launcher(p: argparse.ArgumentParser) -> None:
-        p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
+        p.add_argument("profile", help=PROFILE_HELP)
+        trust(p)
         p.add_argument("--gpu", default=D.gpu, help="variant to use: auto (detect), a GPU class, or cpu")
         p.add_argument("--port", type=_port, default=D.port, help="server port (default or 0: a free one)")
         server_opts(p)
@@ -175,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="profiles with model, chat types, variants, minimum memory")
     p = sub.add_parser("plan", help="the exact `vllm serve` command and demos, without running anything")
-    p.add_argument("profile")
+    p.add_argument("profile", help=PROFILE_HELP)
+    trust(p)
     p.add_argument("--gpu", default=D.gpu)
     p.add_argument("--host", default=D.host)
     p.add_argument("--port", type=_port, default=8000)
     vllm_bin(p)
     p = sub.add_parser("validate", help="validate profiles (all by default); exit 2 on any error")
-    p.add_argument("paths", nargs="*")
+    p.add_argument("paths", nargs="*", help="profile files, or models (hub id, directory) to derive one for")
+    trust(p)
     p.add_argument(
         "--against-vllm",
         action="store_true",
@@ -208,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     vllm_bin(p)
 
     p = sub.add_parser("matrix", help="every profile on every GPU class: one box, a Ray cluster, or SkyPilot")
-    p.add_argument("profiles", nargs="*", help="profiles (default: every profile that can run on the engine)")
+    p.add_argument(
+        "profiles", nargs="*", help="profiles or models (default: every profile that can run on the engine)"
+    )
+    trust(p)
     p.add_argument(
         "--gpu", dest="gpu_classes", help="GPU classes, comma-separated (default: what the engine has)"
     )
@@ -323,13 +342,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator import gpufit
     from orchestrator.command import build_plan
-    from orchestrator.gpu import detect
+    from orchestrator.gpu import CPU, canonical_class, detect
     from orchestrator.paths import assets_dir
-    from orchestrator.profile import load_profile
-    from orchestrator.targets import select_demos
+    from orchestrator.sizing import gpus_of_class
+    from orchestrator.targets import resolve_profile, select_demos
 
-    profile = load_profile(args.profile, args.profiles_dir)
-    choice = gpufit.choose(profile, args.gpu, detect() if args.gpu.lower() == "auto" else [])
+    gpus = detect() if args.gpu.lower() == "auto" else []
+    gpu_class = canonical_class(args.gpu)
+    # A model's profile is derived for the GPUs found (auto), or for one GPU of the class named.
+    sized_for = gpus_of_class(gpu_class, 1) if not gpus and gpu_class not in (None, CPU) else gpus
+    found = resolve_profile(_options(args), sized_for)
+    profile = found.profile
+    choice = gpufit.choose(profile, args.gpu, gpus)
     variant = choice.variant
     resolved = profile.resolve(variant)
     plan = build_plan(
@@ -341,6 +365,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         user_env=os.environ,
     )
     out = terminal.console()
+    if found.line != f"profile {profile.name}":
+        out.print(f"# {found.line}", markup=False)
     out.print(f"# {profile.name}: {profile.model} on {variant}", markup=False)
     if choice.reason:  # sized by memory: which variant, and why
         out.print(f"# {choice.reason}", markup=False)
@@ -367,16 +393,23 @@ def _vllm_for_plan(vllm_bin: str | None) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.modelref import ProfileRef, parse_ref
     from orchestrator.profile import Profile, iter_profile_files, parse_profile_file
+    from orchestrator.targets import resolve_profile
 
-    paths = [Path(p) for p in args.paths] or list(iter_profile_files(args.profiles_dir))
+    paths = list(args.paths) or [str(p) for p in iter_profile_files(args.profiles_dir)]
     out, err = terminal.console(), terminal.console(stderr=True)
     failed = 0
     valid: list[Profile] = []
     for path in paths:
         try:
-            valid.append(parse_profile_file(path))
-            out.print(f"ok    {path}", markup=False)
+            if Path(path).is_file() or isinstance(parse_ref(path), ProfileRef):
+                valid.append(parse_profile_file(Path(path)))
+                out.print(f"ok    {path}", markup=False)
+            else:  # a model: the profile derived for it (or the profile of it) is what is validated
+                found = resolve_profile(dataclasses.replace(_options(args), profile=path), [])
+                valid.append(found.profile)
+                out.print(f"ok    {path}: {found.line} ({found.profile.path})", markup=False)
         except MMDemoError as exc:
             err.print(f"error {exc}", markup=False)
             failed += 1
@@ -424,6 +457,7 @@ def _options(args: argparse.Namespace) -> Options:
         "dummy_weights": getattr(args, "dummy_weights", None),
         "prefetch": getattr(args, "prefetch", None),
         "worst_case": getattr(args, "worst_case", None),
+        "trust_remote_code": getattr(args, "trust_remote_code", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(DEFAULTS, **given, environment=Environment.read())

@@ -44,7 +44,7 @@ def add_init_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def gpus_for(spec: str) -> tuple[list[Gpu], bool | None]:
     """(the GPUs to size for, whether a cpu variant is wanted: None lets the derivation decide)."""
-    from orchestrator.gpu import CPU, GPU_CLASSES, detect
+    from orchestrator.gpu import CPU, GPU_CLASSES, canonical_class, detect
     from orchestrator.sizing import gpus_of_class
 
     if spec == "auto":
@@ -54,9 +54,10 @@ def gpus_for(spec: str) -> tuple[list[Gpu], bool | None]:
     gpus: list[Gpu] = []
     for item in spec.split(","):
         match = _CLASS_COUNT.match(item.strip())
-        if match is None or match["cls"] not in GPU_CLASSES:
+        gpu_class = canonical_class(match["cls"]) if match is not None else None
+        if match is None or gpu_class not in GPU_CLASSES:
             raise UsageError(f"--gpu {item!r}: not a GPU class", hint=f"known: {', '.join(GPU_CLASSES)}, cpu")
-        gpus += gpus_of_class(match["cls"], int(match["n"] or 1))
+        gpus += gpus_of_class(gpu_class, int(match["n"] or 1))
     return gpus, None
 
 

@@ -73,6 +73,17 @@ class DemoRecord(_Model):
     log_lines: list[str] = Field(default_factory=list)  # hung: the server's log while it was in flight
 
 
+class DerivationRecord(_Model):
+    """A profile mmdemo derived for a model with none: from what vLLM said, and where each value came from."""
+
+    line: str  # the one line the run printed
+    vllm: str
+    architectures: list[str] = Field(default_factory=list)
+    values: dict[str, str] = Field(default_factory=dict)  # dotted profile key -> where its value came from
+    notes: list[str] = Field(default_factory=list)
+    weights_bytes: int | None = None
+
+
 class VllmRecord(_Model):
     """The vLLM that served, and what its environment holds (what breaks remote-code models, decoders)."""
 
@@ -171,6 +182,8 @@ class RunRecord(_Model):
     status: Status = "failed"
     profile: str
     profile_path: str | None = None
+    profile_source: str | None = None  # which profile and why: named, the model's own, or derived
+    derivation: DerivationRecord | None = None
     variant: str
     model: str
     model_path: str | None = None

@@ -110,6 +110,8 @@ def open_session(prepared: Prepared[Any], options: Options, events: Events, stop
     """The run directory and the record's first moment."""
     record = prepared.record
     run_dir = options.run_dir or make_run_dir(options.runs_dir, record.profile)
+    if record.profile_source and record.profile_source != f"profile {record.profile}":
+        events.stage("profile", record.profile_source)  # a model's own profile, or a derived one: why
     events.stage("profile", f"{record.profile} on {record.variant}; run directory {run_dir}")
     record.timeline.append(TimelineEvent(event="command start", at_s=0.0))
     return Session(record, run_dir, events, stop, t0)

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from orchestrator import autoprofile, gpufit, models, ports, preflight
 from orchestrator import gpu as gpu_mod
-from orchestrator import gpufit, models, ports, preflight
 from orchestrator.api import list_models
 from orchestrator.background import background
 from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
@@ -36,7 +36,15 @@ from orchestrator.context import Endpoint, Session
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.profile import Demo, Profile, ResolvedProfile, load_profile
-from orchestrator.record import DownloadRecord, MachineRecord, PhaseSpan, RunRecord, ServerRecord, VllmRecord
+from orchestrator.record import (
+    DerivationRecord,
+    DownloadRecord,
+    MachineRecord,
+    PhaseSpan,
+    RunRecord,
+    ServerRecord,
+    VllmRecord,
+)
 from orchestrator.runs import mmdemo_version
 from orchestrator.server import Server
 
@@ -156,6 +164,28 @@ def _limits(resolved: ResolvedProfile) -> dict[str, int] | None:
     return None if limits is None else {str(kind): count for kind, count in limits.items()}
 
 
+def resolve_profile(
+    opts: Options, gpus: Sequence[gpu_mod.Gpu], environ: Mapping[str, str] | None = None
+) -> autoprofile.Resolved:
+    """The profile named, else the profile of the model named, else one derived for it (vLLM's probe)."""
+    if opts.profile is None:
+        raise UsageError("a profile (or a model: a hub id or a model directory) is required")
+    request = autoprofile.DeriveRequest(
+        trust_remote_code=opts.trust_remote_code,
+        vllm_bin=opts.vllm_bin,
+        cpu=True if opts.gpu == gpu_mod.CPU else None,
+        env=environ,
+    )
+    return autoprofile.resolve(opts.profile, gpus, request, opts.profiles_dir)
+
+
+def derivation_record(found: autoprofile.Resolved) -> DerivationRecord | None:
+    """The derivation as report.json keeps it, when the profile was derived."""
+    if found.derivation is None:
+        return None
+    return DerivationRecord(line=found.line, **found.derivation.to_record())
+
+
 # -- launched -------------------------------------------------------------------------------------
 
 
@@ -215,12 +245,11 @@ class Launched:
     def prepare(self, started_at: str) -> Prepared[LaunchSpec]:
         """Resolve the profile, start reading vLLM's version, pick the variant and the demos."""
         opts = self.options
-        if opts.profile is None:
-            raise UsageError("a profile is required")
-        profile = load_profile(opts.profile, opts.profiles_dir)
         # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
         version = background(preflight.vllm_version, opts.vllm_bin)
         probed = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
+        found = resolve_profile(opts, probed, self._environ)
+        profile = found.profile
         choice = gpufit.choose(profile, opts.gpu, probed)  # any case; a card without its variant: by memory
         variant, gpus = choice.variant, tuple(choice.gpus)  # a mixed box: the named class's platform only
         resolved, quick_flags = self._adjusted(profile.resolve(variant))
@@ -234,6 +263,8 @@ class Launched:
             mmdemo_version=mmdemo_version(),
             profile=profile.name,
             profile_path=profile.path,
+            profile_source=found.line,
+            derivation=derivation_record(found),
             variant=variant,
             model=profile.model,
             model_path=profile.model_path,

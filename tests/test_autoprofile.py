@@ -90,3 +90,34 @@ def test_refusals_come_before_the_probe(fake_probe: Path, tmp_path: Path, sessio
 def test_no_gpu_and_no_cpu_variant_is_a_refusal(fake_probe: Path, model: Path) -> None:
     with pytest.raises(PreflightError, match="no GPU of a known class was found and no cpu variant"):
         resolve(str(model), [], DeriveRequest(cpu=False))
+
+
+def test_a_derived_profile_is_saved_as_init_writes_it_and_runs_from_that_file(
+    fake_probe: Path, model: Path
+) -> None:
+    from orchestrator.profile import parse_profile_file
+    from orchestrator.profilegen import to_yaml
+
+    resolved = resolve(str(model), [])
+    assert resolved.derivation is not None
+    assert resolved.profile.path is not None
+    saved = Path(resolved.profile.path)
+    assert saved.read_text() == to_yaml(resolved.derivation)  # what `mmdemo init` would print
+    assert "# from " in saved.read_text()
+    assert parse_profile_file(saved) == resolved.profile  # a run of it is a run of that file
+    assert resolved.profile.name == "my-llava"
+
+
+def test_a_launched_run_of_a_model_records_the_derivation(fake_probe: Path, model: Path) -> None:
+    from orchestrator.options import Options
+    from orchestrator.targets import Launched
+
+    prepared = Launched(Options(profile=str(model), gpu="cpu")).prepare("2026-12-01T00:00:00+00:00")
+    record = prepared.record
+    assert record.profile == "my-llava"
+    assert record.profile_source is not None
+    assert record.profile_source.startswith(f"no profile for {model}: derived one")
+    assert record.derivation is not None
+    assert record.derivation.values["serve.max_model_len"]  # which value came from where
+    assert record.profile_path == prepared.spec.resolved.profile.path
+    prepared.spec.version.cancel()

@@ -10,6 +10,7 @@ line, and llava-1.5-7b through the loopback hub derives what its shipped profile
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -135,10 +136,11 @@ def test_remote_code_is_refused_without_trust_remote_code(name: str, built: Buil
 
 
 @pytest.mark.parametrize("tiny", TINY, ids=str)
-def test_the_init_file_validates_against_vllm_and_every_demo_passes(
+def test_a_tiny_model_run_by_path_derives_its_profile_and_every_demo_passes(
     tiny: Tiny, built: Build, tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
 ) -> None:
-    directory = built(tiny.model)
+    # A copy: no profile names it (the cache's own directory is the shipped cpu-tiny-* profile's model).
+    directory = Path(shutil.copytree(built(tiny.model), tmp_path / tiny.model))
     out = tmp_path / f"{tiny.model}.yaml"
     trust = ["--trust-remote-code"] if tiny.trust_remote_code else []
     done = mmdemo("init", str(directory), "-o", str(out), "--gpu", "cpu", "--vllm-bin", vllm_bin, *trust,
@@ -150,14 +152,19 @@ def test_the_init_file_validates_against_vllm_and_every_demo_passes(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "accepted by vLLM 0.32" in checked.stdout
-    ran = mmdemo("run", str(out), "--gpu", "cpu", "--offline", "--vllm-bin", vllm_bin,
+    # The model directory itself where a profile is expected: derived, said in one line, and run.
+    ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--vllm-bin", vllm_bin, *trust,
                  "--runs-dir", str(tmp_path / "runs"), env=mmdemo_env, timeout=900)  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"no profile for {directory}: derived one from vLLM 0.32" in ran.stdout
     report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
     assert report["status"] == "passed"
+    assert report["derivation"]["values"]  # which value came from where
+    # It ran exactly what `mmdemo init` wrote: the derived file the report names is init's file.
+    assert Path(report["profile_path"]).read_text() == out.read_text()
     assert tiny.profile is not None
     shipped = {c.value for c in load_profile(tiny.profile).chat_types}
-    assert {d["name"].split("/")[0] for d in report["demos"]} == shipped
+    assert {d["chat_type"] for d in report["demos"] if d["kind"] == "demo"} == shipped
     assert all(d["status"] == "passed" for d in report["demos"])
     assert report["teardown"]["remaining"] == 0
     assert marked_pids() == set()
@@ -197,6 +204,18 @@ def test_a_hub_model_derives_what_its_shipped_profile_says_on_h100_and_l4(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert load_profile(str(out)).model_copy(update={"path": None}).variants.keys() == {"H100", "L4"}
+    # `plan` takes the hub id where a profile goes: at a revision no profile pins, it derives one;
+    # without, the shipped profile of the model wins and says so.
+    derived = mmdemo("plan", f"{LLAVA_ID}@main", "--gpu", "H100", "--vllm-bin", vllm_bin,
+                     env=mmdemo_env, timeout=300)  # fmt: skip
+    assert derived.returncode == 0, derived.stdout + derived.stderr
+    assert f"# no profile for {LLAVA_ID}: derived one from vLLM 0.32" in derived.stdout
+    assert "--max-model-len 2048" in derived.stdout
+    shipped_plan = mmdemo(
+        "plan", LLAVA_ID, "--gpu", "l4", "--vllm-bin", vllm_bin, env=mmdemo_env, timeout=300
+    )
+    assert shipped_plan.returncode == 0, shipped_plan.stdout + shipped_plan.stderr
+    assert "# using the shipped profile 'llava-1.5-7b'" in shipped_plan.stdout
 
 
 def test_a_gated_hub_model_without_a_token_is_refused_before_the_probe(

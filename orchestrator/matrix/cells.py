@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from orchestrator import gpufit
@@ -135,6 +135,7 @@ def plan_cells(
     *,
     profiles_dir: str | None = None,
     where: str = "this machine",
+    load: Callable[[str], Profile] | None = None,
 ) -> list[Cell]:
     """Cells for the named profiles (all runnable ones when none are named) on the classes.
 
@@ -142,7 +143,8 @@ def plan_cells(
     """
     classes = tuple(canonical_class(c) or c for c in classes) or tuple(capacity) or (CPU,)
     if names:
-        profiles = [load_profile(name, profiles_dir) for name in names]
+        # A model may stand where a profile does: `load` derives its profile (run_matrix's resolver).
+        profiles = [load(name) if load else load_profile(name, profiles_dir) for name in names]
         return [plan_cell(p, c, capacity, where) for p in profiles for c in classes]
     cells = []
     for path in iter_profile_files(profiles_dir):

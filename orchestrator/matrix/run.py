@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator import autoprofile
 from orchestrator.errors import PreflightError
-from orchestrator.gpu import CPU, PLATFORM_NAMES, platform_of
+from orchestrator.gpu import CPU, GPU_CLASSES, PLATFORM_NAMES, canonical_class, platform_of
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix.cell import not_run
 from orchestrator.matrix.cells import Capacity, Cell, plan_cells
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.record import CellRecord, MatrixRecord
 from orchestrator.options import Options
+from orchestrator.profile import Profile
 from orchestrator.runs import make_run_dir, mmdemo_version, now_iso
+from orchestrator.sizing import gpus_of_class
 
 OnCell = Callable[[CellRecord], None]
 
@@ -47,6 +50,26 @@ class MatrixOutcome:
         return self.record.exit_code
 
 
+def profile_resolver(
+    opts: Options, classes: Sequence[str], capacity: Mapping[str, Capacity]
+) -> Callable[[str], Profile]:
+    """A profile for each name: the profile named, the model's own, or one derived for these classes."""
+    wanted = [c for c in (canonical_class(c) or c for c in classes or capacity) if c != CPU]
+    request = autoprofile.DeriveRequest(
+        trust_remote_code=opts.trust_remote_code,
+        vllm_bin=opts.vllm_bin,
+        cpu=True if CPU in classes or not wanted else None,
+    )
+
+    def resolve(name: str) -> Profile:
+        # Stand-ins of the classes (the engine's count of each): what a model's profile is derived for.
+        counts = {c: capacity[c].count if c in capacity else 1 for c in wanted if c in GPU_CLASSES}
+        gpus = [g for c, n in counts.items() for g in gpus_of_class(c, n)]
+        return autoprofile.resolve(name, gpus, request, opts.profiles_dir).profile
+
+    return resolve
+
+
 def run_matrix(
     names: Sequence[str],
     classes: Sequence[str],
@@ -59,7 +82,11 @@ def run_matrix(
 ) -> MatrixOutcome:
     """Plan the cells, run the runnable ones on the engine, record every cell; never raises for a cell."""
     started_at, t0 = now_iso(), time.monotonic()
-    cells = plan_cells(names, classes, engine.capacity(), profiles_dir=opts.profiles_dir, where=engine.where)
+    capacity = engine.capacity()
+    load = profile_resolver(opts, classes, capacity)
+    cells = plan_cells(
+        names, classes, capacity, profiles_dir=opts.profiles_dir, where=engine.where, load=load
+    )
     if engine.one_platform:
         refuse_two_platforms(cells, engine.where)
     matrix_dir = make_run_dir(opts.runs_dir, "matrix")
