@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; the exit code is 0 even when targets are missed (the table says which)."""
     args = build_parser().parse_args(argv)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started in the background: as from a terminal,
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # so the Ctrl-C it sends is not ignored
     console = report.console()
     started = datetime.now()
     scenarios: list[Scenario] = []

@@ -84,8 +84,6 @@ def spawned(
         stderr=subprocess.STDOUT if stdout == subprocess.PIPE else subprocess.DEVNULL,
         cwd=cwd,
         start_new_session=True,
-        # As from a terminal: Ctrl-C's SIGINT not ignored, even where the bench runs in the background.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no lock taken
     )
     try:
         yield proc

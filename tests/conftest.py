@@ -21,6 +21,13 @@ import pytest
 from orchestrator import watchdog
 from orchestrator.watchdog import pids_with_env
 
+# The suite runs as from a terminal. A non-interactive shell starts background jobs with SIGINT
+# ignored, an ignore every child inherits (and mmdemo rightly keeps, as nohup expects), so the tests
+# that send Ctrl-C would test nothing. A Python handler, unlike an ignore, is reset at exec. (Not a
+# preexec_fn in each Popen: a child forked while another thread holds a lock can hang before exec.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 if TYPE_CHECKING:
     from orchestrator.command import LaunchPlan
     from orchestrator.server import Server
@@ -315,15 +322,6 @@ def example_client_chat(port: int, content: Any, max_tokens: int = 16) -> str | 
         return chat.choices[0].message.content
 
 
-def as_from_a_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Start a child as a terminal would: Ctrl-C's SIGINT not ignored.
-
-    A non-interactive shell starts background jobs with SIGINT ignored, and mmdemo keeps an inherited
-    ignore as it must (nohup); a suite run in the background would otherwise test nothing on SIGINT.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def signal_mmdemo(
     args: list[str],
     env: dict[str, str],
@@ -340,14 +338,7 @@ def signal_mmdemo(
     """
     argv = [*prefix, sys.executable, "-m", "orchestrator", *args]
     with out.open("wb") as handle:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=REPO,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            preexec_fn=as_from_a_terminal,  # noqa: PLW1509 - it takes no lock
-        )
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     try:
         wait_for(until, timeout_s=timeout_s * 4, what="the moment to send the signal")
         proc.send_signal(sig)
