@@ -121,7 +121,7 @@ class DownloadRecord(_Model):
 
 
 class TeardownRecord(_Model):
-    """How the server's process tree ended; `remaining` must be 0."""
+    """How the server's process tree ended; `remaining` (and `containers_remaining`) must be 0."""
 
     duration_s: float
     signals: tuple[str, ...]
@@ -131,6 +131,10 @@ class TeardownRecord(_Model):
     returncode: int | None
     port_free: bool
     gpu_released: bool | None
+    # A server in a container: the runtime commands that ended it (`stop -t 15`, `kill`, `rm -f`), and
+    # the containers carrying the run's label afterwards, running or not. None: no container.
+    container_steps: tuple[str, ...] = ()
+    containers_remaining: int | None = None
 
 
 class ErrorRecord(_Model):

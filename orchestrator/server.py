@@ -31,6 +31,7 @@ from orchestrator.options import DEFAULTS
 from orchestrator.ports import connect_host, port_is_free
 from orchestrator.proctree import ProcessTree
 from orchestrator.record import TeardownRecord
+from orchestrator.watchdog import Container
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +153,15 @@ class Server:
         grace_s: float = DEFAULTS.grace_s,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
+        container: Container | None = None,
     ) -> None:
+        """`plan` is what to start: `vllm serve ...`, or the `docker run ...` line of `container`,
+        which the process tree then ends through its runtime."""
         self.plan = plan
         self.log_path = log_path
         # hex, not urlsafe: a key starting with "-" could not be passed back as `--api-key KEY`
         self.api_key = api_key or secrets.token_hex(20)
-        self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock)
+        self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock, container=container)
         self.ready_at: float | None = None
         self.redact = Redactor([*plan.secrets, self.api_key])
         self._clock = clock
