@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
         )
         p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where run directories go")
+        p.add_argument(
+            "--container-runtime",
+            choices=("docker", "podman"),
+            default=D.container_runtime,
+            help="with --image: the runtime (default: the one on PATH, docker first)",
+        )
 
     def launcher(p: argparse.ArgumentParser) -> None:
         p.add_argument("profile", help="profile name (see `mmdemo list`) or a path to a YAML file")
@@ -137,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--dummy-weights",
             action="store_true",
             help="random weights from the config (--load-format dummy): no download",
+        )
+        p.add_argument(
+            "--image",
+            default=D.image,
+            help="run vLLM in this container image, entrypoint `vllm serve` (e.g. vllm/vllm-openai:v0.11.0); "
+            "default: the profile's `image:`, else vLLM on the host",
         )
 
     def vllm_bin(p: argparse.ArgumentParser) -> None:
@@ -404,6 +416,8 @@ def _options(args: argparse.Namespace) -> Options:
         "quick_start": getattr(args, "quick_start", None),
         "dummy_weights": getattr(args, "dummy_weights", None),
         "prefetch": getattr(args, "prefetch", None),
+        "image": getattr(args, "image", None),
+        "container_runtime": getattr(args, "container_runtime", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(DEFAULTS, **given, environment=Environment.read())

@@ -95,6 +95,20 @@ class ServerRecord(_Model):
     models: list[str] = Field(default_factory=list)
 
 
+class ContainerRecord(_Model):
+    """The container vLLM ran in: what to pull and run again to reproduce the run."""
+
+    runtime: Literal["docker", "podman"]
+    runtime_version: str | None = None
+    image: str  # as given (--image, or the profile's `image:`)
+    image_id: str | None = None
+    digest: str | None = None  # the registry digest where the image has one (podman: also local images)
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = None  # the host GPUs it was given; None: none (a cpu variant)
+    run_line: str | None = None  # the whole `docker run ...` line; secrets only by name
+
+
 class PhaseSpan(_Model):
     """One phase of vLLM's start, read from its log: seconds since launch."""
 
@@ -170,6 +184,7 @@ class RunRecord(_Model):
     vllm: VllmRecord | None = None
     machine: MachineRecord
     server: ServerRecord = Field(default_factory=ServerRecord)
+    container: ContainerRecord | None = None  # vLLM ran in a container image (--image)
     download: DownloadRecord | None = None
     startup: list[PhaseSpan] = Field(default_factory=list)
     demos: list[DemoRecord] = Field(default_factory=list)

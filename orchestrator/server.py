@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import enum
 import http.client
+import json
 import logging
 import os
 import secrets
@@ -272,6 +273,17 @@ class Server:
             return None
         finally:
             conn.close()
+
+    def version(self) -> str | None:
+        """The running server's own vLLM version (GET /version), None when it does not say."""
+        answer = self.request("/version", 5.0)
+        if answer is None or answer[0] != 200:
+            return None
+        try:
+            version = json.loads(answer[1]).get("version")
+        except (ValueError, AttributeError):
+            return None
+        return str(version) if version else None
 
     def _probe(self, remaining_s: float) -> Probe:
         health = self.request("/health", min(2.0, remaining_s))
