@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launch", action="store_true", help="with --emit skypilot: launch it with the `sky` CLI")
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        help="run every cell in this container image; repeat it to compare vLLM versions side by side",
+    )
     server_opts(p)
     demo_opts(p)
 
@@ -495,8 +502,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = terminal.console()
+    images = tuple(dict.fromkeys(args.images))  # one cell per image; the same image twice is one
     if args.emit == "skypilot" or args.launch:
-        task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket)
+        task = skypilot.emit(args.profiles, classes, opts, bucket=args.bucket, images=images)
         if not args.launch:
             print(task, end="")
             return 0
@@ -522,7 +530,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
         console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 
-    outcome = run_matrix(args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned)
+    outcome = run_matrix(
+        args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned, images=images
+    )
     rec = outcome.record
     verdict = "[green]PASSED[/]" if rec.exit_code == 0 else f"[red]{rec.status.upper()}[/]"
     console.print(
@@ -557,6 +567,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         terminal.console(stderr=True).print(
             f"note: comparing different profiles ({terminal.esc(a.profile)} vs {terminal.esc(b.profile)})"
         )
+    if a.backend != b.backend:  # two images, two vLLM versions: say which is which
+        terminal.console().print(f"A: {terminal.esc(a.backend)}\nB: {terminal.esc(b.backend)}", highlight=False)
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0
     for row in record.diff(a, b):

@@ -247,6 +247,17 @@ class DiffReport(BaseModel):
     profile: str
     status: str
     demos: list[DiffDemo]
+    vllm: dict[str, Any] | None = None
+    container: dict[str, Any] | None = None
+
+    @property
+    def backend(self) -> str:
+        """`vLLM 0.32.0 in IMAGE (sha256:...)`, or `vLLM 0.32.0` on the host: what the run ran on."""
+        version = (self.vllm or {}).get("version") or "?"
+        if not self.container:
+            return f"vLLM {version}"
+        digest = self.container.get("digest") or self.container.get("image_id") or ""
+        return f"vLLM {version} in {self.container.get('image')}" + (f" ({digest[:19]})" if digest else "")
 
 
 def load(run: str | Path) -> DiffReport:

@@ -6,11 +6,15 @@ make a pipeline (a multi-document YAML for `sky jobs launch`), one class a plain
 Ray is not for user jobs), declaring the `mmdemo-gpu:<class>` resource the ray engine places on,
 and runs `mmdemo matrix --engine ray` there; the matrix directory goes to a mounted bucket when
 one is given. HF_TOKEN is a secret: its value is never written into the YAML.
+
+With `--image`, each task runs in that image (`image_id: docker:IMAGE`, one task per GPU class and
+image) and uses the image's own vLLM: `setup` installs mmdemo alone, not vLLM.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -49,6 +53,13 @@ python3 -m pip install --quiet uv
 python3 -m uv venv --allow-existing ~/mmdemo-venv
 python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]' 'vllm[audio]'
 """
+# In an image: vLLM is the image's (its `vllm` stays on PATH after the venv's bin); mmdemo alone here.
+_SETUP_IN_IMAGE = """\
+set -e
+python3 -m pip install --quiet uv
+python3 -m uv venv --allow-existing ~/mmdemo-venv
+python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]'
+"""
 
 _RUN = """\
 set -e
@@ -78,10 +89,18 @@ def accelerator(gpu_class: str) -> str:
 
 
 def task(
-    gpu_class: str, profiles: Sequence[str], gpus: int, opts: Options, *, bucket: str | None, nodes: int
+    gpu_class: str,
+    profiles: Sequence[str],
+    gpus: int,
+    opts: Options,
+    *,
+    bucket: str | None,
+    nodes: int,
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """One SkyPilot task (as its YAML mapping) running the matrix's cells of one GPU class."""
-    runs_dir = f"{OUT}/{gpu_class}" if bucket else f"~/mmdemo-runs/{gpu_class}"
+    """One SkyPilot task (as its YAML mapping) running the matrix's cells of one GPU class (in one image)."""
+    where = f"{gpu_class}/{_slug(image)}" if image else gpu_class
+    runs_dir = f"{OUT}/{where}" if bucket else f"~/mmdemo-runs/{where}"
     flags = ""
     if opts.offline:
         flags += " --offline"
@@ -89,13 +108,16 @@ def task(
         flags += " --only " + ",".join(c.value for c in opts.only)
     if opts.timeout_s:
         flags += f" --timeout {opts.timeout_s:g}"
+    resources: dict[str, Any] = {"accelerators": f"{accelerator(gpu_class)}:{gpus}"}
+    if image:
+        resources["image_id"] = f"docker:{image}"
     config: dict[str, Any] = {
-        "name": f"mmdemo-matrix-{gpu_class.lower()}",
+        "name": f"mmdemo-matrix-{gpu_class.lower()}" + (f"-{_slug(image).lower()}" if image else ""),
         "workdir": ".",  # launch from the mmdemo checkout: setup installs it from there
-        "resources": {"accelerators": f"{accelerator(gpu_class)}:{gpus}"},
+        "resources": resources,
         "num_nodes": nodes,
         "secrets": {"HF_TOKEN": None},  # passed at launch (--secret HF_TOKEN), never written here
-        "setup": _SETUP,
+        "setup": _SETUP_IN_IMAGE if image else _SETUP,
         "run": _RUN.format(
             prefix=RESOURCE_PREFIX,
             gpu_class=gpu_class,
@@ -109,10 +131,21 @@ def task(
     return config
 
 
+def _slug(image: str | None) -> str:
+    """An image reference as a name part: `vllm/vllm-openai:v0.11.0` -> `vllm-vllm-openai-v0.11.0`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", image or "").strip("-")
+
+
 def emit(
-    names: Sequence[str], classes: Sequence[str], opts: Options, *, bucket: str | None, nodes: int = 1
+    names: Sequence[str],
+    classes: Sequence[str],
+    opts: Options,
+    *,
+    bucket: str | None,
+    nodes: int = 1,
+    images: Sequence[str] = (),
 ) -> str:
-    """The YAML: one task for one class, else a pipeline of one task per class."""
+    """The YAML: one task for one class (and image), else a pipeline of one task per class and image."""
     if not classes:
         raise UsageError("--emit skypilot needs the GPU classes to ask the cloud for: --gpu H100,L4,...")
     for gpu_class in classes:
@@ -125,7 +158,9 @@ def emit(
         if not mine:
             continue  # every profile is skipped on this class: no machine to rent for it
         gpus = max(c.gpu_count for c in mine)
-        docs.append(task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes))
+        each: list[str | None] = [*images] or [None]
+        for image in each:
+            docs.append(task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes, image=image))
     if not docs:
         raise UsageError(f"no profile can run on {', '.join(classes)}: nothing to emit")
     head = [
