@@ -37,6 +37,7 @@ from orchestrator.watchdog import Container
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02
+RUNTIME_REFUSED = (125, 126, 127)  # `docker run` / `podman run` itself failed, not the container
 
 Clock = Callable[[], float]
 
@@ -332,7 +333,14 @@ class Server:
         except Cancelled:
             raise Interrupted("stop") from None
         except Exited as died:
-            raise self.failure("vllm serve exited before it was ready", returncode=died.returncode) from None
+            refused = self.tree.container is not None and died.returncode in RUNTIME_REFUSED
+            raise self.failure(
+                "vllm serve exited before it was ready",
+                returncode=died.returncode,
+                hint="the container runtime did not start it: its reason is the log's last line"
+                if refused
+                else None,
+            ) from None
         except Timeout:
             raise self.failure(
                 f"vllm serve was not ready within {seconds(timeout_s)} (last phase: {self.follower.phase})",

@@ -333,6 +333,7 @@ class Launched:
         if model.is_absolute() and model.is_dir():  # a local model directory, at the same path inside
             mounts.append(containers.Mount(str(model), str(model)))
         if (media := _option_value(command.argv, "--allowed-local-media-path")) is not None:
+            Path(media).mkdir(parents=True, exist_ok=True)  # the media step fills it meanwhile
             mounts.append(containers.Mount(media, media))
         hf_home = Path(self._environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
         hf_home.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
