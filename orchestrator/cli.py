@@ -526,7 +526,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
-        where = f" GPU {cell.cuda_visible_devices}" if cell.cuda_visible_devices else ""
+        # A container's server sees its GPUs from 0: the cell's own indices say which it had.
+        gpus = cell.cuda_visible_devices or ",".join(str(g) for g in cell.gpus)
+        where = f" GPU {gpus}" if gpus else ""
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
         console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 
