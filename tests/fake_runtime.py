@@ -6,7 +6,7 @@ What it keeps of a real runtime: `run` records its argv (one JSON line in $FAKE_
 attached client streaming the container's output and exiting with its exit code, and the "container"
 is no descendant of the client: a monitor process (like podman's conmon) started in a session of its
 own runs the server, so killing the client leaves it running. `stop -t N`, `kill`, `rm -f`, `ps
-[-a] -q --filter label=K=V`, `inspect --format {{.State.Pid}}`, `image inspect`, `version` and
+[-a] -q --filter label=K=V`, `inspect --format {{.State.Pid}}`, `image inspect`, `images`, `version` and
 `--version` work on the state directory $FAKE_RUNTIME_STATE (one JSON file per container). The
 server listens on the published host and port (`-p HOST:PORT:8000`) and gets the `-e` variables
 (a bare `-e NAME` takes the client's value), the environment of the test session, without
@@ -256,6 +256,9 @@ def main(argv: list[str]) -> int:
                 [{"Id": "sha256:" + "f" * 64, "RepoDigests": [f"{image.split(':')[0]}@sha256:{'d' * 64}"]}]
             )
         )
+        return 0
+    if command == "images":  # what `docker images --format '{{.Repository}}:{{.Tag}} {{.ID}}'` prints
+        print("vllm/vllm-openai:v0.11.0 0123456789ab\nbusybox:latest 9876543210fe")
         return 0
     if command == "pull":
         print("Error: no registry reachable from the tests", file=sys.stderr)

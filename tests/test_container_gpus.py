@@ -17,7 +17,7 @@ from orchestrator.gpu import Gpu
 from orchestrator.matrix.local import LocalEngine
 from orchestrator.matrix.run import run_matrix
 from orchestrator.options import Options
-from tests.conftest import FAKE_PROFILE, marked_pids, signal_mmdemo, wait_for
+from tests.conftest import FAKE_PROFILE, marked_pids, mmdemo, signal_mmdemo, wait_for
 
 HERE = Path(__file__).parent
 PROFILES = HERE / "profiles" / "matrix"
@@ -135,3 +135,12 @@ def test_sigkill_of_mmdemo_ends_a_docker_container_through_the_watchdog(
     # The client died with mmdemo (PDEATHSIG); the container did not: the watchdog stopped and removed it.
     wait_for(lambda: not docker.containers(), timeout_s=15, what="the watchdog to remove the container")
     wait_for(lambda: not marked_pids(), timeout_s=10, what="the container's processes to be gone")
+
+
+def test_doctor_names_the_runtime_and_the_vllm_images_at_hand(
+    docker: FakeRuntime, mmdemo_env: dict[str, str]
+) -> None:
+    done = mmdemo("doctor", env={**mmdemo_env, "PATH": os.environ["PATH"]})
+    assert done.returncode == 0, done.stderr
+    assert f"containers:  docker 27.0.0-fake ({docker.bin_dir / 'docker'}), for --image" in done.stdout
+    assert "images:      vllm/vllm-openai:v0.11.0 (0123456789ab)\n" in done.stdout  # busybox is no vLLM

@@ -138,13 +138,9 @@ def _seen(tmp_path: Path, text: str, where: str) -> bool:
 @pytest.mark.parametrize("state", list(STATES))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_nothing_survives_in_a_container(
-    tmp_path: Path,
-    mmdemo_env: dict[str, str],
-    fake_images: dict[str, str],
-    podman: str,
-    state: str,
-    sig: signal.Signals,
+    tmp_path: Path, mmdemo_env: dict[str, str], fake_images: dict[str, str], state: str, sig: signal.Signals
 ) -> None:
+    podman = "podman"  # on PATH: fake_images needs it
     command, switches, text, where = STATES[state]
     args = [command, str(profile_with(tmp_path, **switches)), "--image", fake_images[OLD]]
     args += ["--container-runtime", "podman", "--gpu", "cpu", "--runs-dir", str(tmp_path / "runs")]
