@@ -4,9 +4,9 @@ few questions (which runtime, is the image here, pull it, its digest).
 The image's entrypoint is `vllm serve`, as in vLLM's official image (`vllm/vllm-openai:<tag>`): the
 container is given the plan's own argv after `vllm serve`, the server bound inside on 0.0.0.0:8000
 and published on the host's `--host` and port only (`-p 127.0.0.1:PORT:8000`). It gets the
-Hugging Face cache (the host's HF_HOME at the image's), mmdemo's models and assets read-only at the
-same paths (so `--allowed-local-media-path` and a tiny model's directory mean the same inside), the
-GPUs of its cell, `--ipc=host`, the profile's environment, and secrets by name only (`-e HF_TOKEN`,
+Hugging Face cache (the host's HF_HOME at the image's) and vLLM's (VLLM_CACHE_ROOT), mmdemo's models
+and assets read-only at the same paths (so `--allowed-local-media-path` and a tiny model's directory
+mean the same inside), the GPUs of its cell, `--ipc=host`, the profile's environment, and secrets by name only (`-e HF_TOKEN`,
 the value in the client's environment, never in an argv). `--init` gives it a PID 1 that passes
 SIGTERM on, so `stop` ends it like a host process; the labels find it again, whatever happened to
 mmdemo (see watchdog.end_containers).
@@ -40,6 +40,10 @@ RUNTIMES: tuple[RuntimeName, ...] = ("docker", "podman")
 CONTAINER_PORT = 8000
 CONTAINER_HOST = "0.0.0.0"  # inside its own network namespace; the host side is published on --host only
 CONTAINER_HF_HOME = "/root/.cache/huggingface"  # the official image runs as root with no HF_HOME set
+# vLLM's own cache (VLLM_CACHE_ROOT): model inspection results, compiled graphs. Keyed by content
+# hashes, so the host's serves every image; without it each container re-inspects the model in a
+# subprocess of its own (10 s of imports on 2 cores) before it loads anything.
+CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
 MOUNTS_LABEL = "org.mmdemo.host-mounts"
 # podman: user-mode networking that reaches the host's loopback as 10.0.2.2, so the server fetches demo
 # media from mmdemo's loopback asset server, as on the host; docker's bridge cannot reach loopback.
@@ -98,6 +102,7 @@ class ContainerPlan:
     labels: Mapping[str, str]
     gpus: tuple[int, ...] | None = None  # host GPU indices; None: no GPU (a cpu variant)
     hf_home: str | None = None  # the host's Hugging Face cache, mounted at the image's
+    vllm_cache: str | None = None  # the host's vLLM cache (VLLM_CACHE_ROOT), mounted at the image's
     mounts: tuple[Mount, ...] = ()  # mmdemo's models and assets, read-only at the same paths
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # handed on by name
     image_info: ImageInfo | None = None
@@ -172,6 +177,7 @@ def run_plan(plan: ContainerPlan) -> LaunchPlan:
     if runtime.name == "podman":
         argv += ["--network", PODMAN_NETWORK]
     mounts = [*([Mount(plan.hf_home, CONTAINER_HF_HOME, read_only=False)] if plan.hf_home else [])]
+    mounts += [Mount(plan.vllm_cache, CONTAINER_VLLM_CACHE, read_only=False)] if plan.vllm_cache else []
     mounts += [*plan.mounts, *(plan.image_info.mounts if plan.image_info else ())]
     seen: set[str] = set()
     for mount in mounts:

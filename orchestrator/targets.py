@@ -337,6 +337,9 @@ class Launched:
             mounts.append(containers.Mount(media, media))
         hf_home = Path(self._environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
         hf_home.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
+        cache_home = Path(self._environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        vllm_cache = Path(self._environ.get("VLLM_CACHE_ROOT") or cache_home / "vllm")
+        vllm_cache.mkdir(parents=True, exist_ok=True)
         devices = self.options.server_env.get(containers.GPU_SELECTION) or self._environ.get(
             containers.GPU_SELECTION
         )
@@ -350,6 +353,7 @@ class Launched:
             labels=labels,
             gpus=gpus,
             hf_home=str(hf_home),
+            vllm_cache=str(vllm_cache),
             mounts=tuple(mounts),
             secret_env={"HF_TOKEN": token} if token else {},
             image_info=info,

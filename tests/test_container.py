@@ -103,12 +103,13 @@ def test_podman_reaches_the_hosts_loopback_and_docker_uses_its_bridge() -> None:
     assert "--network" not in plan(DOCKER).launch.argv
 
 
-def test_mounts_hf_cache_at_the_images_models_and_assets_read_only_then_the_images_own() -> None:
+def test_mounts_the_caches_at_the_images_models_and_assets_read_only_then_the_images_own() -> None:
     info = c.ImageInfo(
         "img:1", "sha256:abc", None, (c.Mount("/venv", "/opt/vllm"), c.Mount("/x", "/cache/assets"))
     )
     argv = plan(
         hf_home="/home/u/.cache/huggingface",
+        vllm_cache="/home/u/.cache/vllm",
         mounts=(
             c.Mount("/cache/models/tiny", "/cache/models/tiny"),
             c.Mount("/cache/assets", "/cache/assets"),
@@ -117,6 +118,7 @@ def test_mounts_hf_cache_at_the_images_models_and_assets_read_only_then_the_imag
     ).launch.argv
     assert pairs(argv, "-v") == [
         "/home/u/.cache/huggingface:/root/.cache/huggingface",  # read-write: vLLM may download into it
+        "/home/u/.cache/vllm:/root/.cache/vllm",  # vLLM's own cache: no second model inspection
         "/cache/models/tiny:/cache/models/tiny:ro",
         "/cache/assets:/cache/assets:ro",
         "/venv:/opt/vllm:ro",  # the image's own /cache/assets mount is dropped: mmdemo's wins
