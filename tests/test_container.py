@@ -242,3 +242,16 @@ def test_an_image_borrowing_a_missing_host_directory_is_refused(tmp_path: Path) 
     info = c.ImageInfo("img", "id", None, (c.Mount(str(tmp_path / "gone"), "/opt/vllm"),))
     with pytest.raises(PreflightError, match=r"borrows .*gone from the host"):
         c.check_borrowed(info)
+
+
+def test_a_profile_or_its_variant_names_the_image(tmp_path: Path) -> None:
+    from orchestrator.errors import ProfileError
+    from orchestrator.profile import parse_profile_text
+
+    text = FAKE_PROFILE.read_text() + "image: vllm/vllm-openai:v0.10.2\n"
+    text = text.replace("  cpu: {}", "  cpu: {image: 'localhost/mmdemo/vllm-cpu:test'}")
+    profile = parse_profile_text(text, "p.yaml", "p")
+    assert profile.resolve("cpu").image == "localhost/mmdemo/vllm-cpu:test"  # the variant's wins
+    assert profile.resolve("H100").image == "vllm/vllm-openai:v0.10.2"
+    with pytest.raises(ProfileError, match=r"p\.yaml:\d+: image = 'vllm openai'"):
+        parse_profile_text(FAKE_PROFILE.read_text() + "image: vllm openai\n", "p.yaml", "p")

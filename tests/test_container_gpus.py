@@ -144,3 +144,31 @@ def test_doctor_names_the_runtime_and_the_vllm_images_at_hand(
     assert done.returncode == 0, done.stderr
     assert f"containers:  docker 27.0.0-fake ({docker.bin_dir / 'docker'}), for --image" in done.stdout
     assert "images:      vllm/vllm-openai:v0.11.0 (0123456789ab)\n" in done.stdout  # busybox is no vLLM
+
+
+def test_the_profiles_own_image_is_used_without_image_on_the_command_line(
+    docker: FakeRuntime, tmp_path: Path, mmdemo_env: dict[str, str]
+) -> None:
+    profile = tmp_path / "fake-omni.yaml"
+    profile.write_text(FAKE_PROFILE.read_text() + f"image: {IMAGE}\n")
+    runs = tmp_path / "runs"
+    env = {**mmdemo_env, "PATH": os.environ["PATH"]}
+    done = mmdemo(
+        "run",
+        str(profile),
+        "--gpu",
+        "cpu",
+        "--offline",
+        "--only",
+        "text-only",
+        "--runs-dir",
+        str(runs),
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(next(runs.glob("*/report.json")).read_text())
+    assert report["container"]["image"] == IMAGE
+    assert report["container"]["runtime"] == "docker"
+    assert report["container"]["run_line"].startswith("docker run --name mmdemo-")
+    assert "--gpus" not in report["container"]["run_line"]  # a cpu variant gets no GPU
+    assert docker.containers() == []
