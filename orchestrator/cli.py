@@ -570,7 +570,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"note: comparing different profiles ({terminal.esc(a.profile)} vs {terminal.esc(b.profile)})"
         )
     if a.backend != b.backend:  # two images, two vLLM versions: say which is which
-        terminal.console().print(f"A: {terminal.esc(a.backend)}\nB: {terminal.esc(b.backend)}", highlight=False)
+        terminal.console().print(
+            f"A: {terminal.esc(a.backend)}\nB: {terminal.esc(b.backend)}", highlight=False
+        )
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0
     for row in record.diff(a, b):

@@ -74,7 +74,7 @@ def test_what_changed_between_two_versions_is_named() -> None:
     assert (row.profile, row.gpu) == ("phi", "H100")
     assert row.results == ("failed, 2/3, ready 40.0 s, TTFT 100 ms", "failed, 2/3, ready 45.5 s, TTFT 250 ms")
     assert row.changes == (
-        f"{NEW}: vLLM 0.10.2 -> 0.11.0; failed now: video/url; passes now: audio/url; ready +5.5 s; TTFT +150 ms",
+        f"{NEW}: vLLM 0.10.2 → 0.11.0; failed now: video/url; passes now: audio/url; ready +5.5 s; TTFT +150 ms",
     )
     same = cell(NEW, "0.10.2", dict(old.demo_statuses), 40.0, 0.1)
     assert record_mod.compare_images(matrix(old, same))[0].changes[-1].endswith("ready +0.0 s; TTFT +0 ms")

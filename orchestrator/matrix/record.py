@@ -186,9 +186,9 @@ def changes(a: CellRecord, b: CellRecord) -> list[str]:
     """What changed from cell a to cell b (the same profile and GPU class on another image)."""
     out = []
     if a.vllm_version != b.vllm_version:
-        out.append(f"vLLM {a.vllm_version or '?'} -> {b.vllm_version or '?'}")
+        out.append(f"vLLM {a.vllm_version or '?'} → {b.vllm_version or '?'}")
     if a.status != b.status:
-        out.append(f"{a.status} -> {b.status}")
+        out.append(f"{a.status} → {b.status}")
     broke = [n for n, s in b.demo_statuses.items() if s != "passed" and a.demo_statuses.get(n) == "passed"]
     fixed = [
         n
