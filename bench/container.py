@@ -1,4 +1,4 @@
-"""Scenario 8, containers: the same server on the host and in a podman container (`--image`), time to
+"""Scenario 9, containers: the same server on the host and in a podman container (`--image`), time to
 ready and teardown as mmdemo's own report records them.
 
 The fake `vllm serve` (fast): `mmdemo run tests/profiles/fake-omni.yaml --offline --only text-only`,
@@ -25,7 +25,7 @@ from bench.procs import timed_run
 from bench.real import PROFILE, unavailable, vllm_bin
 from bench.result import Row, Scenario, Settings, median
 
-NAME = "8 container"
+NAME = "9 container"
 START_TARGET_S = 2.0
 CPU_IMAGE = "localhost/mmdemo/vllm-cpu:test"
 CONF = fake.REPO / ".containers" / "containers.conf"  # written by scripts/install-podman.sh where needed

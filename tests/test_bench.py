@@ -15,7 +15,7 @@ SCENARIOS = {
     "5 real server",
     "6 quick start",
     "7 matrix",
-    "8 container",
+    "9 container",
 }
 ROW_KEYS = {"scenario", "metric", "value", "baseline", "delta", "ratio", "target", "met", "unit", "note"}
 
@@ -31,7 +31,7 @@ def test_fast_bench_writes_every_row_and_the_machine(tmp_path: Path) -> None:
     assert {"date", "machine", "args", "targets", "rows", "raw", "skipped", "leaked_processes"} <= set(data)
     assert {"cpu", "cores", "python", "vllm"} <= set(data["machine"])
     assert data["leaked_processes"] == []
-    skipped = {k: v for k, v in data["skipped"].items() if k != "8 container" or v != "no podman"}
+    skipped = {k: v for k, v in data["skipped"].items() if k != "9 container" or v != "no podman"}
     assert skipped == {"5 real server": "--fast", "6 quick start": "--fast"}
     assert {row["scenario"] for row in data["rows"]} == SCENARIOS
     for row in data["rows"]:
