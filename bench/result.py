@@ -70,6 +70,7 @@ class Settings:
     work: Path
     iterations: int | None = None
     latency_s: float = 0.5
+    fast: bool = False  # --fast: a scenario with a real-server part leaves it out
 
     @property
     def cache(self) -> Path:

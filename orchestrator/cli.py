@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"seconds between SIGTERM and SIGKILL (default {D.grace_s:g})",
         )
         p.add_argument("--runs-dir", type=Path, default=D.runs_dir, help="where run directories go")
+        p.add_argument(
+            "--container-runtime",
+            choices=("docker", "podman"),
+            default=D.container_runtime,
+            help="with --image: the runtime (default: the one on PATH, docker first)",
+        )
 
     def trust(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -151,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--dummy-weights",
             action="store_true",
             help="random weights from the config (--load-format dummy): no download",
+        )
+        p.add_argument(
+            "--image",
+            default=D.image,
+            help="run vLLM in this container image, entrypoint `vllm serve` (e.g. vllm/vllm-openai:v0.11.0); "
+            "default: the profile's `image:`, else vLLM on the host",
         )
 
     def vllm_bin(p: argparse.ArgumentParser) -> None:
@@ -245,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bucket", help="with --emit skypilot: a bucket to mount for the matrix directory")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of matrix.json and exit")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        help="run every cell in this container image; repeat it to compare vLLM versions side by side",
+    )
     server_opts(p)
     demo_opts(p)
 
@@ -458,6 +477,8 @@ def _options(args: argparse.Namespace) -> Options:
         "prefetch": getattr(args, "prefetch", None),
         "worst_case": getattr(args, "worst_case", None),
         "trust_remote_code": getattr(args, "trust_remote_code", None),
+        "image": getattr(args, "image", None),
+        "container_runtime": getattr(args, "container_runtime", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(DEFAULTS, **given, environment=Environment.read())
@@ -535,11 +556,20 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     classes = parse_classes(args.gpu_classes) if args.gpu_classes else ()
     opts = _options(args)
     console = terminal.console()
+    images = tuple(dict.fromkeys(args.images))  # one cell per image; the same image twice is one
     if (args.pipeline or args.bucket) and not (args.emit or args.launch):  # never silently ignored
         raise UsageError("--pipeline and --bucket go with --emit skypilot or --launch (SkyPilot)")
     if args.emit == "skypilot" and not args.launch:
-        print(skypilot.emit(args.profiles, classes, opts, bucket=args.bucket, pipeline=args.pipeline), end="")
+        task = skypilot.emit(
+            args.profiles, classes, opts, bucket=args.bucket, pipeline=args.pipeline, images=images
+        )
+        print(task, end="")
         return 0
+    if args.launch and images:
+        raise UsageError(
+            "--launch runs the image's vLLM only through --emit skypilot for now",
+            hint="emit the tasks with --emit skypilot --image ... and `sky jobs launch` them",
+        )
     if args.launch:  # one SkyPilot managed job per GPU class, at once; results gathered here
         from orchestrator.matrix.sky_engine import SkyEngine
 
@@ -561,11 +591,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     def finished(cell: Any) -> None:
         took = f" in {cell.duration_s:.1f} s" if cell.duration_s is not None else ""
-        where = f" GPU {','.join(map(str, cell.gpus))}" if cell.gpus else ""  # as the driver numbers them
+        # A container's server sees its GPUs from 0: the cell's own indices say which it had.
+        gpus = cell.cuda_visible_devices or ",".join(str(g) for g in cell.gpus)
+        where = f" GPU {gpus}" if gpus else ""
         text = cell_text(cell.model_copy(update={"directory": None})).replace("\\", "")
         console.print(f"  {terminal.esc(cell.key):<32} {terminal.esc(text)}{where}{took}", highlight=False)
 
-    outcome = run_matrix(args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned)
+    outcome = run_matrix(
+        args.profiles, classes, opts, engine, on_cell=finished, on_plan=planned, images=images
+    )
     rec = outcome.record
     verdict = "[green]PASSED[/]" if rec.exit_code == 0 else f"[red]{rec.status.upper()}[/]"
     console.print(
@@ -599,6 +633,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if a.profile != b.profile:
         terminal.console(stderr=True).print(
             f"note: comparing different profiles ({terminal.esc(a.profile)} vs {terminal.esc(b.profile)})"
+        )
+    if a.backend != b.backend:  # two images, two vLLM versions: say which is which
+        terminal.console().print(
+            f"A: {terminal.esc(a.backend)}\nB: {terminal.esc(b.backend)}", highlight=False
         )
     table = Table("demo", "A", "B", "answer", "latency B/A")
     changed = 0

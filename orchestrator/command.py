@@ -41,6 +41,11 @@ class LaunchPlan:
         return f"{prefix} {self.shell()}" if prefix else self.shell()
 
 
+def is_secret_name(name: str) -> bool:
+    """A variable whose name says it holds a secret (HF_TOKEN, VLLM_API_KEY, ..._PASSWORD)."""
+    return _SECRET_NAME.search(name) is not None
+
+
 def serve_args(serve: ServeSettings) -> list[str]:
     """The flags for named settings, in schema order, then extra_args verbatim."""
     args: list[str] = []
@@ -97,7 +102,7 @@ def expand_env(
             continue
         values[key] = _ENV_REF.sub(lambda m: user_env[m.group(1)], raw)
         secrets += [user_env[r] for r in refs]
-        if not refs and _SECRET_NAME.search(key):
+        if not refs and is_secret_name(key):
             secrets.append(raw)  # a literal token in a profile is still a secret
             display[key] = REDACTED
         else:

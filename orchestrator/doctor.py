@@ -7,7 +7,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from orchestrator import preflight
+from orchestrator import container, preflight
 from orchestrator.command import expand_env
 from orchestrator.errors import MMDemoError
 from orchestrator.gpu import PLATFORM_NAMES, ROCM, Gpu, detect
@@ -55,6 +55,7 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
         probe = where if os.path.exists(where) else os.path.dirname(where.rstrip("/")) or "/"
         free_gib = shutil.disk_usage(probe).free / 2**30 if os.path.exists(probe) else float("nan")
         console.print(f"{label + ':':<13}{where} ({free_gib:.0f} GiB free on disk)", highlight=False)
+    containers(console)
     console.print(f"profiles:    {packaged_profiles_dir()}", highlight=False)
     console.print(
         f"defaults:    host {DEFAULTS.host}, grace {DEFAULTS.grace_s:g} s, request timeout "
@@ -98,3 +99,25 @@ def platform_line(gpus: list[Gpu], vllm_version: str | None) -> str:
     if platforms[0] != ROCM and rocm_build:
         return f"{names}, but vLLM {vllm_version} is a ROCm build"
     return f"{names} (vLLM {vllm_version})"
+
+
+def containers(console: Console) -> None:
+    """The container runtime `--image` would use, and the vLLM images at hand."""
+    from rich.markup import escape
+
+    try:
+        runtime = container.find_runtime(None)
+    except MMDemoError:
+        console.print("containers:  no docker or podman on PATH (--image needs one)")
+        return
+    version = container.runtime_version(runtime) or "version unknown"
+    conf = os.environ.get("CONTAINERS_CONF")
+    extra = f", CONTAINERS_CONF={escape(conf)}" if conf and runtime.name == "podman" else ""
+    console.print(
+        f"containers:  {runtime.name} {escape(version)} ({escape(runtime.path)}), for --image{extra}",
+        highlight=False,
+    )
+    images = container.local_images(runtime)
+    console.print(
+        f"images:      {escape(', '.join(images)) if images else 'no vLLM image here'}", highlight=False
+    )

@@ -46,6 +46,8 @@ class Options:
     trust_remote_code: bool = False  # a derived profile may run a model's own code: never added silently
     run_dir: Path | None = None  # a matrix cell's own directory
     server_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES of a cell
+    image: str | None = None  # run vLLM in this container image (its entrypoint `vllm serve`)
+    container_runtime: str | None = None  # docker or podman; None: the one on PATH, docker first
     environment: Environment = field(default_factory=Environment.read)  # what the command started with
 
 

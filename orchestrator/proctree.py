@@ -5,6 +5,11 @@ Teardown is the promise users trust mmdemo for: SIGTERM to the whole process gro
 carries the run's environment tag (escapees of the group included), then a wait until the port is
 free and, on a GPU, until NVML no longer lists the killed PIDs. The watchdog, which does the same if
 mmdemo itself dies, is given the same grace.
+
+When the server runs in a container, the tree is the `docker run` / `podman run` client, and the
+container is the tree's too, although none of its processes is a descendant of ours: it is ended
+first, through the runtime (stop with the grace, kill, remove), then the client, then any container
+the label still finds; the watchdog is told the runtime and the label.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ class ProcessTree:
         grace_s: float,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
+        container: watchdog.Container | None = None,
     ) -> None:
         self.tag = secrets.token_hex(8)
         self.grace_s = grace_s
+        self.container = container
         self._gpu_pids = gpu_pids
         self._clock = clock
         self._leader: subprocess.Popen[bytes] | None = None
@@ -72,9 +79,12 @@ class ProcessTree:
         """Guard the adopted tree: the watchdog behind it and the descendant tracker."""
         leader = self._leader
         assert leader is not None, "adopt() first"
+        argv = [sys.executable, "-S", "-E", watchdog.__file__, self.tag, str(leader.pid), str(self.grace_s)]
+        if self.container is not None:
+            argv += [self.container.runtime, self.container.label]
         self._watchdog = subprocess.Popen(
             # -S -E: stdlib only, so skip site-packages and PYTHON* settings: a faster start.
-            [sys.executable, "-S", "-E", watchdog.__file__, self.tag, str(leader.pid), str(self.grace_s)],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -155,6 +165,7 @@ class ProcessTree:
                 returncode=None,
                 port_free=True,
                 gpu_released=None,
+                containers_remaining=0 if self.container else None,
             )
         proc, pgid = self._leader, self._leader.pid
         t0 = self._clock()
@@ -163,13 +174,19 @@ class ProcessTree:
             self._tracker.join()
         self.remember_descendants()
         escaped = len(self.census() - watchdog.group_pids(pgid))
+        in_container, container_steps = self._end_container()
         ending = watchdog.end_tree(
             self.tag, pgid, self.grace_s, dict(self._seen), hurry=self._hurry.is_set, reap=proc.poll
         )
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
+        containers_left = None
+        if self.container is not None:  # one the client was still creating when it was ended
+            swept = watchdog.end_containers(self.container.runtime, self.container.label, 0)
+            container_steps += [f"sweep: {step}" for step in swept.steps]
+            containers_left = swept.left
         freed = self._wait(port_free, PORT_FREE_WAIT_S)
-        gpu_released = self._wait_gpu_release(ending.signalled)
+        gpu_released = self._wait_gpu_release(ending.signalled | in_container)
         self.disarm()
         teardown = TeardownRecord(
             duration_s=self._clock() - t0,
@@ -180,9 +197,26 @@ class ProcessTree:
             returncode=proc.returncode,
             port_free=freed,
             gpu_released=gpu_released,
+            container_steps=tuple(container_steps),
+            containers_remaining=containers_left,
         )
         log.info("teardown: %s", teardown)
         return teardown
+
+    def _end_container(self) -> tuple[set[int], list[str]]:
+        """Stop, kill and remove the run's container through its runtime: (its processes' host pids,
+        for the GPU release check; the runtime commands run)."""
+        if self.container is None:
+            return set(), []
+        import psutil
+
+        runtime, label = self.container.runtime, self.container.label
+        pids: set[int] = set()
+        if (init := watchdog.container_pid(runtime, self.container.name)) is not None:
+            with contextlib.suppress(psutil.Error):
+                pids = {init, *(p.pid for p in psutil.Process(init).children(recursive=True))}
+        ending = watchdog.end_containers(runtime, label, self.grace_s, hurry=self._hurry.is_set)
+        return pids, ending.steps
 
     def _wait(self, done: Callable[[], bool], limit_s: float) -> bool:
         deadline = self._clock() + limit_s

@@ -28,6 +28,8 @@ LOCAL_MODEL_PREFIX = "mmdemo:"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+# An image reference as docker and podman take it: [registry[:port]/]name[:tag][@digest], no spaces.
+IMAGE_REF = r"^[a-z0-9][a-z0-9._/:@-]*[A-Za-z0-9_.-]*$"
 
 # Flags mmdemo itself owns for every launch; a profile may not set them through extra_args.
 OWNED_FLAGS = {
@@ -154,6 +156,7 @@ class Variant(_Frozen):
     """Overrides for one target (a GPU class or `cpu`)."""
 
     serve: ServeSettings = ServeSettings()
+    image: str | None = Field(None, pattern=IMAGE_REF)  # run vLLM in this container image
     env: dict[str, str] = {}
     requires: Requirements = Requirements()
     ready_timeout_s: float | None = Field(None, gt=0)
@@ -186,6 +189,7 @@ class Profile(_Frozen):
     description: str = ""
     source: str = ""
     serve: ServeSettings = ServeSettings()
+    image: str | None = Field(None, pattern=IMAGE_REF)  # run vLLM in this container image (--image wins)
     env: dict[str, str] = {}
     requires: Requirements = Requirements()
     ready_timeout_s: float = Field(900, gt=0)
@@ -284,6 +288,7 @@ class Profile(_Frozen):
             requires=self.requires.merged(v.requires),
             ready_timeout_s=v.ready_timeout_s or self.ready_timeout_s,
             unsupported=v.unsupported,
+            image=v.image or self.image,
         )
 
     @property
@@ -312,6 +317,7 @@ class ResolvedProfile:
     requires: Requirements
     ready_timeout_s: float
     unsupported: str | None
+    image: str | None = None  # the container image vLLM runs in; None: vLLM on the host
 
     @property
     def is_cpu(self) -> bool:

@@ -118,6 +118,20 @@ class ServerRecord(_Model):
     models: list[str] = Field(default_factory=list)
 
 
+class ContainerRecord(_Model):
+    """The container vLLM ran in: what to pull and run again to reproduce the run."""
+
+    runtime: Literal["docker", "podman"]
+    runtime_version: str | None = None
+    image: str  # as given (--image, or the profile's `image:`)
+    image_id: str | None = None
+    digest: str | None = None  # the registry digest where the image has one (podman: also local images)
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = None  # the host GPUs it was given; None: none (a cpu variant)
+    run_line: str | None = None  # the whole `docker run ...` line; secrets only by name
+
+
 class PhaseSpan(_Model):
     """One phase of vLLM's start, read from its log: seconds since launch."""
 
@@ -144,7 +158,7 @@ class DownloadRecord(_Model):
 
 
 class TeardownRecord(_Model):
-    """How the server's process tree ended; `remaining` must be 0."""
+    """How the server's process tree ended; `remaining` (and `containers_remaining`) must be 0."""
 
     duration_s: float
     signals: tuple[str, ...]
@@ -154,6 +168,10 @@ class TeardownRecord(_Model):
     returncode: int | None
     port_free: bool
     gpu_released: bool | None
+    # A server in a container: the runtime commands that ended it (`stop -t 15`, `kill`, `rm -f`), and
+    # the containers carrying the run's label afterwards, running or not. None: no container.
+    container_steps: tuple[str, ...] = ()
+    containers_remaining: int | None = None
 
 
 class ErrorRecord(_Model):
@@ -192,6 +210,7 @@ class RunRecord(_Model):
     vllm: VllmRecord | None = None
     machine: MachineRecord
     server: ServerRecord = Field(default_factory=ServerRecord)
+    container: ContainerRecord | None = None  # vLLM ran in a container image (--image)
     download: DownloadRecord | None = None
     startup: list[PhaseSpan] = Field(default_factory=list)
     demos: list[DemoRecord] = Field(default_factory=list)
@@ -255,6 +274,17 @@ class DiffReport(BaseModel):
     profile: str
     status: str
     demos: list[DiffDemo]
+    vllm: dict[str, Any] | None = None
+    container: dict[str, Any] | None = None
+
+    @property
+    def backend(self) -> str:
+        """`vLLM 0.32.0 in IMAGE (sha256:...)`, or `vLLM 0.32.0` on the host: what the run ran on."""
+        version = (self.vllm or {}).get("version") or "?"
+        if not self.container:
+            return f"vLLM {version}"
+        digest = self.container.get("digest") or self.container.get("image_id") or ""
+        return f"vLLM {version} in {self.container.get('image')}" + (f" ({digest[:19]})" if digest else "")
 
 
 def load(run: str | Path) -> DiffReport:

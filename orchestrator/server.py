@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import enum
 import http.client
+import json
 import logging
 import os
 import secrets
@@ -31,10 +32,12 @@ from orchestrator.options import DEFAULTS
 from orchestrator.ports import connect_host, port_is_free
 from orchestrator.proctree import ProcessTree
 from orchestrator.record import TeardownRecord
+from orchestrator.watchdog import Container
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02
+RUNTIME_REFUSED = (125, 126, 127)  # `docker run` / `podman run` itself failed, not the container
 
 Clock = Callable[[], float]
 
@@ -152,12 +155,15 @@ class Server:
         grace_s: float = DEFAULTS.grace_s,
         gpu_pids: Callable[[], set[int] | None] | None = None,
         clock: Clock = time.monotonic,
+        container: Container | None = None,
     ) -> None:
+        """`plan` is what to start: `vllm serve ...`, or the `docker run ...` line of `container`,
+        which the process tree then ends through its runtime."""
         self.plan = plan
         self.log_path = log_path
         # hex, not urlsafe: a key starting with "-" could not be passed back as `--api-key KEY`
         self.api_key = api_key or secrets.token_hex(20)
-        self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock)
+        self.tree = ProcessTree(grace_s=grace_s, gpu_pids=gpu_pids, clock=clock, container=container)
         self.ready_at: float | None = None
         self.redact = Redactor([*plan.secrets, self.api_key])
         self._clock = clock
@@ -269,6 +275,17 @@ class Server:
         finally:
             conn.close()
 
+    def version(self) -> str | None:
+        """The running server's own vLLM version (GET /version), None when it does not say."""
+        answer = self.request("/version", 5.0)
+        if answer is None or answer[0] != 200:
+            return None
+        try:
+            version = json.loads(answer[1]).get("version")
+        except (ValueError, AttributeError):
+            return None
+        return str(version) if version else None
+
     def _probe(self, remaining_s: float) -> Probe:
         health = self.request("/health", min(2.0, remaining_s))
         if health is None:
@@ -316,7 +333,14 @@ class Server:
         except Cancelled:
             raise Interrupted("stop") from None
         except Exited as died:
-            raise self.failure("vllm serve exited before it was ready", returncode=died.returncode) from None
+            refused = self.tree.container is not None and died.returncode in RUNTIME_REFUSED
+            raise self.failure(
+                "vllm serve exited before it was ready",
+                returncode=died.returncode,
+                hint="the container runtime did not start it: its reason is the log's last line"
+                if refused
+                else None,
+            ) from None
         except Timeout:
             raise self.failure(
                 f"vllm serve was not ready within {seconds(timeout_s)} (last phase: {self.follower.phase})",

@@ -42,7 +42,7 @@ from orchestrator.demos import (
 )
 from orchestrator.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError
 from orchestrator.logscan import explain_demo
-from orchestrator.media import AssetServer, AssetStore
+from orchestrator.media import Asset, AssetServer, AssetStore
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.paths import assets_dir
 from orchestrator.profile import Demo
@@ -277,8 +277,15 @@ def start_media(
         demos = tuple(d.model_copy(update={"expect": ()}) for d in demos)
     with AssetServer(store.root) as assets:
         # A server on this machine fetches URL media from our loopback asset server; a remote one (another
-        # host, a container) cannot reach it, so it gets the upstream URLs, where there are any.
-        url = assets.url_for if prepared.reach.loopback else (lambda a: a.source_url or assets.url_for(a))
+        # host, a container behind docker's bridge) cannot reach it, so it gets the upstream URLs, where
+        # there are any.
+        reach = prepared.reach
+
+        def url(asset: Asset) -> str:
+            if reach.loopback:  # by the address the server knows our loopback by (a container's own)
+                return assets.url_for(asset, host=reach.loopback_host)
+            return asset.source_url or assets.url_for(asset)
+
         future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
         future.add_done_callback(
             lambda done: None if done.cancelled() or done.exception() else session.mark("media ready")

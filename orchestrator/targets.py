@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import platform
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from orchestrator import autoprofile, gpufit, models, ports, preflight
+from orchestrator import container as containers
 from orchestrator import gpu as gpu_mod
 from orchestrator.api import list_models
 from orchestrator.background import background
@@ -35,8 +37,10 @@ from orchestrator.command import LaunchPlan, Redactor, build_plan, quick_start, 
 from orchestrator.context import Endpoint, Session
 from orchestrator.errors import ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
+from orchestrator.paths import models_dir
 from orchestrator.profile import Demo, Profile, ResolvedProfile, load_profile
 from orchestrator.record import (
+    ContainerRecord,
     DerivationRecord,
     DownloadRecord,
     MachineRecord,
@@ -72,6 +76,7 @@ class Reach:
 
     loopback: bool
     files: bool
+    loopback_host: str = "127.0.0.1"  # how the server names our loopback (a podman container: 10.0.2.2)
 
 
 @dataclass
@@ -195,7 +200,11 @@ class LaunchSpec:
 
     resolved: ResolvedProfile
     gpus: tuple[gpu_mod.Gpu, ...]
-    version: Future[preflight.VllmInfo]  # read in the background; checked once the server is launched
+    # The host's vLLM: read in the background, checked once the server is launched. In a container
+    # (`runtime` and `image` set) the version is the running server's own (GET /version).
+    version: Future[preflight.VllmInfo] | None
+    runtime: containers.Runtime | None = None
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,17 +212,24 @@ class Checked:
     """What preflight found: the spec, the vLLM command, the environment `${VAR}`s resolve against."""
 
     spec: LaunchSpec
-    vllm_path: str
+    vllm_path: str | None  # None: vLLM runs in a container, and none is needed on the host
     user_env: Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class Planned:
-    """The exact `vllm serve` command line and environment, with what it was made from."""
+    """The exact `vllm serve` command line and environment, with what it was made from; in a container,
+    the `docker run` / `podman run` line around it."""
 
     spec: LaunchSpec
     command: LaunchPlan
-    vllm_path: str
+    vllm_path: str | None
+    container: containers.ContainerPlan | None = None
+
+    @property
+    def launched(self) -> LaunchPlan:
+        """What the supervisor starts: the run line of the container, else `vllm serve` itself."""
+        return self.container.launch if self.container else self.command
 
 
 @dataclass
@@ -245,14 +261,16 @@ class Launched:
     def prepare(self, started_at: str) -> Prepared[LaunchSpec]:
         """Resolve the profile, start reading vLLM's version, pick the variant and the demos."""
         opts = self.options
-        # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
-        version = background(preflight.vllm_version, opts.vllm_bin)
         probed = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
         found = resolve_profile(opts, probed, self._environ)
         profile = found.profile
         choice = gpufit.choose(profile, opts.gpu, probed)  # any case; a card without its variant: by memory
         variant, gpus = choice.variant, tuple(choice.gpus)  # a mixed box: the named class's platform only
         resolved, quick_flags = self._adjusted(profile.resolve(variant))
+        image = opts.image or resolved.image
+        runtime = containers.find_runtime(opts.container_runtime) if image else None
+        # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
+        version = None if image else background(preflight.vllm_version, opts.vllm_bin)
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
             name
@@ -275,6 +293,8 @@ class Launched:
         )
         if choice.reason:  # which variant and why, where it is not the card's own
             record.notes.append(choice.reason + ".")
+        if image and runtime:
+            record.container = ContainerRecord(runtime=runtime.name, image=image)
         if profile.local_model is not None:
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:
@@ -285,8 +305,8 @@ class Launched:
         return Prepared(
             record,
             demos,
-            Reach(loopback=True, files=True),
-            LaunchSpec(resolved, gpus, version),
+            reach(runtime),
+            LaunchSpec(resolved, gpus, version, runtime, image),
             check_expectations=not random_weights,
             limits=_limits(resolved),
         )
@@ -306,7 +326,8 @@ class Launched:
         session.events.stage("preflight", "vLLM, port, GPU memory, tokens")
         preflight.check_variant(spec.resolved)
         preflight.check_gpus(spec.resolved, spec.gpus)
-        vllm_path = preflight.find_vllm(self.options.vllm_bin)  # its version is read meanwhile
+        # vLLM on the host (its version is read meanwhile); in a container, the image brings its own.
+        vllm_path = None if spec.image else preflight.find_vllm(self.options.vllm_bin)
         return Checked(spec, vllm_path, preflight.user_env(self._environ))
 
     def plan(self, session: Session, checked: Checked, media_root: Path | None) -> Planned:
@@ -314,7 +335,7 @@ class Launched:
         opts, resolved = self.options, checked.spec.resolved
         command = build_plan(
             resolved,
-            vllm_bin=checked.vllm_path,
+            vllm_bin=checked.vllm_path or "vllm",  # in a container: the image's `vllm serve`
             host=opts.host,
             port=ports.choose_port(opts.host, opts.port),
             media_dir=str(media_root.resolve()) if media_root else None,
@@ -322,7 +343,56 @@ class Launched:
             extra_env=opts.server_env,
         )
         preflight.check_env(resolved, command.missing_env, checked.user_env)
-        return Planned(checked.spec, command, checked.vllm_path)
+        in_container = self._container(session, checked, command) if checked.spec.image else None
+        return Planned(checked.spec, command, checked.vllm_path, in_container)
+
+    def _container(self, session: Session, checked: Checked, command: LaunchPlan) -> containers.ContainerPlan:
+        """The run line around `vllm serve`: named after the run, labelled, its mounts, GPUs and secrets."""
+        spec, resolved = checked.spec, checked.spec.resolved
+        assert spec.runtime is not None
+        assert spec.image is not None
+        info = containers.inspect_image(spec.runtime, spec.image)  # None: not here yet, pulled by prefetch
+        if info is not None:
+            containers.check_borrowed(info)
+        run_id = containers.run_id(session.run_dir.name, secrets.token_hex(3))
+        name = f"mmdemo-{run_id}"
+        labels = {
+            containers.LABEL_RUN: run_id,
+            containers.LABEL_PID: str(os.getpid()),
+            containers.LABEL_PROFILE: resolved.profile.name,
+        }
+        mounts = []
+        model = Path(resolved.profile.model_path)
+        if resolved.profile.local_model is not None:
+            model = models_dir() / resolved.profile.local_model
+        if model.is_absolute() and model.is_dir():  # a local model directory, at the same path inside
+            mounts.append(containers.Mount(str(model), str(model)))
+        if (media := _option_value(command.argv, "--allowed-local-media-path")) is not None:
+            Path(media).mkdir(parents=True, exist_ok=True)  # the media step fills it meanwhile
+            mounts.append(containers.Mount(media, media))
+        hf_home = Path(self._environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+        hf_home.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
+        cache_home = Path(self._environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        vllm_cache = Path(self._environ.get("VLLM_CACHE_ROOT") or cache_home / "vllm")
+        vllm_cache.mkdir(parents=True, exist_ok=True)
+        devices = self.options.server_env.get(containers.GPU_SELECTION) or self._environ.get(
+            containers.GPU_SELECTION
+        )
+        gpus = None if resolved.is_cpu else containers.gpu_indices(devices, [g.index for g in spec.gpus])
+        token = checked.user_env.get("HF_TOKEN")
+        return containers.ContainerPlan(
+            serve=command,
+            runtime=spec.runtime,
+            image=spec.image,
+            name=name,
+            labels=labels,
+            gpus=gpus,
+            hf_home=str(hf_home),
+            vllm_cache=str(vllm_cache),
+            mounts=tuple(mounts),
+            secret_env={"HF_TOKEN": token} if token else {},
+            image_info=info,
+        )
 
     def prepare_model(self, session: Session, plan: Planned) -> Planned:
         """Build a tiny model that is not built yet; a local model directory must hold a config."""
@@ -338,6 +408,7 @@ class Launched:
         """Download a hub model's snapshot before launch, with progress; refuse what cannot fit."""
         from orchestrator import prefetch  # deferred: tqdm and huggingface_hub, for hub models only
 
+        plan = self._pull(session, plan)
         model = plan.spec.resolved.profile.model_path
         if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
             return plan
@@ -357,22 +428,34 @@ class Launched:
         session.mark("weights ready")
         return plan
 
+    def _pull(self, session: Session, plan: Planned) -> Planned:
+        """The container image, pulled when the runtime does not have it yet (with its digest)."""
+        if plan.container is None or plan.container.image_info is not None:
+            return plan
+        runtime, image = plan.container.runtime, plan.container.image
+        session.events.stage("image", f"{runtime.name} pull {image}")
+        info = session.wait(background(containers.ensure_image, runtime, image))
+        session.mark("image ready")
+        return dataclasses.replace(plan, container=plan.container.with_image(info))
+
     @contextlib.contextmanager
     def launch(self, session: Session, plan: Planned) -> Iterator[Launch]:
-        """Start `vllm serve`; on leaving, tear its whole process tree down, always."""
+        """Start `vllm serve` (on the host, or in its container); on leaving, tear it all down, always."""
         session.stop.check()
-        opts, command, record = self.options, plan.command, session.record
+        opts, command, record = self.options, plan.launched, session.record
         server = Server(
             command,
             log_path=session.run_dir / "server.log",
             api_key=opts.api_key,
             grace_s=opts.grace_s,
             gpu_pids=None if plan.spec.resolved.is_cpu else gpu_mod.pids_using_gpus,
+            container=plan.container.ref if plan.container else None,
         )
         session.stop.on_hurry(server.hurry)
+        shown = command.shell() if plan.container else command.shell_with_env()
         record.server = ServerRecord(
             base_url=server.base_url,
-            command=command.shell_with_env().replace(command.argv[0], Path(command.argv[0]).name, 1),
+            command=server.redact(shown.replace(command.argv[0], Path(command.argv[0]).name, 1)),
             argv=server.display_argv,
             env=dict(command.display_env),
             log="server.log",
@@ -381,6 +464,8 @@ class Launched:
             session.events.stage("launch", command.shell())
             server.start()
             session.mark("launch")
+            if plan.container is not None:  # after the start: the runtime's version is not worth a delay
+                record.container = container_record(plan.container, record.server.command)
             record.server.pid = server.pid  # also its process group and session id
             yield Launch(server, plan)
         finally:
@@ -396,15 +481,16 @@ class Launched:
     def ready(self, session: Session, running: Launch) -> Endpoint:
         """vLLM's version checked (a refused one tears down at once), then wait until it serves."""
         server, spec, record = running.server, running.planned.spec, session.record
-        info = session.wait(spec.version)
-        record.vllm = VllmRecord(
-            version=info.version,
-            path=info.path,
-            torch=info.torch,
-            transformers=info.transformers,
-            decoders=list(info.decoders),
-        )
-        preflight.check_version(info, spec.resolved)
+        if spec.version is not None:
+            info = session.wait(spec.version)
+            record.vllm = VllmRecord(
+                version=info.version,
+                path=info.path,
+                torch=info.torch,
+                transformers=info.transformers,
+                decoders=list(info.decoders),
+            )
+            preflight.check_version(info, spec.resolved)
         ready = server.wait_ready(
             self.options.timeout_s or spec.resolved.ready_timeout_s,
             on_tick=session.events.waiting,
@@ -417,6 +503,11 @@ class Launched:
         record.warnings = [server.redact(w) for w in server.follower.warnings]
         for warning in record.warnings:
             session.events.stage("warning", warning)
+        if spec.image is not None and spec.runtime is not None:  # the image's vLLM says which it is
+            version = server.version() or "unknown"
+            record.vllm = VllmRecord(version=version, path=f"{spec.image} ({spec.runtime.name})")
+            if version != "unknown":
+                preflight.check_version(preflight.VllmInfo(spec.image, version), spec.resolved)
 
         def check(when: str) -> None:
             if (death := server.health_problem()) is not None:
@@ -432,6 +523,38 @@ class Launched:
         )
         session.events.ready(endpoint, ready.elapsed_s)
         return endpoint
+
+
+def reach(runtime: containers.Runtime | None) -> Reach:
+    """What a launched server can fetch: everything on the host; in podman, our loopback as 10.0.2.2;
+    behind docker's bridge, not our loopback (URL demos go upstream)."""
+    if runtime is None:
+        return Reach(loopback=True, files=True)
+    if runtime.name == "podman":
+        return Reach(loopback=True, files=True, loopback_host=containers.PODMAN_HOST_LOOPBACK)
+    return Reach(loopback=False, files=True)
+
+
+def _option_value(argv: Sequence[str], flag: str) -> str | None:
+    """The word after `flag` in an argv, None when it is not there."""
+    words = list(argv)
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+def container_record(plan: containers.ContainerPlan, run_line: str | None) -> ContainerRecord:
+    """The container as report.json keeps it: what to pull and run again to reproduce the run."""
+    info = plan.image_info
+    return ContainerRecord(
+        runtime=plan.runtime.name,
+        runtime_version=containers.runtime_version(plan.runtime),
+        image=plan.image,
+        image_id=info.id if info else None,
+        digest=info.digest if info else None,
+        name=plan.name,
+        labels=dict(plan.labels),
+        gpus=list(plan.gpus) if plan.gpus is not None else None,
+        run_line=run_line,
+    )
 
 
 # -- attached -------------------------------------------------------------------------------------

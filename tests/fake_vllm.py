@@ -20,7 +20,7 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   ESCAPE=untagged    the same, without MMDEMO_RUN_TAG in its environment (like a setproctitle'd worker)
   MODELS_DELAY=S     /v1/models lists no model for S after ready
   LATENCY=S, TOKEN_DELAY=S       before each reply (first chunk) / between streamed chunks
-  REQUEST_FILE=path  written when a chat completion has been received (before LATENCY)
+  REQUEST_FILE=path  written when a chat completion has been received (before LATENCY), and logged
   CHAT_STATUS=code, CHAT_MESSAGE=text   every chat completion fails so
   VERSION=x          reported version (0.32.0)
   HANG_PROMPT=text   a chat completion whose prompt holds `text` never answers (no first token)
@@ -429,6 +429,8 @@ class Handler(BaseHTTPRequestHandler):
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": opts["name"]}
         if env("REQUEST_FILE"):  # a chat request is in flight: tests signal mmdemo "while serving a demo"
             write_atomic(env("REQUEST_FILE"), str(time.monotonic()))
+            # The same moment, seen from outside a container (where the file is not): its log line.
+            log(f"Added request {base['id']}.", source="async_llm.py:1")
         time.sleep(env_float("LATENCY") or 0.0)
         fake.requests_total += 1
         if body.get("stream"):

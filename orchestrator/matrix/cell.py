@@ -34,6 +34,7 @@ def not_run(cell: Cell, status: str, exit_code: int, reason: str) -> CellRecord:
         reason=reason,
         gpu_count=cell.gpu_count,
         platform=platform_of(cell.gpu_class),
+        image=cell.image,
     )
 
 
@@ -59,6 +60,7 @@ def run_cell(
         port=port,
         run_dir=cell_dir,
         server_env=dict(server_env or {}),
+        image=cell.image or opts.image,
     )
     gpus = list(gpus)
     t0 = time.monotonic()
@@ -109,6 +111,9 @@ def _from_report(
         if first is not None:  # the server's own words for the first failure: the grid's evidence
             reason += f"; {first.get('name')}: {' '.join(str(first.get('error')).split())[:200]}"
     env = server.get("env") or {}
+    container = rep.get("container") or {}
+    demos = rep.get("demos") or []
+    ttfts = sorted(d["ttft_s"] for d in demos if d.get("ttft_s") is not None)
     return CellRecord(
         profile=cell.profile,
         gpu_class=cell.gpu_class,
@@ -129,6 +134,12 @@ def _from_report(
         teardown_remaining=teardown.get("remaining"),
         gpu_released=teardown.get("gpu_released"),
         directory=str(cell_dir.relative_to(relative_to)) if relative_to else str(cell_dir),
+        image=cell.image or container.get("image"),
+        image_digest=container.get("digest"),
+        vllm_version=(rep.get("vllm") or {}).get("version"),
+        demo_statuses={d["name"]: d["status"] for d in demos},
+        median_ttft_s=ttfts[len(ttfts) // 2] if ttfts else None,
+        containers_remaining=teardown.get("containers_remaining"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -33,18 +34,35 @@ class Cell:
     gpu_count: int = 0
     skip: str | None = None  # the class cannot run it: recorded as skipped, exit code unaffected
     refuse: str | None = None  # the engine lacks the class: the cell fails at once (exit 3)
+    image: str | None = None  # the container image vLLM runs in (`--image`, one cell per image)
 
     @property
     def key(self) -> str:
-        return f"{self.profile}@{self.gpu_class}"
+        return cell_key(self.profile, self.gpu_class, self.image)
 
     @property
     def dirname(self) -> str:
-        return f"{self.profile}-{self.gpu_class}"
+        base = f"{self.profile}-{self.gpu_class}"
+        return f"{base}-{_IMAGE_SLUG.sub('-', self.image).strip('-')}" if self.image else base
 
     @property
     def runnable(self) -> bool:
         return self.skip is None and self.refuse is None
+
+
+_IMAGE_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def cell_key(profile: str, gpu_class: str, image: str | None = None) -> str:
+    """`profile@GPU`, and `@image` when the matrix runs in more than the host's vLLM."""
+    return f"{profile}@{gpu_class}" + (f"@{image}" if image else "")
+
+
+def with_images(cells: Sequence[Cell], images: Sequence[str]) -> list[Cell]:
+    """Each cell once per image, the images side by side (no images: the cells as they are)."""
+    if not images:
+        return list(cells)
+    return [replace(cell, image=image) for cell in cells for image in images]
 
 
 def parse_classes(text: str) -> tuple[str, ...]:

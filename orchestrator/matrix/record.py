@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.matrix.cells import cell_key
 from orchestrator.render.files import write_atomic
-from orchestrator.render.html import MatrixCell, to_matrix_html
+from orchestrator.render.html import Comparison, MatrixCell, to_matrix_html
 from orchestrator.render.text import markdown_cell
 
 SCHEMA_VERSION = 1
@@ -52,10 +53,16 @@ class CellRecord(_Model):
         None  # the same clock as started_s: cells that ran one after another never overlap
     )
     duration_s: float | None = None
+    image: str | None = None  # the container image vLLM ran in; None: vLLM on the host
+    image_digest: str | None = None
+    vllm_version: str | None = None  # as the server reported it
+    demo_statuses: dict[str, str] = {}  # demo name -> passed / failed: what a version comparison names
+    median_ttft_s: float | None = None
+    containers_remaining: int | None = None  # after teardown, with the run's label; must be 0
 
     @property
     def key(self) -> str:
-        return f"{self.profile}@{self.gpu_class}"
+        return cell_key(self.profile, self.gpu_class, self.image)
 
 
 class MatrixRecord(_Model):
@@ -68,6 +75,7 @@ class MatrixRecord(_Model):
     exit_code: int
     profiles: list[str]
     gpu_classes: list[str]
+    images: list[str] = []  # `--image`s, side by side: every cell ran once in each
     started_at: str
     finished_at: str
     wall_s: float
@@ -133,7 +141,7 @@ def cell_text(cell: CellRecord) -> str:
 
 
 def to_html(record: MatrixRecord) -> str:
-    """matrix.html: the grid, each square linking to its cell's report.html."""
+    """matrix.html: the grid, each square linking to its cell's report.html; the versions compared."""
     cells = [
         MatrixCell(
             profile=c.profile,
@@ -144,10 +152,89 @@ def to_html(record: MatrixRecord) -> str:
             total=c.demos_total,
             href=f"{c.directory}/report.html" if c.directory else None,
             note=c.reason,
+            image=c.image,
         )
         for c in record.cells
     ]
-    return to_matrix_html(cells, title=f"mmdemo matrix ({record.engine}): {record.status}")
+    return to_matrix_html(
+        cells,
+        title=f"mmdemo matrix ({record.engine}): {record.status}",
+        images=[image_label(record, i) for i in record.images],
+        comparisons=compare_images(record),
+    )
+
+
+# -- vLLM versions side by side --------------------------------------------------------------------
+
+
+def image_label(record: MatrixRecord, image: str) -> str:
+    """`IMAGE (vLLM 0.32.0)`, the version as its cells' servers reported it."""
+    versions = sorted({c.vllm_version for c in record.cells if c.image == image and c.vllm_version})
+    return f"{image} (vLLM {', '.join(versions)})" if versions else image
+
+
+def _summary(cell: CellRecord) -> str:
+    parts: list[str] = [cell.status]
+    if cell.demos_total:
+        parts.append(f"{cell.demos_passed}/{cell.demos_total}")
+    if cell.time_to_ready_s is not None:
+        parts.append(f"ready {cell.time_to_ready_s:.1f} s")
+    if cell.median_ttft_s is not None:
+        parts.append(f"TTFT {cell.median_ttft_s * 1000:.0f} ms")
+    return ", ".join(parts)
+
+
+def changes(a: CellRecord, b: CellRecord) -> list[str]:
+    """What changed from cell a to cell b (the same profile and GPU class on another image)."""
+    out = []
+    if a.vllm_version != b.vllm_version:
+        out.append(f"vLLM {a.vllm_version or '?'} → {b.vllm_version or '?'}")
+    if a.status != b.status:
+        out.append(f"{a.status} → {b.status}")
+    broke = [n for n, s in b.demo_statuses.items() if s != "passed" and a.demo_statuses.get(n) == "passed"]
+    fixed = [
+        n
+        for n, s in b.demo_statuses.items()
+        if s == "passed" and a.demo_statuses.get(n) not in (None, "passed")
+    ]
+    if broke:
+        out.append(f"failed now: {', '.join(broke)}")
+    if fixed:
+        out.append(f"passes now: {', '.join(fixed)}")
+    if a.time_to_ready_s is not None and b.time_to_ready_s is not None:
+        out.append(f"ready {b.time_to_ready_s - a.time_to_ready_s:+.1f} s")
+    if a.median_ttft_s is not None and b.median_ttft_s is not None:
+        out.append(f"TTFT {(b.median_ttft_s - a.median_ttft_s) * 1000:+.0f} ms")
+    return out
+
+
+def compare_images(record: MatrixRecord) -> list[Comparison]:
+    """Per profile and GPU class run on two images or more: each image's result, and what changed
+    from the first image to each of the others."""
+    if len(record.images) < 2:
+        return []
+    by_key = {(c.profile, c.gpu_class, c.image): c for c in record.cells}
+    rows = []
+    for profile in record.profiles:
+        for gpu in record.gpu_classes:
+            cells = [by_key.get((profile, gpu, image)) for image in record.images]
+            ran = [c for c in cells if c is not None and c.status != "skipped"]
+            if len(ran) < 2:
+                continue
+            base = ran[0]
+            changed = [
+                f"{c.image}: {'; '.join(diff) if (diff := changes(base, c)) else 'no change'}"
+                for c in ran[1:]
+            ]
+            rows.append(
+                Comparison(
+                    profile=profile,
+                    gpu=gpu,
+                    results=tuple(_summary(c) if c else "–" for c in cells),
+                    changes=tuple(changed),
+                )
+            )
+    return rows
 
 
 def to_markdown(record: MatrixRecord) -> str:
@@ -162,14 +249,35 @@ def to_markdown(record: MatrixRecord) -> str:
         "",
         f"- engine: {record.engine}; {len(record.cells)} cells: {summary}",
         f"- wall time: {record.wall_s:.1f} s; started {record.started_at}",
+    ]
+    if record.images:
+        lines.append(f"- images: {', '.join(_md(image_label(record, i)) for i in record.images)}")
+    lines += [
         "",
         "| profile | " + " | ".join(record.gpu_classes) + " |",
         "|---|" + "---|" * len(record.gpu_classes),
     ]
-    by_key = {(c.profile, c.gpu_class): c for c in record.cells}
+    by_key = {(c.profile, c.gpu_class, c.image): c for c in record.cells}
     for profile in record.profiles:
-        row = [cell_text(c) if (c := by_key.get((profile, g))) else "–" for g in record.gpu_classes]
-        lines.append(f"| {_md(profile)} | " + " | ".join(row) + " |")
+        images: list[str | None] = [*record.images] or [None]
+        for image in images:
+            row = [
+                cell_text(c) if (c := by_key.get((profile, g, image))) else "–" for g in record.gpu_classes
+            ]
+            label = f"{profile} on {image}" if image else profile
+            lines.append(f"| {_md(label)} | " + " | ".join(row) + " |")
+    if comparisons := compare_images(record):
+        lines += ["", "## vLLM versions side by side", ""]
+        lines.append(
+            "| profile | GPU | "
+            + " | ".join(_md(image_label(record, i)) for i in record.images)
+            + " | what changed |"
+        )
+        lines.append("|---|---|" + "---|" * (len(record.images) + 1))
+        for compared in comparisons:
+            results = " | ".join(_md(r) for r in compared.results)
+            changed = _md("; ".join(compared.changes), 300)
+            lines.append(f"| {_md(compared.profile)} | {compared.gpu} | {results} | {changed} |")
     return "\n".join(lines) + "\n"
 
 

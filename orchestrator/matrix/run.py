@@ -14,7 +14,7 @@ from orchestrator.errors import PreflightError
 from orchestrator.gpu import CPU, GPU_CLASSES, PLATFORM_NAMES, canonical_class, platform_of
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix.cell import not_run
-from orchestrator.matrix.cells import Capacity, Cell, plan_cells
+from orchestrator.matrix.cells import Capacity, Cell, plan_cells, with_images
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.record import CellRecord, MatrixRecord
 from orchestrator.options import Options
@@ -79,14 +79,17 @@ def run_matrix(
     on_cell: OnCell | None = None,
     on_plan: Callable[[Sequence[Cell], Path], None] | None = None,
     interrupt: Interrupt | None = None,
+    images: Sequence[str] = (),
 ) -> MatrixOutcome:
-    """Plan the cells, run the runnable ones on the engine, record every cell; never raises for a cell."""
+    """Plan the cells (each once per image), run the runnable ones on the engine, record every cell;
+    never raises for a cell."""
     started_at, t0 = now_iso(), time.monotonic()
     capacity = engine.capacity()
     load = profile_resolver(opts, classes, capacity)
     cells = plan_cells(
         names, classes, capacity, profiles_dir=opts.profiles_dir, where=engine.where, load=load
     )
+    cells = with_images(cells, images)
     if engine.one_platform:
         refuse_two_platforms(cells, engine.where)
     matrix_dir = make_run_dir(opts.runs_dir, "matrix")
@@ -118,6 +121,7 @@ def run_matrix(
         exit_code=code,
         profiles=profiles,
         gpu_classes=gpu_classes,
+        images=list(images),
         started_at=started_at,
         finished_at=now_iso(),
         wall_s=round(time.monotonic() - t0, 3),

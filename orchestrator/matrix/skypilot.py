@@ -10,10 +10,14 @@ user jobs), declaring the `mmdemo-gpu:<class>` resource the ray engine places on
 matrix --engine ray` there, then prints its matrix directory into the job's log (gather.py); the
 matrix directory also goes to a mounted bucket when one is given. AMD classes install vLLM's ROCm
 wheels (PyPI's vllm is the CUDA build). HF_TOKEN is a secret: its value is never written into the YAML.
+
+With `--image` (emitted tasks only), each task runs in that image (`image_id: docker:IMAGE`, one task
+per GPU class and image) and uses the image's own vLLM: `setup` installs mmdemo alone, not vLLM.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +60,13 @@ python3 -m uv venv --allow-existing ~/mmdemo-venv
 python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]' 'vllm[audio]'
 """
 
+# In an image: vLLM is the image's (its `vllm` stays on PATH after the venv's bin); mmdemo alone here.
+_SETUP_IN_IMAGE = """\
+set -e
+python3 -m pip install --quiet uv
+python3 -m uv venv --allow-existing ~/mmdemo-venv
+python3 -m uv pip install --python ~/mmdemo-venv/bin/python -e '.[ray]'
+"""
 # vLLM's ROCm wheels (docs/getting_started/installation/gpu.rocm.inc.md): Python 3.12 only, from
 # wheels.vllm.ai; uv's default index strategy asks that index first, so PyPI's CUDA wheel loses.
 _SETUP_ROCM = """\
@@ -97,10 +108,18 @@ def accelerator(gpu_class: str) -> str:
 
 
 def task(
-    gpu_class: str, profiles: Sequence[str], gpus: int, opts: Options, *, bucket: str | None, nodes: int
+    gpu_class: str,
+    profiles: Sequence[str],
+    gpus: int,
+    opts: Options,
+    *,
+    bucket: str | None,
+    nodes: int,
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """One SkyPilot task (as its YAML mapping) running the matrix's cells of one GPU class."""
-    runs_dir = f"{OUT}/{gpu_class}" if bucket else f"~/mmdemo-runs/{gpu_class}"
+    """One SkyPilot task (as its YAML mapping) running the matrix's cells of one GPU class (in one image)."""
+    where = f"{gpu_class}/{_slug(image)}" if image else gpu_class
+    runs_dir = f"{OUT}/{where}" if bucket else f"~/mmdemo-runs/{where}"
     flags = ""
     if opts.offline:
         flags += " --offline"
@@ -108,13 +127,20 @@ def task(
         flags += " --only " + ",".join(c.value for c in opts.only)
     if opts.timeout_s:
         flags += f" --timeout {opts.timeout_s:g}"
+    resources: dict[str, Any] = {"accelerators": f"{accelerator(gpu_class)}:{gpus}"}
+    if image:
+        resources["image_id"] = f"docker:{image}"
     config: dict[str, Any] = {
-        "name": task_name(gpu_class),
+        "name": task_name(gpu_class, image),
         "workdir": ".",  # launch from the mmdemo checkout: setup installs it from there
-        "resources": {"accelerators": f"{accelerator(gpu_class)}:{gpus}"},
+        "resources": resources,
         "num_nodes": nodes,
         "secrets": {"HF_TOKEN": None},  # passed at launch (--secret HF_TOKEN), never written here
-        "setup": _SETUP_ROCM.format(index=ROCM_WHEELS) if gpu_class in ROCM_CLASSES else _SETUP,
+        "setup": _SETUP_IN_IMAGE
+        if image
+        else _SETUP_ROCM.format(index=ROCM_WHEELS)
+        if gpu_class in ROCM_CLASSES
+        else _SETUP,
         "run": _RUN.format(
             prefix=RESOURCE_PREFIX,
             gpu_class=gpu_class,
@@ -128,15 +154,27 @@ def task(
     return config
 
 
-def task_name(gpu_class: str) -> str:
-    """The task's (and its managed job's) name for a GPU class."""
-    return f"mmdemo-matrix-{gpu_class.lower()}"
+def task_name(gpu_class: str, image: str | None = None) -> str:
+    """The task's (and its managed job's) name for a GPU class (and an image)."""
+    return f"mmdemo-matrix-{gpu_class.lower()}" + (f"-{_slug(image).lower()}" if image else "")
+
+
+def _slug(image: str | None) -> str:
+    """An image reference as a name part: `vllm/vllm-openai:v0.11.0` -> `vllm-vllm-openai-v0.11.0`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", image or "").strip("-")
 
 
 def tasks(
-    names: Sequence[str], classes: Sequence[str], opts: Options, *, bucket: str | None, nodes: int = 1
+    names: Sequence[str],
+    classes: Sequence[str],
+    opts: Options,
+    *,
+    bucket: str | None,
+    nodes: int = 1,
+    images: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """One task per GPU class that can run any of the profiles (a class nothing runs on rents nothing)."""
+    """One task per GPU class (and image) that can run any of the profiles (a class nothing runs on
+    rents nothing), keyed by the class, or by `CLASS IMAGE` with images."""
     if not classes:
         raise UsageError("--emit skypilot needs the GPU classes to ask the cloud for: --gpu H100,L4,...")
     classes = [canonical_class(c) or c for c in classes]
@@ -149,7 +187,10 @@ def tasks(
         mine = [c for c in cells if c.gpu_class == gpu_class and c.runnable]
         if mine:
             gpus = max(c.gpu_count for c in mine)
-            out[gpu_class] = task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes)
+            each: list[str | None] = [*images] or [None]
+            for image in each:
+                key = f"{gpu_class} {image}" if image else gpu_class
+                out[key] = task(gpu_class, list(names), gpus, opts, bucket=bucket, nodes=nodes, image=image)
     if not out:
         raise UsageError(f"no profile can run on {', '.join(classes)}: nothing to emit")
     return out
@@ -163,9 +204,11 @@ def emit(
     bucket: str | None,
     nodes: int = 1,
     pipeline: bool = False,
+    images: Sequence[str] = (),
 ) -> str:
     """The YAML: one task for one class; else a job group (in parallel), or with pipeline=True a pipeline."""
-    docs: list[dict[str, Any]] = list(tasks(names, classes, opts, bucket=bucket, nodes=nodes).values())
+    found = tasks(names, classes, opts, bucket=bucket, nodes=nodes, images=images)
+    docs: list[dict[str, Any]] = list(found.values())
     if len(docs) == 1:
         how = "`sky launch` it (or `sky jobs launch` for a managed job)."
     elif pipeline:

@@ -87,10 +87,12 @@ class AssetServer:
         """How many GET/HEAD requests have been answered so far."""
         return self._server.served if self._server is not None else 0
 
-    def url_for(self, asset: Asset) -> str:
-        """The loopback URL of a cached asset."""
+    def url_for(self, asset: Asset, host: str = "127.0.0.1") -> str:
+        """The loopback URL of a cached asset, by the address the server names our loopback with
+        (a container in podman's user-mode network: 10.0.2.2)."""
         try:
             rel = asset.path.resolve().relative_to(self.root)
         except ValueError:
             raise AssetError(f"asset {asset.key!r}: {asset.path} is outside the served {self.root}") from None
-        return f"{self.base_url}/{urllib.parse.quote(rel.as_posix())}"
+        base = self.base_url.replace("127.0.0.1", host, 1)
+        return f"{base}/{urllib.parse.quote(rel.as_posix())}"

@@ -157,24 +157,52 @@ class MatrixCell:
     total: int = 0
     href: str | None = None  # relative to matrix.html, e.g. "phi-3.5-vision/H100/report.html"
     note: str | None = None
+    image: str | None = None  # the container image it ran in (a matrix over images: one row each)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One profile on one GPU class across the matrix's images: each image's result, and what changed."""
+
+    profile: str
+    gpu: str
+    results: tuple[str, ...]  # one per image, in the matrix's order
+    changes: tuple[str, ...]  # "IMAGE: what changed from the first image", one per later image
 
 
 _LINK = re.compile(r"[A-Za-z0-9._~/-]+")
 
 
-def to_matrix_html(cells: Sequence[MatrixCell], title: str = "mmdemo matrix") -> str:
-    """matrix.html: profiles down, GPU classes across, each cell linking to its run's page."""
-    profiles = list(dict.fromkeys(c.profile for c in cells))
+def to_matrix_html(
+    cells: Sequence[MatrixCell],
+    title: str = "mmdemo matrix",
+    *,
+    images: Sequence[str] = (),
+    comparisons: Sequence[Comparison] = (),
+) -> str:
+    """matrix.html: profiles (on each image) down, GPU classes across, each cell linking to its run's
+    page; with images, their results side by side and what changed between them."""
+    rows = list(dict.fromkeys((c.profile, c.image) for c in cells))
     gpus = list(dict.fromkeys(c.gpu for c in cells))
-    grid = {(c.profile, c.gpu): c for c in cells}
+    grid = {(c.profile, c.image, c.gpu): c for c in cells}
     # Only plain relative paths become links: no scheme, no '..', so a cell cannot point off the tree.
     links = {
-        (c.profile, c.gpu): c.href
+        (c.profile, c.image, c.gpu): c.href
         for c in cells
         if c.href and _LINK.fullmatch(c.href) and ".." not in c.href.split("/") and not c.href.startswith("/")
     }
     template = _environment().get_template("matrix.html.j2")
-    return template.render(title=title, profiles=profiles, gpus=gpus, grid=grid, links=links, cells=cells)
+    return template.render(
+        title=title,
+        rows=rows,
+        profiles=list(dict.fromkeys(c.profile for c in cells)),
+        gpus=gpus,
+        grid=grid,
+        links=links,
+        cells=cells,
+        images=list(images),
+        comparisons=list(comparisons),
+    )
 
 
 def to_diff_html(a: DiffReport, b: DiffReport, label_a: str = "A", label_b: str = "B") -> str:
