@@ -179,7 +179,10 @@ def test_a_failing_demo_exits_1_with_the_servers_message(tmp_path: Path, mmdemo_
 def test_server_failures_exit_3_with_evidence(
     tmp_path: Path, mmdemo_env: dict[str, str], switches: dict[str, str], expected: str, diagnosis: str | None
 ) -> None:
-    code, out, report = run_fake(tmp_path, mmdemo_env, "--timeout", "1", **switches)
+    # Only never-ready waits for the deadline; a crash must be seen however slow the machine is, so a
+    # short deadline there would race the fake's own start (a 2-core box under load: over 1 s).
+    timeout = "1" if "never_ready" in switches else "120"
+    code, out, report = run_fake(tmp_path, mmdemo_env, "--timeout", timeout, **switches)
     assert code == 3, out
     assert expected in out
     assert "last " in out  # the log tail is shown
