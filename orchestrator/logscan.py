@@ -199,7 +199,8 @@ WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "a setting this vLLM deprecates: it may be gone in the next release",
         ),
         (
-            r"will be ignored|\bis ignored\b|not supported .* ignor",
+            # A flag or argument named: eager mode's own "inductor settings will be ignored" is not news.
+            r"(--[a-z][\w-]*|\bargument|\bflag|\boption)\b.*(will be ignored|\bis ignored\b|not supported)",
             "vLLM ignores a setting the command line gives",
         ),
     )
@@ -214,9 +215,12 @@ def warnings_in(lines: Iterable[str]) -> list[str]:
         line = _ANSI.sub("", raw).strip()
         if not _LEVEL.search(line):
             continue
+        # The message alone: the API server and the engine core often log the same one, each with
+        # its own pid and time ("(EngineCore pid=7) WARNING 12-02 01:03:53 [vllm.py:1727] ...").
+        message = line.split("] ", 1)[1] if "] " in line else line
         for pattern, meaning in WARNINGS:
-            if pattern.search(line):
-                entry = f"{line[:300]} -> {meaning}"
+            if pattern.search(message):
+                entry = f"{message[:300]} -> {meaning}"
                 if entry not in out:
                     out.append(entry)
                 break
