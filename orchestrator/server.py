@@ -7,7 +7,6 @@ the evidence of a failure is gathered by `evidence`.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import enum
 import http.client
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from orchestrator import api, evidence
 from orchestrator.command import LaunchPlan, Redactor
@@ -119,12 +119,26 @@ def wait_until(
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
+def _libc_prctl() -> Any:
+    """prctl(2), resolved here in the parent: the child between fork and exec must not dlopen (another
+    thread of a matrix may hold the loader's lock at the fork; the child would wait on it forever)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl() if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
+
+
 def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
     # The parent blocks stop signals around the launch; the server must receive them.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # PR_SET_PDEATHSIG: if mmdemo dies the API server gets SIGKILL; the watchdog sweeps its engine.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
 
 
 def seconds(value: float) -> str:
