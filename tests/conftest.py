@@ -172,6 +172,27 @@ def session_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def ray_tmpdir() -> Iterator[Path]:
+    """A Ray temp dir of this session's own. `ray.init()` with no address joins the cluster whose
+    address `ray start` last wrote under $RAY_TMPDIR (default /tmp/ray): with the default, a second
+    suite on the same machine would join this one's cluster. Short, under /tmp: Ray's unix sockets
+    live beneath it and a socket path has a 107-byte limit."""
+    import tempfile
+
+    saved = os.environ.get("RAY_TMPDIR")
+    path = Path(tempfile.mkdtemp(prefix="mmdemo-ray-", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def hub_url(session_hub: FakeHub) -> str:
     """The session hub's address (HF_ENDPOINT)."""
     return session_hub.url
