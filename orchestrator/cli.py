@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=D.container_runtime,
             help="with --image: the runtime (default: the one on PATH, docker first)",
         )
+        p.add_argument(
+            "--no-budget",
+            dest="budget",
+            action="store_false",
+            default=D.budget,
+            help="launch without first counting each demo's tokens with vLLM's renderer (default: count them)",
+        )
 
     def trust(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -476,6 +483,7 @@ def _options(args: argparse.Namespace) -> Options:
         "dummy_weights": getattr(args, "dummy_weights", None),
         "prefetch": getattr(args, "prefetch", None),
         "worst_case": getattr(args, "worst_case", None),
+        "budget": getattr(args, "budget", None),
         "trust_remote_code": getattr(args, "trust_remote_code", None),
         "image": getattr(args, "image", None),
         "container_runtime": getattr(args, "container_runtime", None),

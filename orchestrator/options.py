@@ -43,6 +43,7 @@ class Options:
     prefetch: bool = True
     media_budget_s: float = 60.0  # all demo media downloads together
     worst_case: bool = True  # after the demos, one request with every medium the limits allow
+    budget: bool = True  # before launch, each demo's tokens counted by vLLM's renderer against the profile
     trust_remote_code: bool = False  # a derived profile may run a model's own code: never added silently
     run_dir: Path | None = None  # a matrix cell's own directory
     server_env: Mapping[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES of a cell

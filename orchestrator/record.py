@@ -71,6 +71,31 @@ class DemoRecord(_Model):
     assets: list[AssetRecord] = Field(default_factory=list)
     diagnosis: str | None = None  # a known vLLM error explained: what it means, the field to change
     log_lines: list[str] = Field(default_factory=list)  # hung: the server's log while it was in flight
+    prompt_tokens_counted: int | None = None  # counted before launch by vLLM's renderer (the budget)
+
+
+class BudgetDemo(_Model):
+    """One request as vLLM's renderer counted it before launch."""
+
+    name: str
+    prompt_tokens: int | None = None
+    completion_tokens: int
+    items: list[list[Any]] = Field(default_factory=list)  # [modality, embedding tokens] in prompt order
+    error: str | None = None  # vLLM's words when it would refuse the request
+
+
+class BudgetRecord(_Model):
+    """Every demo's tokens counted before launch, and the sizes the server starts with."""
+
+    vllm: str
+    max_model_len: int | None = None
+    model_max_len: int | None = None  # what the model's own config allows
+    encoder_cache_size: int | None = None
+    max_tokens_per_item: dict[str, int] | None = None
+    limits: dict[str, int] = Field(default_factory=dict)  # limit_mm_per_prompt as the server applies it
+    demos: list[BudgetDemo] = Field(default_factory=list)
+    seconds: float
+    cached: bool = False
 
 
 class DerivationRecord(_Model):
@@ -202,6 +227,7 @@ class RunRecord(_Model):
     profile_path: str | None = None
     profile_source: str | None = None  # which profile and why: named, the model's own, or derived
     derivation: DerivationRecord | None = None
+    budget: BudgetRecord | None = None  # the demos' tokens counted before launch; None: not checked
     variant: str
     model: str
     model_path: str | None = None

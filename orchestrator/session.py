@@ -5,8 +5,10 @@ the launch steps, one method each). The steps the next capabilities plug into:
 
     prepare        resolve the profile (a profile file; a model's derived profile goes here)
     preflight      refusals before anything starts
-    plan           the exact `vllm serve` command line (a budget check of the demos goes after it)
-    prepare_model  prefetch  launch (a container launcher goes here)  ready  demos  record  teardown
+    plan           the exact `vllm serve` command line
+    prepare_model  prefetch
+    budget         each demo's tokens counted by vLLM's renderer: a demo that cannot fit refuses the run
+    launch (a container launcher goes here)  ready  demos  record  teardown
 
 A report is written whenever a run directory exists. Signals never raise inside arbitrary code:
 they set `Stop`, which every wait polls; a second signal hurries teardown.
@@ -88,6 +90,7 @@ def run_session(
                 plan = target.plan(session, checked, media.root)
                 plan = target.prepare_model(session, plan)
                 plan = target.prefetch(session, plan)
+                plan = target.budget(session, plan, lambda: demo_requests(media, options, prepared.limits))
                 running = teardown.enter_context(target.launch(session, plan))
                 redact = running.redact
                 endpoint = target.ready(session, running)
@@ -129,6 +132,7 @@ def send_demos(
     worst = worst_case(requests, limits) if options.worst_case else None
     if worst is not None:
         rounds.append((WORST_CASE_DEATH, [worst]))
+    counted = {d.name: d.prompt_tokens for d in session.record.budget.demos} if session.record.budget else {}
     then = f", {len(rounds[1][1])} repeats" + (", the worst case" if worst else "")
     session.events.stage("demos", f"{len(requests)} requests to {endpoint.model}{then}")
     started = time.monotonic()
@@ -148,7 +152,9 @@ def send_demos(
         )
         session.stop.check()
         firsts = {d.name: d for d in session.record.demos if d.kind == "demo"}
-        session.record.demos += [explained(r, started, firsts, endpoint, mark) for r in results]
+        session.record.demos += [
+            explained(r, started, firsts, endpoint, mark, counted=counted) for r in results
+        ]
         session.record.demos_wall_s = round(time.monotonic() - started, 3)
         endpoint.check(when)  # a dead server fails the run with its own evidence
     session.mark("demos done")
@@ -166,11 +172,29 @@ REPEAT_FAILED = (
 )
 
 
+def demo_requests(media: MediaStep, options: Options, limits: Mapping[str, int] | None) -> list[DemoRequest]:
+    """The requests a run sends, each once: the demos and, unless skipped, the worst case (the repeats
+    are the demos again); none in serve mode."""
+    if media.future is None:
+        return []
+    requests = media.requests()
+    worst = worst_case(requests, limits) if options.worst_case else None
+    return requests + ([worst] if worst is not None else [])
+
+
 def explained(
-    result: DemoResult, started: float, firsts: Mapping[str, DemoRecord], endpoint: Endpoint, mark: int
+    result: DemoResult,
+    started: float,
+    firsts: Mapping[str, DemoRecord],
+    endpoint: Endpoint,
+    mark: int,
+    *,
+    counted: Mapping[str, int | None] | None = None,
 ) -> DemoRecord:
-    """A result as the record keeps it, a failure with what it means; a hang with the server's log."""
+    """A result as the record keeps it (with its tokens as counted before launch), a failure with what
+    it means; a hang with the server's log."""
     record = to_record(result, started)
+    record.prompt_tokens_counted = (counted or {}).get(result.name.removesuffix(" (repeat)"))
     if result.passed:
         return record
     first = firsts.get(result.name.removesuffix(" (repeat)"))
@@ -235,10 +259,17 @@ class MediaStep:
         self.future = future
         self.reach = reach
         self.root = root  # the directory file:// media come from, for --allowed-local-media-path
+        self._chosen: list[DemoRequest] | None = None  # the budget step asks first, the demos after
 
     def requests(self) -> list[DemoRequest]:
         """The requests, once their media are ready; those the server cannot reach are left out."""
         assert self.future is not None, "no media in serve mode"
+        if self._chosen is None:
+            self._chosen = self._choose()
+        return list(self._chosen)
+
+    def _choose(self) -> list[DemoRequest]:
+        assert self.future is not None
         built = self.session.wait(self.future)
         skipped = [r.name for r in built if not self._reachable(r)]
         if skipped:

@@ -28,14 +28,17 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from orchestrator import autoprofile, gpufit, models, ports, preflight
+from orchestrator import budget as budgets
 from orchestrator import container as containers
 from orchestrator import gpu as gpu_mod
 from orchestrator.api import list_models
+from orchestrator.backend import vllm_python
 from orchestrator.background import background
 from orchestrator.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.command import LaunchPlan, Redactor, build_plan, quick_start, with_dummy_weights
 from orchestrator.context import Endpoint, Session
-from orchestrator.errors import ServerError, UsageError
+from orchestrator.demos import DemoRequest
+from orchestrator.errors import PreflightError, ServerError, UsageError
 from orchestrator.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.paths import models_dir
 from orchestrator.profile import Demo, Profile, ResolvedProfile, load_profile
@@ -106,6 +109,7 @@ class Target(Protocol[S, C, P, R]):
     def plan(self, session: Session, checked: C, media_root: Path | None) -> P: ...
     def prepare_model(self, session: Session, plan: P) -> P: ...
     def prefetch(self, session: Session, plan: P) -> P: ...
+    def budget(self, session: Session, plan: P, requests: Callable[[], Sequence[DemoRequest]]) -> P: ...
     def launch(self, session: Session, plan: P) -> contextlib.AbstractContextManager[R]: ...
     def ready(self, session: Session, running: R) -> Endpoint: ...
 
@@ -242,6 +246,16 @@ class Launch:
     @property
     def redact(self) -> Redactor:
         return self.server.redact
+
+
+def _model_files(resolved: ResolvedProfile, download: DownloadRecord | None) -> Path | None:
+    """The local directory of the model's config and processor files: a tiny model's, a model directory,
+    or the hub snapshot the prefetch filled; None when there is none yet."""
+    profile = resolved.profile
+    if profile.local_model is not None:
+        return models_dir() / profile.local_model
+    model = Path(download.path) if download is not None and download.path else Path(profile.model_path)
+    return model if model.is_dir() else None
 
 
 class Launched:
@@ -428,6 +442,51 @@ class Launched:
         session.mark("weights ready")
         return plan
 
+    def budget(
+        self, session: Session, plan: Planned, requests: Callable[[], Sequence[DemoRequest]]
+    ) -> Planned:
+        """Each demo's prompt tokens, counted by the host vLLM's renderer on the media it will send (the
+        chat template applied, no weights): a demo that cannot fit refuses the run before launch."""
+        record, label = session.record, plan.spec.resolved.profile.label
+        if not self.options.budget:
+            record.notes.append("--no-budget: the demos' tokens were not counted before launch.")
+            return plan
+        if plan.vllm_path is None or plan.spec.version is None:  # vLLM is in the image, not on this host
+            record.notes.append(
+                f"The demos' tokens were not counted before launch: that needs vLLM on this host, and this "
+                f"run's vLLM is in {plan.spec.image}."
+            )
+            return plan
+        chosen = tuple(requests())
+        if not chosen:  # `serve`: no demos to count
+            return plan
+        info = session.wait(plan.spec.version)
+        session.events.stage("budget", f"{len(chosen)} requests counted by vLLM {info.version}'s renderer")
+        request = budgets.BudgetRequest(
+            python=vllm_python(plan.vllm_path),
+            vllm_version=info.version,
+            argv=plan.command.argv[1:],
+            env=plan.command.env,
+            model_dir=_model_files(plan.spec.resolved, record.download),
+            requests=chosen,
+            served_model_name=plan.command.served_model_name,
+        )
+        try:
+            found = budgets.count(request, label, check=session.stop.check)
+        except PreflightError as exc:  # vLLM cannot build its renderer here: the run goes on without it
+            record.notes.append(f"The demos' tokens were not counted before launch: {exc}")
+            session.events.stage("budget", f"not counted: {exc}")
+            return plan
+        record.budget = found.record()
+        if (refusal := found.refusal()) is not None:
+            raise refusal
+        for warning in found.warnings():
+            record.warnings.append(warning)
+            session.events.stage("warning", warning)
+        session.events.stage("budget", found.summary())
+        session.mark("budget done")
+        return plan
+
     def _pull(self, session: Session, plan: Planned) -> Planned:
         """The container image, pulled when the runtime does not have it yet (with its digest)."""
         if plan.container is None or plan.container.image_info is not None:
@@ -500,8 +559,9 @@ class Launched:
         session.mark("server ready")
         record.server.ready_s = round(ready.elapsed_s, 3)
         record.server.models = list(ready.models)
-        record.warnings = [server.redact(w) for w in server.follower.warnings]
-        for warning in record.warnings:
+        started = [server.redact(w) for w in server.follower.warnings]
+        record.warnings += started
+        for warning in started:
             session.events.stage("warning", warning)
         if spec.image is not None and spec.runtime is not None:  # the image's vLLM says which it is
             version = server.version() or "unknown"
@@ -649,6 +709,9 @@ class Attached:
 
     def prefetch(self, session: Session, plan: Remote) -> Remote:
         return plan
+
+    def budget(self, session: Session, plan: Remote, requests: Callable[[], Sequence[DemoRequest]]) -> Remote:
+        return plan  # the server is up already: its own answers count the tokens
 
     def launch(self, session: Session, plan: Remote) -> contextlib.AbstractContextManager[Remote]:
         return contextlib.nullcontext(plan)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from orchestrator.context import Endpoint, Session, Stop
+from orchestrator.demos import DemoRequest
 from orchestrator.errors import PreflightError, UsageError
 from orchestrator.options import Options
 from orchestrator.record import MachineRecord, RunRecord
@@ -56,6 +57,10 @@ class FakeTarget:
 
     def prefetch(self, session: Session, plan: str) -> str:
         self.steps.append(f"prefetch {plan}")
+        return plan
+
+    def budget(self, session: Session, plan: str, requests: Callable[[], Sequence[DemoRequest]]) -> str:
+        self.steps.append(f"budget {plan} of {len(requests())} requests")
         return plan
 
     @contextlib.contextmanager
@@ -150,6 +155,7 @@ def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
         "plan checked with media root",
         "model plan",
         "prefetch plan",
+        "budget plan of 0 requests",
         "launch plan",
         "ready",
     ]

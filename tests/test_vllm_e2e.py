@@ -89,6 +89,9 @@ def test_all_six_chat_types_on_a_real_server(
         assert demo["answer"]
         assert demo["prompt_tokens"] > 0
         assert demo["completion_tokens"] > 0
+        assert demo["prompt_tokens_counted"] == demo["prompt_tokens"], demo  # the budget, before launch
+    assert report["budget"]["max_model_len"] == 2048
+    assert len(report["budget"]["demos"]) == 12  # the 11 demos and the worst case, each counted once
     # multimodal prompts really carried their media: more prompt tokens than the text-only one
     by_name = {d["name"]: d for d in report["demos"]}
     assert by_name["single-image/base64"]["prompt_tokens"] > by_name["text-only/text"]["prompt_tokens"]

@@ -177,6 +177,8 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
         assert demo["http_status"] == 200, demo
         assert demo["answer"], demo
         assert demo["completion_tokens"] > 0, demo
+        # counted before launch by vLLM's renderer on the same media: exactly what the server used
+        assert demo["prompt_tokens_counted"] == demo["prompt_tokens"], demo
     # the media really reached the model: each image, video or audio adds its tokens to the prompt
     text_tokens = by_name["text-only/text"]["prompt_tokens"]
     for name, demo in by_name.items():

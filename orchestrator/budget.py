@@ -1,0 +1,384 @@
+"""Before launch: each demo request's prompt tokens, counted by vLLM's own renderer, against the profile.
+
+`count(request)` runs probes/demo_tokens.py with the Python of the host's vLLM: the plan's own
+`vllm serve` argv through vLLM's serve parser and engine config, then every demo body (the media it
+will really send, fetched and decoded as the server does; the chat template applied) through vLLM's
+GPU-less renderer. No weights are loaded. The answer is cached per model files, vLLM version, argv
+and request content, so a second run of the same profile reads a file.
+
+`Budget.refusal()` is the one-line reason a demo cannot fit (the context, the per-prompt limits, the
+encoder cache), naming the demo, its count, the limit and the profile field with a value that fits;
+`Budget.warnings()` the demos that use most of the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from orchestrator.demos import DemoRequest
+from orchestrator.errors import PreflightError
+from orchestrator.logscan import explain_demo, round_up
+from orchestrator.paths import cache_dir
+from orchestrator.record import BudgetDemo, BudgetRecord
+
+log = logging.getLogger(__name__)
+
+SCRIPT = Path(__file__).resolve().parent / "probes" / "demo_tokens.py"
+# Part of the cache key: bump it when the script's answer or the request bodies change meaning.
+BUDGET_VERSION = 1
+# A demo that uses this share of the context or more is worth a warning.
+WARN_SHARE = 0.8
+# Flags of the plan's argv that do not change a count: where the server listens, its key.
+_UNCOUNTED = {"--host", "--port", "--api-key"}
+_KEY_FILES = (".json", ".jinja", ".py", ".txt", ".model")
+_POLL_S = 0.25
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Counted(_Frozen):
+    """One request as vLLM's renderer saw it: its prompt tokens and each media item's, or vLLM's error."""
+
+    id: str
+    prompt_tokens: int | None = None
+    items: tuple[tuple[str, int], ...] = ()  # (modality, embedding tokens) in prompt order
+    error: str | None = None
+
+
+class Answer(_Frozen):
+    """What the script said: the sizes the real server would start with, and each request's count."""
+
+    vllm: str = "?"
+    error: str | None = None
+    stage: str | None = None
+    max_model_len: int | None = None
+    model_max_len: int | None = None  # what the model's own config allows
+    encoder_cache_size: int | None = None
+    max_tokens_per_item: dict[str, int] | None = None
+    limits: dict[str, int] = {}
+    results: tuple[Counted, ...] = ()
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """What to count: the plan's argv (`serve MODEL ...`), its environment, and the demo requests."""
+
+    python: Path  # the host vLLM environment's interpreter
+    vllm_version: str
+    argv: tuple[str, ...]  # without the command: ("serve", MODEL, "--flag", ...)
+    env: Mapping[str, str]  # what the plan adds to the user's environment
+    model_dir: Path | None  # a local model directory: its small files are part of the cache key
+    requests: tuple[DemoRequest, ...]
+    served_model_name: str
+    timeout_s: float = 300.0
+    use_cache: bool = True
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The counts against the profile: what refuses the run, what is worth a warning."""
+
+    answer: Answer
+    requests: tuple[DemoRequest, ...]
+    profile: str  # the profile's label, for the messages
+    seconds: float
+    cached: bool
+    _by_id: dict[str, Counted] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id.update({c.id: c for c in self.answer.results})
+
+    def counted(self, request: DemoRequest) -> Counted | None:
+        return self._by_id.get(request.name)
+
+    def problems(self) -> list[str]:
+        """Every request that cannot work with this profile, one line each, the worst first."""
+        context: list[tuple[int, str]] = []
+        other: list[str] = []
+        limit = self.answer.max_model_len
+        for request in self.requests:
+            counted = self.counted(request)
+            if counted is None:
+                continue
+            if counted.error is not None:
+                if _BUDGET_ERROR.search(counted.error):  # the profile's limits; other errors: warnings
+                    reason = explain_demo(counted.error, completion_tokens=request.max_completion_tokens)
+                    other.append(
+                        f"{request.name}: vLLM refuses it: {counted.error}"
+                        + (f"; {reason}" if reason else "")
+                    )
+                continue
+            assert counted.prompt_tokens is not None
+            needed = counted.prompt_tokens + request.max_completion_tokens
+            if limit is not None and needed > limit:
+                context.append((needed, f"{request.name} needs {needed} tokens ({counted.prompt_tokens} "
+                                        f"prompt + {request.max_completion_tokens} completion)"))  # fmt: skip
+            cache = self.answer.encoder_cache_size
+            for modality, tokens in counted.items:
+                if cache is not None and tokens > cache:
+                    other.append(
+                        f"{request.name}: one {modality} item is {tokens} tokens, more than the encoder "
+                        f"cache's {cache}: {_smaller(modality)}"
+                    )
+                    break
+        lines = []
+        if context:  # one line: the demo that needs most, and a value that holds every one
+            context.sort(key=lambda c: -c[0])
+            more = f", as do {len(context) - 1} more request(s)" if len(context) > 1 else ""
+            lines.append(f"{context[0][1]} but max_model_len is {limit}{more}: {self._fits(context[0][0])}")
+        return lines + other
+
+    def _fits(self, needed: int) -> str:
+        """The profile field and a value that holds `needed` (or the knobs, when the model's context cannot)."""
+        ceiling = self.answer.model_max_len
+        value = round_up(needed)
+        if ceiling is not None and value > ceiling:
+            value = ceiling if needed <= ceiling else 0
+        if value:
+            return f"set serve.max_model_len: {value} in {self.profile}"
+        return (
+            f"the model's own context is {ceiling} tokens, so no max_model_len holds it: make the media "
+            f"smaller (serve.mm_processor_kwargs, serve.media_io_kwargs) or lower the demo's max_completion_tokens"
+        )
+
+    def refusal(self) -> PreflightError | None:
+        """The run's refusal before launch, when a demo cannot fit; None when every one does."""
+        problems = self.problems()
+        if not problems:
+            return None
+        more = f" (and {len(problems) - 1} more: report.json's budget)" if len(problems) > 1 else ""
+        return PreflightError(
+            f"{problems[0]}{more}",
+            hint="counted before launch by vLLM's own renderer on the demos' media; --no-budget skips the check",
+        )
+
+    def warnings(self) -> list[str]:
+        """Demos that fit but use WARN_SHARE of the context or more."""
+        limit = self.answer.max_model_len
+        out = []
+        for request in self.requests:
+            counted = self.counted(request)
+            if counted is not None and counted.error is not None and not _BUDGET_ERROR.search(counted.error):
+                out.append(
+                    f"{request.name}: vLLM's renderer could not count it before launch: {counted.error}"
+                )
+            if limit is None or counted is None or counted.prompt_tokens is None:
+                continue
+            needed = counted.prompt_tokens + request.max_completion_tokens
+            if WARN_SHARE * limit <= needed <= limit:
+                out.append(
+                    f"{request.name} uses {needed} of max_model_len {limit} tokens ({needed / limit:.0%}): "
+                    f"a larger medium would not fit"
+                )
+        return out
+
+    def summary(self) -> str:
+        """One line for the terminal: how many fit, the largest against the context."""
+        counted = [(c.prompt_tokens + r.max_completion_tokens, r.name) for r in self.requests
+                   if (c := self.counted(r)) is not None and c.prompt_tokens is not None]  # fmt: skip
+        source = "cached" if self.cached else f"{self.seconds:.1f} s"
+        if not counted:
+            return f"no request counted ({source})"
+        most, name = max(counted)
+        limit = self.answer.max_model_len
+        return f"{len(counted)} requests fit; the largest, {name}, needs {most} of {limit} tokens ({source})"
+
+    def record(self) -> BudgetRecord:
+        """The counts as report.json keeps them."""
+        answer = self.answer
+        demos = []
+        for request in self.requests:
+            counted = self.counted(request)
+            if counted is None:
+                continue
+            demos.append(
+                BudgetDemo(
+                    name=request.name,
+                    prompt_tokens=counted.prompt_tokens,
+                    completion_tokens=request.max_completion_tokens,
+                    items=[[m, n] for m, n in counted.items],
+                    error=counted.error,
+                )
+            )
+        return BudgetRecord(
+            vllm=answer.vllm,
+            max_model_len=answer.max_model_len,
+            model_max_len=answer.model_max_len,
+            encoder_cache_size=answer.encoder_cache_size,
+            max_tokens_per_item=answer.max_tokens_per_item,
+            limits=answer.limits,
+            demos=demos,
+            seconds=round(self.seconds, 3),
+            cached=self.cached,
+        )
+
+
+# vLLM's words for a request that does not fit the profile's limits (others are not the profile's fault).
+_BUDGET_ERROR = re.compile(r"may be provided in one|maximum context length|pre-allocated encoder cache")
+
+
+def _smaller(modality: str) -> str:
+    if modality == "video":
+        return "set serve.media_io_kwargs: {video: {num_frames: N}} (fewer frames) or serve.mm_processor_kwargs max_pixels"
+    if modality == "image":
+        return "set serve.mm_processor_kwargs (e.g. max_pixels) to make images smaller"
+    return "send a shorter clip, or raise serve.max_num_batched_tokens above it"
+
+
+def count(request: BudgetRequest, profile: str, check: Callable[[], None] = lambda: None) -> Budget:
+    """The counts for `request`: from the cache, else from a run of the script, which `check` may end
+    (it raises, e.g. Interrupted). PreflightError when vLLM cannot build its renderer here."""
+    start = time.monotonic()
+    path = cache_path(request)
+    cached = _read(path) if request.use_cache else None
+    answer = cached or run_script(request, check)
+    if answer.error is not None:
+        who = "vLLM" if answer.vllm == "?" else f"vLLM {answer.vllm}"
+        raise PreflightError(f"{who} could not count the demos' tokens ({answer.stage}): {answer.error}")
+    if cached is None:
+        _write(path, answer)
+    return Budget(answer, request.requests, profile, time.monotonic() - start, cached is not None)
+
+
+def bodies(request: BudgetRequest) -> list[dict[str, Any]]:
+    """The chat request bodies the demos will send (the openai SDK's, less the streaming options)."""
+    out = []
+    for r in request.requests:
+        body = {
+            "model": request.served_model_name,
+            "messages": r.messages,
+            "max_completion_tokens": r.max_completion_tokens,
+        }
+        out.append({"id": r.name, "body": body})
+    return out
+
+
+def counted_argv(argv: Sequence[str]) -> list[str]:
+    """The argv less what cannot change a count (the port, the host, the key), for the cache key."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _UNCOUNTED:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def cache_path(request: BudgetRequest) -> Path:
+    """Where the counts for this model, vLLM, argv, environment and demo content are cached."""
+    requests = [
+        {
+            "name": r.name,
+            "delivery": r.delivery,
+            "prompt": r.prompt,
+            "completion": r.max_completion_tokens,
+            "media": [a.sha256 for a in r.assets],
+        }
+        for r in request.requests
+    ]
+    key = {
+        "budget": BUDGET_VERSION,
+        "vllm": request.vllm_version,
+        "argv": counted_argv(request.argv),
+        "env": {k: v for k, v in sorted(request.env.items()) if k.startswith("VLLM_")},
+        "files": _local_digest(request.model_dir),
+        "requests": requests,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / "budgets" / f"{digest}.json"
+
+
+def _local_digest(directory: Path | None) -> str | None:
+    if directory is None or not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.suffix in _KEY_FILES:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> Answer | None:
+    try:
+        return Answer.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: Path, answer: Answer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(answer.model_dump_json(indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None) -> Answer:
+    """Run the script once, calling `check` while it runs; its process group ends with it, whatever happens."""
+    python = request.python
+    payload = json.dumps({"argv": list(request.argv), "requests": bodies(request)})
+    env = dict(os.environ) | dict(request.env)
+    try:
+        proc = subprocess.Popen(
+            [str(python), str(SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise PreflightError(f"cannot run {python}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + request.timeout_s
+    send: str | None = payload
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(send, timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:  # a retry loses no output (and sends the input only once)
+                send = None
+                check()
+                if time.monotonic() > deadline:
+                    raise PreflightError(
+                        f"vLLM's renderer ({python}) did not count the demos within {request.timeout_s:.0f} s"
+                    ) from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    try:
+        return Answer.model_validate_json(out)
+    except ValidationError:
+        last = (err.strip().splitlines() or ["(no output)"])[-1]
+        raise PreflightError(f"vLLM's renderer failed (exit {proc.returncode}): {last[:300]}") from None

@@ -1,0 +1,133 @@
+"""The budget check and the diagnoses on the real CPU vLLM (marker `vllm`).
+
+A profile whose context is too short for its media is refused before launch (no `vllm serve` is
+started) with the demo, its count and a value that then passes; a demo over the server's
+`limit_mm_per_prompt`, sent to a real server, gets the diagnosis that names the field. (That the
+counts equal the server's own usage.prompt_tokens is checked on every seed architecture, in
+test_vllm_seeds.py and test_vllm_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port, marked_pids, mmdemo, signal_mmdemo
+
+pytestmark = pytest.mark.vllm
+
+TINY_OMNI = REPO / "profiles" / "cpu-tiny-omni.yaml"
+
+
+def profile_with(tmp_path: Path, name: str, **serve: object) -> Path:
+    """cpu-tiny-omni with its serve settings changed, as a file of its own."""
+    data = yaml.safe_load(TINY_OMNI.read_text())
+    data["serve"].update(serve)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def vllm_serve_running() -> bool:
+    """Whether a `vllm serve` of this test session is running now."""
+    for pid in marked_pids():
+        try:
+            if b"\0serve\0" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_context_too_short_for_the_media_is_refused_before_launch_with_a_value_that_passes(
+    tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
+) -> None:
+    # The issue's own measurement: cpu-tiny-omni cut to max_model_len 128 started (32 s), then
+    # multi-audio failed. Now it never starts.
+    short = profile_with(tmp_path, "short-omni", max_model_len=128)
+    args = ("--only", "multi-audio", "--no-worst-case", "--vllm-bin", vllm_bin, "--grace", "15")
+    started = time.monotonic()
+    done = mmdemo(
+        "run", str(short), *args, "--runs-dir", str(tmp_path / "short"), env=mmdemo_env, timeout=600
+    )
+    refused_s = time.monotonic() - started
+    out = done.stdout + done.stderr
+    assert done.returncode == 3, out
+    line = next(x for x in out.splitlines() if x.startswith("error: "))
+    assert line == (
+        "error: multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion) but max_model_len is "
+        f"128: set serve.max_model_len: 256 in {short}"
+    ), out
+    report = json.loads(next((tmp_path / "short").glob("*/report.json")).read_text())
+    assert report["status"] == "error"
+    assert report["server"]["pid"] is None  # no vllm serve was started
+    assert not list((tmp_path / "short").glob("*/server.log"))
+    assert report["budget"]["demos"][0]["prompt_tokens"] == 175
+    assert report["budget"]["max_model_len"] == 128
+    assert not vllm_serve_running()
+
+    # The value it named, written into the profile: the same demo passes on the real server.
+    found = re.search(r"serve\.max_model_len: (\d+)", line)
+    assert found is not None
+    fixed = profile_with(tmp_path, "fixed-omni", max_model_len=int(found.group(1)))
+    done = mmdemo(
+        "run", str(fixed), *args, "--runs-dir", str(tmp_path / "fixed"), env=mmdemo_env, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(next((tmp_path / "fixed").glob("*/report.json")).read_text())
+    first = report["demos"][0]
+    assert (first["name"], first["status"]) == ("multi-audio/input_audio", "passed")
+    assert first["prompt_tokens"] == first["prompt_tokens_counted"] == 175
+    # 191 of 256 tokens: 75% of the context, under the warning's 80%
+    assert not [w for w in report["warnings"] if "of max_model_len" in w]
+    assert report["teardown"]["remaining"] == 0
+    print(f"refused before launch in {refused_s:.1f} s")
+
+
+def test_a_demo_over_the_servers_limit_mm_per_prompt_gets_the_diagnosis(
+    tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
+) -> None:
+    # A server someone started with one audio per prompt (here `mmdemo serve` of a profile that says
+    # so); `mmdemo demo` sends the example's multi-audio request (two audios) to it.
+    one_audio = profile_with(tmp_path, "one-audio", limit_mm_per_prompt={"image": 2, "video": 1, "audio": 1})
+    data = yaml.safe_load(one_audio.read_text())
+    data["demos"] = [d for d in data["demos"] if d["chat_type"] != "multi-audio"]
+    one_audio.write_text(yaml.safe_dump(data, sort_keys=False))
+    port, out = free_port(), tmp_path / "serve.txt"
+    attached: list[subprocess.CompletedProcess[str]] = []
+    demo = ["demo", "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "EMPTY", "-c", "multi-audio"]
+
+    def ready_then_demo() -> bool:
+        if "serving until Ctrl-C" not in out.read_text(errors="replace"):
+            return False
+        attached.append(mmdemo(*demo, "--runs-dir", str(tmp_path / "attached"), env=mmdemo_env, timeout=300))
+        return True
+
+    args = [
+        "serve", str(one_audio), "--vllm-bin", vllm_bin, "--port", str(port), "--api-key", "EMPTY",
+        "--runs-dir", str(tmp_path / "served"), "--grace", "15",
+    ]  # fmt: skip
+    code = signal_mmdemo(args, mmdemo_env, out, ready_then_demo, signal.SIGINT, timeout_s=150)
+    assert code == 0, out.read_text()
+    done = attached[0]
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(next((tmp_path / "attached").glob("*/report.json")).read_text())
+    first = report["demos"][0]
+    assert (first["name"], first["status"], first["http_status"]) == (
+        "multi-audio/input_audio",
+        "failed",
+        400,
+    )
+    assert "At most 1 audio(s) may be provided in one prompt" in first["error"]
+    assert first["diagnosis"] == (
+        "more audios than the server allows per prompt (1); set serve.limit_mm_per_prompt.audio to the "
+        "number the demo sends, or drop the demo"
+    )
+    assert marked_pids() == set()
