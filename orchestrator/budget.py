@@ -30,10 +30,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from orchestrator.demos import DemoRequest
+from orchestrator import models, preflight
+from orchestrator.backend import vllm_python
+from orchestrator.command import build_plan
+from orchestrator.demos import DemoRequest, Media, build_requests, worst_case
 from orchestrator.errors import PreflightError
 from orchestrator.logscan import explain_demo, round_up
-from orchestrator.paths import cache_dir
+from orchestrator.media import AssetServer, AssetStore
+from orchestrator.options import DEFAULT_MAX_TOKENS
+from orchestrator.paths import assets_dir, cache_dir
+from orchestrator.profile import Profile, ResolvedProfile
 from orchestrator.record import BudgetDemo, BudgetRecord
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,16 @@ SCRIPT = Path(__file__).resolve().parent / "probes" / "demo_tokens.py"
 BUDGET_VERSION = 1
 # A demo that uses this share of the context or more is worth a warning.
 WARN_SHARE = 0.8
-# Flags of the plan's argv that do not change a count: where the server listens, its key.
-_UNCOUNTED = {"--host", "--port", "--api-key"}
+# Flags of the plan's argv that change no count: where the server listens, its key, how the weights
+# and the KV cache are placed. Left out of the cache key (a profile's GPU variants share one count)
+# and of what the renderer is given (no GPU needed to count a GPU variant's demos).
+_UNCOUNTED = {
+    "--host", "--port", "--api-key", "--gpu-memory-utilization", "--tensor-parallel-size", "-tp",
+    "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp", "--kv-cache-memory-bytes",
+    "--swap-space", "--cpu-offload-gb", "--distributed-executor-backend", "--load-format",
+    "--download-dir", "--kv-cache-dtype", "--block-size", "--compilation-config", "-O",
+}  # fmt: skip
+_UNCOUNTED_SWITCHES = {"--enforce-eager", "--disable-log-stats", "--disable-log-requests"}
 _KEY_FILES = (".json", ".jinja", ".py", ".txt", ".model")
 _POLL_S = 0.25
 
@@ -271,7 +285,7 @@ def bodies(request: BudgetRequest) -> list[dict[str, Any]]:
 
 
 def counted_argv(argv: Sequence[str]) -> list[str]:
-    """The argv less what cannot change a count (the port, the host, the key), for the cache key."""
+    """The argv less what cannot change a count: the port, the host, the key, the GPU placement."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -279,6 +293,8 @@ def counted_argv(argv: Sequence[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
+        if name in _UNCOUNTED_SWITCHES:
+            continue
         if name in _UNCOUNTED:
             skip = "=" not in arg
             continue
@@ -342,7 +358,7 @@ def _write(path: Path, answer: Answer) -> None:
 def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None) -> Answer:
     """Run the script once, calling `check` while it runs; its process group ends with it, whatever happens."""
     python = request.python
-    payload = json.dumps({"argv": list(request.argv), "requests": bodies(request)})
+    payload = json.dumps({"argv": counted_argv(request.argv), "requests": bodies(request)})
     env = dict(os.environ) | dict(request.env)
     try:
         proc = subprocess.Popen(
@@ -382,3 +398,102 @@ def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None)
     except ValidationError:
         last = (err.strip().splitlines() or ["(no output)"])[-1]
         raise PreflightError(f"vLLM's renderer failed (exit {proc.returncode}): {last[:300]}") from None
+
+
+# -- validate --against-vllm: every profile whose model files are at hand ----------------------------
+
+# A hub model's files that its config, tokenizer, processor and chat template come from: never weights.
+SMALL_FILES = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py", "tokenizer*")
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
+
+
+@dataclass(frozen=True)
+class ProfileBudget:
+    """One profile x variant in `validate --against-vllm`: counted and fits (ok), refused (error), or not
+    counted here and why (note)."""
+
+    key: str  # label::variant
+    status: str  # ok, error, note
+    text: str
+
+    def line(self) -> str:
+        return f"{self.key}: {self.text}"
+
+
+def model_files(profile: Profile) -> tuple[Path | None, str | None]:
+    """(the directory holding the model's config and processor files, else why there is none here)."""
+    if (local := profile.local_model) is not None:
+        if models.is_built(local):
+            return models.model_dir(local), None
+        return None, f"tiny model {local} is not built (`mmdemo models build {local}`)"
+    path = Path(profile.model_path)
+    if path.is_dir():
+        return path, None
+    from huggingface_hub import snapshot_download  # deferred: the hub client, for hub models only
+
+    try:  # a few small files (or the cache's copy, offline); never the weights
+        found = snapshot_download(
+            profile.model_path, allow_patterns=list(SMALL_FILES), ignore_patterns=list(_WEIGHTS)
+        )
+    except Exception as exc:  # offline, gated, not found: the check cannot run, the profile may still be fine
+        return None, f"the config and processor files of {profile.model_path} are not at hand: {_why(exc)}"
+    return Path(found), None
+
+
+def _why(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "LocalEntryNotFoundError":
+        return "the hub cannot be reached and the HF cache has no copy"
+    if name == "GatedRepoError":
+        return "a gated repository (set HF_TOKEN)"
+    text = " ".join(str(exc).split()) or name
+    return f"{name}: {text[:160]}"
+
+
+def check_profiles(profiles: Sequence[Profile], vllm_bin: str | None = None) -> list[ProfileBudget]:
+    """Each profile x supported variant's demos counted by the installed vLLM, on the cached (or, offline,
+    synthetic) media; one line each, or one per profile whose model files are not here."""
+    info = preflight.vllm_version(vllm_bin)
+    vllm = (vllm_python(info.path), info.version)
+    store = AssetStore(assets_dir(), offline=True)
+    out: list[ProfileBudget] = []
+    with AssetServer(store.root) as server:
+        media = Media(store=store, url=server.url_for)
+        for profile in profiles:
+            files, why = model_files(profile)
+            if files is None:
+                out.append(ProfileBudget(profile.label, "note", f"demos not counted: {why}"))
+                continue
+            for variant in profile.variants:
+                resolved = profile.resolve(variant)
+                if not resolved.unsupported:
+                    out.append(_check_one(f"{profile.label}::{variant}", resolved, files, media, vllm))
+    return out
+
+
+def _check_one(
+    key: str, resolved: ResolvedProfile, files: Path, media: Media, vllm: tuple[Path, str]
+) -> ProfileBudget:
+    plan = build_plan(resolved, vllm_bin="vllm", media_dir=str(media.store.root))
+    argv = list(plan.argv[1:])
+    argv[1] = str(files)  # the model by its local files: nothing is fetched while counting
+    requests = build_requests(resolved.profile.demos, media, DEFAULT_MAX_TOKENS)
+    limits = resolved.serve.limit_mm_per_prompt
+    worst = worst_case(requests, None if limits is None else {str(k): v for k, v in limits.items()})
+    request = BudgetRequest(
+        python=vllm[0],
+        vllm_version=vllm[1],
+        argv=tuple(argv),
+        env=plan.env,
+        model_dir=files,
+        requests=tuple(requests + ([worst] if worst else [])),
+        served_model_name=plan.served_model_name,
+    )
+    try:
+        found = count(request, resolved.profile.label)
+    except PreflightError as exc:
+        return ProfileBudget(key, "note", f"demos not counted: {exc}")
+    if (refusal := found.refusal()) is not None:
+        return ProfileBudget(key, "error", str(refusal))
+    warned = "; ".join(found.warnings())
+    return ProfileBudget(key, "ok", found.summary() + (f"; {warned}" if warned else ""))

@@ -449,6 +449,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 f"{'ok   ' if verdict.ok else 'error'} {line}", highlight=False
             )
         failed += len(checked.failed)
+        from orchestrator.budget import check_profiles
+
+        for counted in check_profiles(
+            valid, args.vllm_bin
+        ):  # each demo's tokens, where the model's files are here
+            console = err if counted.status == "error" else out
+            console.print(f"{counted.status:<5} budget {terminal.esc(counted.line())}", highlight=False)
+            failed += counted.status == "error"
     return 2 if failed else 0
 
 

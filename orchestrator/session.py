@@ -85,7 +85,9 @@ def run_session(
         redact, error = Redactor(), None
         try:
             with contextlib.ExitStack() as teardown:  # leaving it tears the server down, whatever happened
-                media = teardown.enter_context(start_media(session, prepared, options, serve is None))
+                # `serve` sends no demos, but the budget counts them: the example client's chat types
+                demos = serve is None or options.budget
+                media = teardown.enter_context(start_media(session, prepared, options, demos))
                 checked = target.preflight(session, prepared.spec)
                 plan = target.plan(session, checked, media.root)
                 plan = target.prepare_model(session, plan)
@@ -293,7 +295,7 @@ def start_media(
     session: Session, prepared: Prepared[Any], options: Options, enabled: bool
 ) -> Iterator[MediaStep]:
     """Start building the requests (downloads included); the asset server serves media until the end."""
-    if not enabled:  # `serve` sends no demos
+    if not enabled:  # `serve --no-budget`: no demo is sent or counted
         yield MediaStep(session, None, prepared.reach, None)
         return
     store = AssetStore(

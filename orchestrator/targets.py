@@ -461,7 +461,9 @@ class Launched:
         if not chosen:  # `serve`: no demos to count
             return plan
         info = session.wait(plan.spec.version)
-        session.events.stage("budget", f"{len(chosen)} requests counted by vLLM {info.version}'s renderer")
+        session.events.stage(
+            "budget", f"counting {len(chosen)} requests with vLLM {info.version}'s renderer (no weights)"
+        )
         request = budgets.BudgetRequest(
             python=vllm_python(plan.vllm_path),
             vllm_version=info.version,

@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port, marked_pids, mmdemo, signal_mmdemo
+from tests.fake_hub import FakeHub
+from tests.hub_models import LLAVA_ID, llava_repo
 
 pytestmark = pytest.mark.vllm
 
@@ -131,3 +133,54 @@ def test_a_demo_over_the_servers_limit_mm_per_prompt_gets_the_diagnosis(
         "number the demo sends, or drop the demo"
     )
     assert marked_pids() == set()
+
+
+def test_validate_counts_every_profile_whose_files_are_here_a_gpu_profile_through_the_hub_too(
+    tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str, session_hub: FakeHub
+) -> None:
+    # llava-1.5-7b's config, tokenizer and processor files on the loopback hub (its weights only
+    # listed): vLLM's own Llava processor counts the shipped GPU profile's demos on this CPU box.
+    built = mmdemo("models", "build", "tiny-omni", "--vllm-bin", vllm_bin, env=mmdemo_env, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    short = profile_with(tmp_path, "short-omni", max_model_len=128)
+    llava, phi = REPO / "profiles" / "llava-1.5-7b.yaml", REPO / "profiles" / "phi-3.5-vision.yaml"
+    session_hub.repos[LLAVA_ID] = llava_repo()
+    try:
+        done = mmdemo(
+            "validate", "--against-vllm", "--vllm-bin", vllm_bin, str(TINY_OMNI), str(short), str(llava), str(phi),
+            env=mmdemo_env, timeout=900,
+        )  # fmt: skip
+    finally:
+        session_hub.repos.pop(LLAVA_ID)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out  # the short profile
+    lines = [x.split(" budget ", 1) for x in out.splitlines() if " budget " in x]
+    by_key = {text.split(": ", 1)[0]: (status.strip(), text.split(": ", 1)[1]) for status, text in lines}
+    assert by_key[f"{TINY_OMNI}::cpu"][0] == "ok"
+    assert (
+        "12 requests fit; the largest, worst-case/all-media, needs 258 of 2048 tokens"
+        in by_key[f"{TINY_OMNI}::cpu"][1]
+    )
+    assert by_key[f"{short}::cpu"] == (
+        "error",
+        "worst-case/all-media needs 258 tokens (242 prompt + 16 completion) but max_model_len is 128, as do 1 "
+        f"more request(s): set serve.max_model_len: 512 in {short}",
+    )
+    variants = [k for k in by_key if k.startswith(f"{llava}::")]
+    assert len(variants) == 8  # every supported variant (T4 is not), one count: GPU placement changes none
+    texts = {by_key[k][1].rsplit(" (", 1)[0] for k in variants}
+    assert len(texts) == 1, texts
+    # the largest request: the image (576 patches of Llava's 336 px CLIP grid) and the prompt
+    found = re.search(r"needs (\d+) of 4096 tokens", texts.pop())
+    assert found is not None
+    assert int(found.group(1)) > 576
+    assert all(by_key[k][0] == "ok" for k in variants)
+    # counted twice: once for the variants that differ only in GPU placement, once for MI300X (its
+    # own VLLM_* fetch timeouts are part of what is counted)
+    assert sum(by_key[k][1].endswith("(cached)") for k in variants) == 6
+    for shard in llava_repo().sizes:
+        assert not session_hub.downloads(shard)  # no weights, ever
+    assert by_key[str(phi)][0] == "note"
+    assert by_key[str(phi)][1].startswith(
+        "demos not counted: the config and processor files of microsoft/Phi-3.5-vision-instruct are not at hand"
+    )
