@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import (
+    budget,
     container,
     demos,
     derivation,
@@ -38,6 +39,7 @@ SCENARIOS: list[tuple[Callable[[Settings], Scenario], bool]] = [
     (matrix.run, True),
     (derivation.run, False),  # not fast: the real vLLM's probe, cold and cached
     (container.run_bench, True),  # the fake in a container; without --fast, the real CPU vLLM too
+    (budget.run, False),  # not fast: vLLM's renderer on each tiny profile, cold and cached
 ]
 
 
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             leaked = sweep(session)
     if args.fast:
-        for name in (real.NAME, quickstart.NAME, derivation.NAME):
+        for name in (real.NAME, quickstart.NAME, derivation.NAME, budget.NAME):
             scenarios.append(Scenario(name, [Row(name, "skipped: --fast", None)], skipped="--fast"))
     data = report.to_json(scenarios, started, vars(args) | {"out": str(args.out)}, leaked)
     console.print(report.table(scenarios))

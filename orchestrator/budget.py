@@ -22,11 +22,12 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -88,6 +89,7 @@ class Answer(_Frozen):
     max_tokens_per_item: dict[str, int] | None = None
     limits: dict[str, int] = {}
     results: tuple[Counted, ...] = ()
+    timings: dict[str, float] = {}  # the script's stages: import, config, encoder budget, renderer, requests
 
 
 @dataclass(frozen=True)
@@ -256,13 +258,26 @@ def _smaller(modality: str) -> str:
     return "send a shorter clip, or raise serve.max_num_batched_tokens above it"
 
 
-def count(request: BudgetRequest, profile: str, check: Callable[[], None] = lambda: None) -> Budget:
-    """The counts for `request`: from the cache, else from a run of the script, which `check` may end
-    (it raises, e.g. Interrupted). PreflightError when vLLM cannot build its renderer here."""
+def count(
+    request: BudgetRequest,
+    profile: str,
+    check: Callable[[], None] = lambda: None,
+    counter: Counter | None = None,
+) -> Budget:
+    """The counts for `request`: from the cache, else from the script (`counter`, started ahead, or a new
+    run), which `check` may end (it raises, e.g. Interrupted). PreflightError when vLLM cannot build
+    its renderer here."""
     start = time.monotonic()
     path = cache_path(request)
     cached = _read(path) if request.use_cache else None
-    answer = cached or run_script(request, check)
+    if cached is not None and counter is not None:
+        counter.close()  # started ahead of time, not needed
+    if cached is not None:
+        answer = cached
+    elif counter is not None:
+        answer = counter.answer(request, check)
+    else:
+        answer = run_script(request, check)
     if answer.error is not None:
         who = "vLLM" if answer.vllm == "?" else f"vLLM {answer.vllm}"
         raise PreflightError(f"{who} could not count the demos' tokens ({answer.stage}): {answer.error}")
@@ -355,49 +370,109 @@ def _write(path: Path, answer: Answer) -> None:
         raise
 
 
-def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None) -> Answer:
-    """Run the script once, calling `check` while it runs; its process group ends with it, whatever happens."""
-    python = request.python
-    payload = json.dumps({"argv": counted_argv(request.argv), "requests": bodies(request)})
-    env = dict(os.environ) | dict(request.env)
-    try:
-        proc = subprocess.Popen(
-            [str(python), str(SCRIPT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise PreflightError(f"cannot run {python}: {exc.strerror or exc}") from None
-    deadline = time.monotonic() + request.timeout_s
-    send: str | None = payload
-    try:
-        while True:
-            try:
-                out, err = proc.communicate(send, timeout=_POLL_S)
-                break
-            except subprocess.TimeoutExpired:  # a retry loses no output (and sends the input only once)
-                send = None
-                check()
-                if time.monotonic() > deadline:
-                    raise PreflightError(
-                        f"vLLM's renderer ({python}) did not count the demos within {request.timeout_s:.0f} s"
-                    ) from None
-    finally:
+class Counter:
+    """The counting script's process, started ahead of the counts so its ~10 s of imports (vLLM, its
+    serve parser, its renderer) overlap what comes before them; leaving it ends the process group."""
+
+    def __init__(self, python: Path, env: Mapping[str, str]) -> None:
+        self.python = python
+        self.env = dict(os.environ) | dict(env)
+        self._proc: subprocess.Popen[str] | None = None
+        self._error: PreflightError | None = None
+
+    def __enter__(self) -> Counter:
+        try:
+            self._proc = subprocess.Popen(
+                [str(self.python), str(SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.env,
+                start_new_session=True,  # its children (vLLM's model inspection) end with its group
+            )
+        except OSError as exc:
+            self._error = PreflightError(f"cannot run {self.python}: {exc.strerror or exc}")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the process group and reap the script (it is not needed, or it has answered)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    try:
-        return Answer.model_validate_json(out)
-    except ValidationError:
-        last = (err.strip().splitlines() or ["(no output)"])[-1]
-        raise PreflightError(f"vLLM's renderer failed (exit {proc.returncode}): {last[:300]}") from None
+
+    def answer(self, request: BudgetRequest, check: Callable[[], None]) -> Answer:
+        """Send the requests, wait for the counts (calling `check` meanwhile), end the process."""
+        if self._error is not None:
+            raise self._error
+        proc = self._proc
+        assert proc is not None, "a Counter answers once, inside its `with`"
+        payload = json.dumps({"argv": counted_argv(request.argv), "requests": bodies(request)})
+        # Threads, not communicate(): the script reads its input only once its imports are done, and
+        # communicate() retried after a timeout never writes the rest of an input that did not fit the
+        # pipe at once (the demos' base64 media are megabytes).
+        out: list[str] = []
+        err: list[str] = []
+        pipes = [
+            threading.Thread(target=_write_all, args=(proc.stdin, payload), daemon=True),
+            threading.Thread(target=_read_all, args=(proc.stdout, out), daemon=True),
+            threading.Thread(target=_read_all, args=(proc.stderr, err), daemon=True),
+        ]
+        for thread in pipes:
+            thread.start()
+        deadline = time.monotonic() + request.timeout_s
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=_POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    check()
+                    if time.monotonic() > deadline:
+                        raise PreflightError(
+                            f"vLLM's renderer ({self.python}) did not count the demos within "
+                            f"{request.timeout_s:.0f} s"
+                        ) from None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what it started ends with it: the pipes close
+            for thread in pipes:
+                thread.join(timeout=10)
+            self.close()
+        try:
+            return Answer.model_validate_json("".join(out))
+        except ValidationError:
+            last = ("".join(err).strip().splitlines() or ["(no output)"])[-1]
+            raise PreflightError(f"vLLM's renderer failed (exit {proc.returncode}): {last[:300]}") from None
+
+
+def _write_all(stream: IO[str] | None, text: str) -> None:
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # the script ended early (a stop, a crash)
+        stream.write(text)
+        stream.close()
+
+
+def _read_all(stream: IO[str] | None, into: list[str]) -> None:
+    if stream is not None:
+        with contextlib.suppress(OSError, ValueError):
+            into.append(stream.read())
+
+
+def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None) -> Answer:
+    """Run the script once, calling `check` while it runs; its process group ends with it, whatever happens."""
+    with Counter(request.python, request.env) as counter:
+        return counter.answer(request, check)
 
 
 # -- validate --against-vllm: every profile whose model files are at hand ----------------------------
@@ -450,7 +525,9 @@ def _why(exc: BaseException) -> str:
     return f"{name}: {text[:160]}"
 
 
-def check_profiles(profiles: Sequence[Profile], vllm_bin: str | None = None) -> list[ProfileBudget]:
+def check_profiles(
+    profiles: Sequence[Profile], vllm_bin: str | None = None, *, use_cache: bool = True
+) -> list[ProfileBudget]:
     """Each profile x supported variant's demos counted by the installed vLLM, on the cached (or, offline,
     synthetic) media; one line each, or one per profile whose model files are not here."""
     info = preflight.vllm_version(vllm_bin)
@@ -467,12 +544,13 @@ def check_profiles(profiles: Sequence[Profile], vllm_bin: str | None = None) -> 
             for variant in profile.variants:
                 resolved = profile.resolve(variant)
                 if not resolved.unsupported:
-                    out.append(_check_one(f"{profile.label}::{variant}", resolved, files, media, vllm))
+                    key = f"{profile.label}::{variant}"
+                    out.append(_check_one(key, resolved, files, media, vllm, use_cache=use_cache))
     return out
 
 
 def _check_one(
-    key: str, resolved: ResolvedProfile, files: Path, media: Media, vllm: tuple[Path, str]
+    key: str, resolved: ResolvedProfile, files: Path, media: Media, vllm: tuple[Path, str], *, use_cache: bool
 ) -> ProfileBudget:
     plan = build_plan(resolved, vllm_bin="vllm", media_dir=str(media.store.root))
     argv = list(plan.argv[1:])
@@ -488,6 +566,7 @@ def _check_one(
         model_dir=files,
         requests=tuple(requests + ([worst] if worst else [])),
         served_model_name=plan.served_model_name,
+        use_cache=use_cache,
     )
     try:
         found = count(request, resolved.profile.label)

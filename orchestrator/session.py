@@ -6,8 +6,9 @@ the launch steps, one method each). The steps the next capabilities plug into:
     prepare        resolve the profile (a profile file; a model's derived profile goes here)
     preflight      refusals before anything starts
     plan           the exact `vllm serve` command line
+    counter        vLLM's renderer starts importing (~10 s, hidden behind the next two steps)
     prepare_model  prefetch
-    budget         each demo's tokens counted by vLLM's renderer: a demo that cannot fit refuses the run
+    budget         each demo's tokens counted by that renderer: a demo that cannot fit refuses the run
     launch (a container launcher goes here)  ready  demos  record  teardown
 
 A report is written whenever a run directory exists. Signals never raise inside arbitrary code:
@@ -90,9 +91,12 @@ def run_session(
                 media = teardown.enter_context(start_media(session, prepared, options, demos))
                 checked = target.preflight(session, prepared.spec)
                 plan = target.plan(session, checked, media.root)
+                counter = teardown.enter_context(target.counter(session, plan))  # vLLM's renderer, importing
                 plan = target.prepare_model(session, plan)
                 plan = target.prefetch(session, plan)
-                plan = target.budget(session, plan, lambda: demo_requests(media, options, prepared.limits))
+                plan = target.budget(
+                    session, plan, counter, lambda: demo_requests(media, options, prepared.limits)
+                )
                 running = teardown.enter_context(target.launch(session, plan))
                 redact = running.redact
                 endpoint = target.ready(session, running)

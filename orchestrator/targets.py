@@ -109,7 +109,16 @@ class Target(Protocol[S, C, P, R]):
     def plan(self, session: Session, checked: C, media_root: Path | None) -> P: ...
     def prepare_model(self, session: Session, plan: P) -> P: ...
     def prefetch(self, session: Session, plan: P) -> P: ...
-    def budget(self, session: Session, plan: P, requests: Callable[[], Sequence[DemoRequest]]) -> P: ...
+    def counter(
+        self, session: Session, plan: P
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]: ...
+    def budget(
+        self,
+        session: Session,
+        plan: P,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
+    ) -> P: ...
     def launch(self, session: Session, plan: P) -> contextlib.AbstractContextManager[R]: ...
     def ready(self, session: Session, running: R) -> Endpoint: ...
 
@@ -442,8 +451,21 @@ class Launched:
         session.mark("weights ready")
         return plan
 
+    def counter(
+        self, session: Session, plan: Planned
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]:
+        """vLLM's renderer, importing ahead of the budget step (~10 s that the model's preparation and the
+        prefetch hide); None where the budget is not counted on this host."""
+        if not self.options.budget or plan.vllm_path is None or plan.spec.version is None:
+            return contextlib.nullcontext(None)
+        return budgets.Counter(vllm_python(plan.vllm_path), plan.command.env)
+
     def budget(
-        self, session: Session, plan: Planned, requests: Callable[[], Sequence[DemoRequest]]
+        self,
+        session: Session,
+        plan: Planned,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
     ) -> Planned:
         """Each demo's prompt tokens, counted by the host vLLM's renderer on the media it will send (the
         chat template applied, no weights): a demo that cannot fit refuses the run before launch."""
@@ -451,21 +473,21 @@ class Launched:
         if not self.options.budget:
             record.notes.append("--no-budget: the demos' tokens were not counted before launch.")
             return plan
-        if plan.vllm_path is None or plan.spec.version is None:  # vLLM is in the image, not on this host
+        if counter is None or plan.vllm_path is None or plan.spec.version is None:  # vLLM is in the image
             record.notes.append(
                 f"The demos' tokens were not counted before launch: that needs vLLM on this host, and this "
                 f"run's vLLM is in {plan.spec.image}."
             )
             return plan
         chosen = tuple(requests())
-        if not chosen:  # `serve`: no demos to count
+        if not chosen:  # nothing to count
             return plan
         info = session.wait(plan.spec.version)
         session.events.stage(
             "budget", f"counting {len(chosen)} requests with vLLM {info.version}'s renderer (no weights)"
         )
         request = budgets.BudgetRequest(
-            python=vllm_python(plan.vllm_path),
+            python=counter.python,
             vllm_version=info.version,
             argv=plan.command.argv[1:],
             env=plan.command.env,
@@ -474,7 +496,7 @@ class Launched:
             served_model_name=plan.command.served_model_name,
         )
         try:
-            found = budgets.count(request, label, check=session.stop.check)
+            found = budgets.count(request, label, check=session.stop.check, counter=counter)
         except PreflightError as exc:  # vLLM cannot build its renderer here: the run goes on without it
             record.notes.append(f"The demos' tokens were not counted before launch: {exc}")
             session.events.stage("budget", f"not counted: {exc}")
@@ -712,7 +734,18 @@ class Attached:
     def prefetch(self, session: Session, plan: Remote) -> Remote:
         return plan
 
-    def budget(self, session: Session, plan: Remote, requests: Callable[[], Sequence[DemoRequest]]) -> Remote:
+    def counter(
+        self, session: Session, plan: Remote
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]:
+        return contextlib.nullcontext(None)
+
+    def budget(
+        self,
+        session: Session,
+        plan: Remote,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
+    ) -> Remote:
         return plan  # the server is up already: its own answers count the tokens
 
     def launch(self, session: Session, plan: Remote) -> contextlib.AbstractContextManager[Remote]:

@@ -17,6 +17,7 @@ SCENARIOS = {
     "7 matrix",
     "8 derivation",
     "9 container",
+    "10 budget",
 }
 ROW_KEYS = {"scenario", "metric", "value", "baseline", "delta", "ratio", "target", "met", "unit", "note"}
 
@@ -33,7 +34,9 @@ def test_fast_bench_writes_every_row_and_the_machine(tmp_path: Path) -> None:
     assert {"cpu", "cores", "python", "vllm"} <= set(data["machine"])
     assert data["leaked_processes"] == []
     skipped = {k: v for k, v in data["skipped"].items() if k != "9 container" or v != "no podman"}
-    assert skipped == {"5 real server": "--fast", "6 quick start": "--fast", "8 derivation": "--fast"}
+    assert skipped == {
+        "5 real server": "--fast", "6 quick start": "--fast", "8 derivation": "--fast", "10 budget": "--fast",
+    }  # fmt: skip
     assert {row["scenario"] for row in data["rows"]} == SCENARIOS
     for row in data["rows"]:
         assert set(row) == ROW_KEYS

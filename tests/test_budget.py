@@ -8,6 +8,7 @@ script's process at once.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
@@ -202,3 +203,27 @@ def test_a_stop_ends_the_counting_script_at_once(tmp_path: Path, monkeypatch: py
     assert time.monotonic() - started < 30  # not the script's 60 s
     assert not [p for p in marked_pids() if b"slow.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert not [p for p in marked_pids() if b"time.sleep(60)" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_megabytes_of_media_reach_a_script_that_reads_only_after_its_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real script imports vLLM (~10 s) before it reads; the demos' base64 media are megabytes, far
+    # more than a pipe holds. Every byte must still arrive (communicate() retried would stop writing).
+    script = tmp_path / "late_reader.py"
+    script.write_text(
+        textwrap.dedent("""
+        import json, sys, time
+        time.sleep(1.0)
+        data = sys.stdin.read()
+        json.dump({"vllm": "x", "max_model_len": 100, "results": [{"id": "big", "prompt_tokens": len(data)}]},
+                  sys.stdout)
+    """)
+    )
+    monkeypatch.setattr(budget, "SCRIPT", script)
+    big = DemoRequest(name="big", chat_type="single-image", delivery="base64", max_completion_tokens=1,
+                      messages=[{"role": "user", "content": "x" * 3_000_000}])  # fmt: skip
+    req = request(tmp_path, big)
+    answer = budget.run_script(req)
+    sent = json.dumps({"argv": budget.counted_argv(req.argv), "requests": budget.bodies(req)})
+    assert answer.results[0].prompt_tokens == len(sent)

@@ -59,7 +59,13 @@ class FakeTarget:
         self.steps.append(f"prefetch {plan}")
         return plan
 
-    def budget(self, session: Session, plan: str, requests: Callable[[], Sequence[DemoRequest]]) -> str:
+    def counter(self, session: Session, plan: str) -> contextlib.AbstractContextManager[None]:
+        self.steps.append(f"counter {plan}")
+        return contextlib.nullcontext(None)
+
+    def budget(
+        self, session: Session, plan: str, counter: object, requests: Callable[[], Sequence[DemoRequest]]
+    ) -> str:
         self.steps.append(f"budget {plan} of {len(requests())} requests")
         return plan
 
@@ -153,6 +159,7 @@ def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
     assert target.steps == [
         "preflight spec",
         "plan checked with media root",
+        "counter plan",
         "model plan",
         "prefetch plan",
         "budget plan of 0 requests",

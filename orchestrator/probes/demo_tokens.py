@@ -31,11 +31,14 @@ import json
 import os
 import re
 import sys
+import time
 from argparse import Namespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from serve_args import ParseFailure, _serve_parser
+
+STARTED = time.monotonic()
 
 WIDE = 1 << 24  # the context rendering runs with: any real prompt fits, so every one is counted
 
@@ -47,8 +50,26 @@ class Failure(Exception):
         self.stage = stage
 
 
+_PARSER: list = []  # the serve parser, built once by `preload`
+
+
+def preload() -> str | None:
+    """Import what counting needs (vLLM, its serve parser, its renderer: ~10 s on 2 cores) before the
+    request arrives, so the caller can start this process early; the import error, if any."""
+    try:
+        import vllm  # noqa: F401
+        from starlette.datastructures import State  # noqa: F401
+        from vllm.entrypoints.launchers.render.app_state import init_render_app_state  # noqa: F401
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest  # noqa: F401
+
+        _PARSER.append(_serve_parser())
+    except Exception as exc:  # reported with the answer, in its stage
+        return Failure("import", exc).args[0]
+    return None
+
+
 def parse(argv: list[str]) -> Namespace:
-    parser, command = _serve_parser()
+    parser, command = _PARSER[0] if _PARSER else _serve_parser()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             args = parser.parse_args(argv)
@@ -148,21 +169,25 @@ def _one_line(value: object) -> str:
     return text[:400]
 
 
-async def run(request: dict) -> dict:
-    try:
-        import vllm
-    except ImportError as exc:
-        return {"error": Failure("import", exc).args[0], "stage": "import"}
+async def run(request: dict, import_error: str | None = None) -> dict:
+    if import_error is not None:
+        return {"error": import_error, "stage": "import"}
+    import vllm
+
     out: dict = {"vllm": getattr(vllm, "__version__", "?")}
     stage = "parse"
+    timings: dict[str, float] = {"import_s": round(time.monotonic() - STARTED, 2)}
     try:
         args = parse(list(request["argv"]))
         stage = "config"
         config, model_max = engine_config(args)
+        timings["config_s"] = round(time.monotonic() - STARTED - sum(timings.values()), 2)
         stage = "encoder-budget"
         cache_size, most, limits = encoder_budget(config)
+        timings["encoder_budget_s"] = round(time.monotonic() - STARTED - sum(timings.values()), 2)
         stage = "renderer"
         online = await renderer(config, args)
+        timings["renderer_s"] = round(time.monotonic() - STARTED - sum(timings.values()), 2)
     except Failure as exc:
         return out | {"error": exc.args[0], "stage": exc.stage}
     except Exception as exc:
@@ -179,6 +204,8 @@ async def run(request: dict) -> dict:
     model_config.max_model_len = WIDE  # count every prompt, even one the real context would refuse
     for item in request["requests"]:
         out["results"].append({"id": item["id"]} | await render_one(online, model_config, item["body"]))
+    timings["requests_s"] = round(time.monotonic() - STARTED - sum(timings.values()), 2)
+    out["timings"] = timings
     return out
 
 
@@ -187,8 +214,11 @@ def main() -> int:
     os.dup2(2, 1)  # vLLM logs to stdout; keep stdout for the answer
     sys.stdout = sys.stderr
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    request = json.load(sys.stdin)
-    json.dump(asyncio.run(run(request)), out)
+    import_error = preload()
+    text = sys.stdin.read()
+    if not text.strip():  # started ahead of time and not needed after all (the counts were cached)
+        return 0
+    json.dump(asyncio.run(run(json.loads(text), import_error)), out)
     out.write("\n")
     out.close()
     return 0
