@@ -64,9 +64,16 @@ def to_markdown(record: RunRecord) -> str:
         lines.append(f"- options: {', '.join(markdown_cell(f, None) for f in record.flags)}")
     if teardown:
         lines.append(f"- teardown: {fmt(teardown.duration_s, ' s')}, {teardown.remaining} process(es) left")
+    if (budget := record.budget) is not None:
+        counted = [d.prompt_tokens + d.completion_tokens for d in budget.demos if d.prompt_tokens is not None]
+        most = f"; the largest needs {max(counted)} of {fmt(budget.max_model_len)} tokens" if counted else ""
+        lines.append(
+            f"- budget: {len(budget.demos)} requests counted before launch by vLLM "
+            f"{markdown_cell(budget.vllm, None)}'s renderer{most}"
+        )
     lines.append("")
     if record.warnings:
-        lines += ["**Warnings from vLLM's start-up:**", ""]
+        lines += ["**Warnings (the budget before launch, vLLM's start-up):**", ""]
         lines += [f"- {markdown_cell(w, None)}" for w in record.warnings]
         lines.append("")
     if record.error:
