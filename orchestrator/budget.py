@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from orchestrator import models, preflight
+from orchestrator import filecache, models, preflight
 from orchestrator.backend import vllm_python
 from orchestrator.command import build_plan
 from orchestrator.demos import DemoRequest, Media, build_requests, worst_case
@@ -60,7 +59,6 @@ _UNCOUNTED = {
     "--download-dir", "--kv-cache-dtype", "--block-size", "--compilation-config", "-O",
 }  # fmt: skip
 _UNCOUNTED_SWITCHES = {"--enforce-eager", "--disable-log-stats", "--disable-log-requests"}
-_KEY_FILES = (".json", ".jinja", ".py", ".txt", ".model")
 _POLL_S = 0.25
 
 
@@ -269,7 +267,7 @@ def count(
     its renderer here."""
     start = time.monotonic()
     path = cache_path(request)
-    cached = _read(path) if request.use_cache else None
+    cached = filecache.read(path, Answer) if request.use_cache else None
     if cached is not None and counter is not None:
         counter.close()  # started ahead of time, not needed
     if cached is not None:
@@ -282,7 +280,7 @@ def count(
         who = "vLLM" if answer.vllm == "?" else f"vLLM {answer.vllm}"
         raise PreflightError(f"{who} could not count the demos' tokens ({answer.stage}): {answer.error}")
     if cached is None:
-        _write(path, answer)
+        filecache.write(path, answer)
     return Budget(answer, request.requests, profile, time.monotonic() - start, cached is not None)
 
 
@@ -334,40 +332,11 @@ def cache_path(request: BudgetRequest) -> Path:
         "vllm": request.vllm_version,
         "argv": counted_argv(request.argv),
         "env": {k: v for k, v in sorted(request.env.items()) if k.startswith("VLLM_")},
-        "files": _local_digest(request.model_dir),
+        "files": filecache.model_digest(request.model_dir),
         "requests": requests,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir() / "budgets" / f"{digest}.json"
-
-
-def _local_digest(directory: Path | None) -> str | None:
-    if directory is None or not directory.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and path.suffix in _KEY_FILES:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _read(path: Path) -> Answer | None:
-    try:
-        return Answer.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write(path: Path, answer: Answer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(answer.model_dump_json(indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Counter:

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from orchestrator import filecache
 from orchestrator.errors import PreflightError
 from orchestrator.paths import cache_dir
 
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 SCRIPT = Path(__file__).resolve().parent / "probes" / "model_facts.py"
 # Part of the cache key: bump it when the script's answer changes meaning.
 PROBE_VERSION = 1
-# A local model's files that decide what vLLM says about it (weights do not).
-_KEY_FILES = (".json", ".jinja", ".py", ".txt", ".model")
 # Kinds of refusal that depend only on the model's files and the vLLM version: safe to cache.
 _CACHED_ERRORS = {"unsupported-architecture", "needs-remote-code"}
 
@@ -105,12 +103,12 @@ class ProbeRequest:
 def probe(request: ProbeRequest) -> ModelFacts:
     """The facts for `request`: from the cache, else from a run of the probe script."""
     path = cache_path(request)
-    if request.use_cache and (cached := _read(path)) is not None:
+    if request.use_cache and (cached := filecache.read(path, ModelFacts)) is not None:
         log.info("model facts for %s from the cache (%s)", request.model, path)
         return cached
     facts = run_script(request)
     if facts.error is None or facts.error_kind in _CACHED_ERRORS:
-        _write(path, facts)
+        filecache.write(path, facts)
     return facts
 
 
@@ -123,41 +121,10 @@ def cache_path(request: ProbeRequest) -> Path:
         "trust_remote_code": request.trust_remote_code,
         "vllm": request.vllm_version,
         "media": request.media.model_dump(mode="json"),
-        "files": _local_digest(Path(request.model)),
+        "files": filecache.model_digest(Path(request.model)),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir() / "probes" / f"{digest}.json"
-
-
-def _local_digest(directory: Path) -> str | None:
-    """A hash of a local model's config, tokenizer, processor and code files (None for a hub id)."""
-    if not directory.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and path.suffix in _KEY_FILES:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _read(path: Path) -> ModelFacts | None:
-    try:
-        return ModelFacts.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # absent, or unreadable: a miss
-        return None
-
-
-def _write(path: Path, facts: ModelFacts) -> None:
-    # Not render.write_atomic: importing the renderers would cost the CLI their start-up time.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(facts.model_dump_json(indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_script(request: ProbeRequest, env: Mapping[str, str] | None = None) -> ModelFacts:
