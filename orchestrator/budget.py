@@ -34,7 +34,7 @@ from orchestrator import filecache, models, preflight
 from orchestrator.backend import vllm_python
 from orchestrator.command import build_plan
 from orchestrator.demos import DemoRequest, Media, build_requests, worst_case
-from orchestrator.errors import PreflightError
+from orchestrator.errors import MMDemoError, PreflightError
 from orchestrator.logscan import explain_demo, round_up
 from orchestrator.media import AssetServer, AssetStore
 from orchestrator.options import DEFAULT_MAX_TOKENS
@@ -499,7 +499,10 @@ def check_profiles(
 ) -> list[ProfileBudget]:
     """Each profile x supported variant's demos counted by the installed vLLM, on the cached (or, offline,
     synthetic) media; one line each, or one per profile whose model files are not here."""
-    info = preflight.vllm_version(vllm_bin)
+    try:
+        info = preflight.vllm_version(vllm_bin)
+    except MMDemoError as exc:  # the parser check above has its own verdict; the counts just cannot run
+        return [ProfileBudget(p.label, "note", f"demos not counted: {exc}") for p in profiles]
     vllm = (vllm_python(info.path), info.version)
     store = AssetStore(assets_dir(), offline=True)
     out: list[ProfileBudget] = []
