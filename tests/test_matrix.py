@@ -171,7 +171,7 @@ def test_the_record_json_md_and_junit(tmp_path: Path, mmdemo_env: dict[str, str]
     jsonschema.validate(data, record_mod.schema())
     assert record_mod.load(matrix_dir / "matrix.json") == outcome.record
     cells = {(c["profile"], c["gpu_class"]): c for c in data["cells"]}
-    assert cells[("fake-a", "H100")]["status"] == "passed"
+    assert cells[("fake-a", "H100")]["status"] == "passed", cells[("fake-a", "H100")]  # the reason, when not
     assert cells[("fake-a", "H100")]["demos_passed"] == cells[("fake-a", "H100")]["demos_total"] == 1
     assert cells[("fake-a", "H100")]["time_to_ready_s"] > 0
     assert cells[("fake-fails", "H100")]["status"] == "failed"
