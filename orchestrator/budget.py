@@ -39,6 +39,7 @@ from orchestrator.logscan import explain_demo, round_up
 from orchestrator.media import AssetServer, AssetStore
 from orchestrator.options import DEFAULT_MAX_TOKENS
 from orchestrator.paths import assets_dir, cache_dir
+from orchestrator.probe import end_group
 from orchestrator.profile import Profile, ResolvedProfile
 from orchestrator.record import BudgetDemo, BudgetRecord
 
@@ -370,14 +371,8 @@ class Counter:
     def close(self) -> None:
         """End the process group and reap the script (it is not needed, or it has answered)."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc is not None:
+            end_group(proc)
 
     def answer(self, request: BudgetRequest, check: Callable[[], None]) -> Answer:
         """Send the requests, wait for the counts (calling `check` meanwhile), end the process."""

@@ -157,7 +157,7 @@ def run_script(request: ProbeRequest, env: Mapping[str, str] | None = None) -> M
             f"vLLM's model probe ({python}) did not answer within {request.timeout_s:.0f} s"
         ) from None
     finally:
-        _end_group(proc)
+        end_group(proc)
     try:
         facts = ModelFacts.model_validate_json(out)
     except ValidationError:
@@ -170,7 +170,7 @@ def run_script(request: ProbeRequest, env: Mapping[str, str] | None = None) -> M
     return facts
 
 
-def _end_group(proc: subprocess.Popen[str]) -> None:
+def end_group(proc: subprocess.Popen[str]) -> None:
     """Kill what is left of the probe's process group and reap the probe."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
