@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator import backend, preflight
+from orchestrator.atomic import write_atomic
 from orchestrator.background import background
 from orchestrator.derive import Derivation, DeriveOptions, derive
 from orchestrator.gpu import Gpu
@@ -29,7 +30,6 @@ from orchestrator.paths import cache_dir
 from orchestrator.probe import ProbeRequest, probe
 from orchestrator.profile import Profile, load_profile, parse_profile_file
 from orchestrator.profilegen import to_yaml
-from orchestrator.render.files import write_atomic
 from orchestrator.weights import check_access, hub_repo, hub_weights, local_weights
 
 TINY_MARKER = "mmdemo-model.json"  # written by every tiny-model builder (models.MARKER): random weights

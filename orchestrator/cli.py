@@ -642,7 +642,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     a, b = record.load(args.run_a), record.load(args.run_b)
     if args.html:
-        from orchestrator.render.files import write_atomic
+        from orchestrator.atomic import write_atomic
         from orchestrator.render.html import to_diff_html
 
         write_atomic(args.html, to_diff_html(a, b, str(args.run_a), str(args.run_b)))

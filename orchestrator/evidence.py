@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orchestrator.atomic import write_atomic
 from orchestrator.errors import ServerError
 from orchestrator.logscan import LogFollower, diagnose
 
@@ -43,6 +43,4 @@ def redact_log(log_path: Path, redact: Callable[[str], str]) -> None:
         return
     clean = redact(text)
     if clean != text:
-        tmp = log_path.with_name(log_path.name + ".tmp")
-        tmp.write_text(clean, encoding="utf-8")
-        os.replace(tmp, log_path)
+        write_atomic(log_path, clean)

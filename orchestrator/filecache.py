@@ -2,18 +2,18 @@
 
 The model probe (probe.py) and the budget (budget.py) key their caches on a local model's small
 files: `model_digest` hashes those (config, tokenizer, processor, chat template, remote code), never
-the weights. Not render.write_atomic: importing the renderers would cost the CLI their start-up time.
+the weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
+
+from orchestrator.atomic import write_atomic
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,12 +42,4 @@ def read(path: Path, model: type[M]) -> M | None:
 
 def write(path: Path, answer: BaseModel) -> None:
     """Write the answer atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(answer.model_dump_json(indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, answer.model_dump_json(indent=1))

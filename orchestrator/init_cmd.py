@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.atomic import write_atomic
 from orchestrator.errors import UsageError
 from orchestrator.gpu import Gpu
-from orchestrator.render.files import write_atomic
 
 if TYPE_CHECKING:
     from rich.console import Console

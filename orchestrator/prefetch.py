@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from tqdm import tqdm
 
+from orchestrator.atomic import replacing, write_atomic
 from orchestrator.errors import PreflightError
 
 log = logging.getLogger(__name__)
@@ -398,8 +399,11 @@ def _download(hub_plan: HubPlan, filename: str, bar: type[tqdm[Any]]) -> None:
     if not pointer.exists():
         try:
             pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        except FileExistsError:  # another cell of a matrix, fetching the same model, linked it first
+            pass
         except OSError:  # no symlinks here (as huggingface_hub does): a copy
-            shutil.copyfile(blob, pointer)
+            with open(blob, "rb") as src, replacing(pointer) as out:
+                shutil.copyfileobj(src, out)
 
 
 def _write_ref(hub_plan: HubPlan) -> None:
@@ -409,7 +413,4 @@ def _write_ref(hub_plan: HubPlan) -> None:
     ref = hub_plan.storage / "refs" / hub_plan.revision
     if ref.is_file() and ref.read_text() == hub_plan.commit:
         return
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
-    tmp.write_text(hub_plan.commit)
-    tmp.replace(ref)
+    write_atomic(ref, hub_plan.commit)  # a unique temporary name: a matrix's cells are threads of one process

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import gpufit
+from orchestrator.atomic import write_atomic
 from orchestrator.backend import locate_vllm, vllm_python
 from orchestrator.errors import PreflightError
 from orchestrator.gpu import Gpu
 from orchestrator.paths import cache_dir
 from orchestrator.profile import Profile, ResolvedProfile
-from orchestrator.render.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,9 +46,11 @@ def load(name: str) -> dict | None:
 
 def save(state: dict) -> None:
     path = state_dir() / f"{state['name']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    # mkstemp's unique name: two runtime commands at once may save one container's state.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state))
+    os.replace(tmp, path)
 
 
 def alive(pid: int) -> bool:

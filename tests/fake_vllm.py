@@ -42,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -86,8 +87,10 @@ def log(message: str, level: str = "INFO", source: str = "api_server.py:1") -> N
 
 
 def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    Path(tmp).write_text(text)
+    # mkstemp's unique name, not the pid: the server's request threads may write one file at once.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     os.replace(tmp, path)
 
 

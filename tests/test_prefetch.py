@@ -8,7 +8,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,25 @@ def test_fetch_downloads_then_a_second_fetch_makes_no_request(env: HubEnv, hub: 
     assert (second.bytes_downloaded, second.files_downloaded) == (0, 0)
     assert second.path == first.path
     assert len(hub.requests) == before
+
+
+def test_two_fetches_of_one_model_at_once_both_succeed(env: HubEnv, hub: FakeHub) -> None:
+    # A matrix runs its cells as threads of one process: two cells of one model, planned before either
+    # fetched, download, link and write refs/main at the same time (a pid-named temporary ref collided).
+    plans = [plan("org/tiny", env=env) for _ in range(2)]
+    start = threading.Barrier(2)
+
+    def fetch_after_the_other_is_ready(p: HubPlan) -> Path:
+        start.wait(timeout=10)
+        return fetch(p).path
+
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(fetch_after_the_other_is_ready, plans))
+    assert paths[0] == paths[1]
+    for name, data in FILES.items():
+        assert (paths[0] / name).read_bytes() == data
+    assert (env.cache_dir / "models--org--tiny" / "refs" / "main").read_text() == hub.repos["org/tiny"].sha
+    assert not [f for f in (env.cache_dir / "models--org--tiny" / "refs").iterdir() if f.name != "main"]
 
 
 def test_offline_plan_uses_the_cache_and_never_the_network(env: HubEnv, hub: FakeHub) -> None:
@@ -245,6 +266,7 @@ def test_disk_check_default_probe_walks_up_to_an_existing_dir(env: HubEnv) -> No
 
 _CHILD = """
 import sys
+import threading
 from orchestrator.prefetch import fetch, plan
 fetch(plan(sys.argv[1]))
 """

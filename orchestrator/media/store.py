@@ -9,17 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal
 
+from orchestrator.atomic import replacing
 from orchestrator.background import parallel_map
 from orchestrator.errors import AssetError
 from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind, guess
@@ -29,6 +27,8 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
+# The cache's files, whatever the umask: a server running as another user must read them.
+CACHE_MODE = 0o644
 
 Provenance = Literal["cache", "download", "synthetic", "profile"]
 ProgressHook = Callable[[str, int, int | None], None]
@@ -144,7 +144,7 @@ class AssetStore:
         # Copied under the cache root so file:// (--allowed-local-media-path) and the loopback asset server see it.
         dest = self.root / "custom" / f"{digest[:16]}-{source.name}"
         if not (dest.is_file() and _sha256(dest) == digest):
-            with _atomic(dest) as out, source.open("rb") as src:
+            with replacing(dest, CACHE_MODE) as out, source.open("rb") as src:
                 shutil.copyfileobj(src, out)
         return Asset(
             f"file-{digest[:16]}", kind, dest, media_type, digest, "profile", source.resolve().as_uri()
@@ -252,7 +252,7 @@ class AssetStore:
             total = int(length) if length and length.isdigit() else None
             hasher = hashlib.sha256()
             done = 0
-            with _atomic(path) as out:
+            with replacing(path, CACHE_MODE) as out:
                 for chunk in response.iter_content(chunk_size=1 << 16):
                     out.write(chunk)
                     hasher.update(chunk)
@@ -279,7 +279,7 @@ class AssetStore:
         recorded = _read_sidecar(sidecar)
         if not (path.is_file() and recorded == _sha256(path)):
             # Ours and deterministic: regenerating a damaged copy loses nothing.
-            with _atomic(path) as out:
+            with replacing(path, CACHE_MODE) as out:
                 GENERATORS[spec.kind](out, spec.key)
             recorded = _sha256(path)
             _write_sidecar(sidecar, recorded, path.name)
@@ -331,20 +331,5 @@ def _read_sidecar(sidecar: Path) -> str | None:
 
 def _write_sidecar(sidecar: Path, digest: str, filename: str) -> None:
     # sha256sum's format, so `sha256sum -c` works inside the cache directory.
-    with _atomic(sidecar) as out:
+    with replacing(sidecar, CACHE_MODE) as out:
         out.write(f"{digest}  {filename}\n".encode())
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside `path`, renamed over it only when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server running as another user must read the cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,8 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from orchestrator.atomic import write_atomic
 from orchestrator.paths import cache_dir
-from orchestrator.render.files import write_atomic
 
 log = logging.getLogger(__name__)
 
