@@ -266,7 +266,6 @@ def test_disk_check_default_probe_walks_up_to_an_existing_dir(env: HubEnv) -> No
 
 _CHILD = """
 import sys
-import threading
 from orchestrator.prefetch import fetch, plan
 fetch(plan(sys.argv[1]))
 """
