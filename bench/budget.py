@@ -13,10 +13,11 @@ import time
 from bench import fake, real
 from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings
-from orchestrator import budget, models
-from orchestrator.backend import vllm_python
-from orchestrator.errors import MMDemoError
-from orchestrator.profile import load_profile
+from orchestrator.budget import count as budget
+from orchestrator.core.errors import MMDemoError
+from orchestrator.model import tiny as models
+from orchestrator.profile.schema import load_profile
+from orchestrator.vllm.backend import vllm_python
 
 NAME = "10 budget"
 PROFILES = ("cpu-tiny-omni", "cpu-tiny-llava", "cpu-tiny-phi3v", "cpu-tiny-ultravox", "cpu-tiny-qwen2vl")

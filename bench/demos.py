@@ -17,9 +17,9 @@ from pathlib import Path
 from bench import fake
 from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.demos import DEFAULT_ASSETS, DemoRequest, DemoResult, Media, build_requests, run_demos
+from orchestrator.demos.chat import DEFAULT_ASSETS, DemoRequest, DemoResult, Media, build_requests, run_demos
+from orchestrator.launch.server import Server
 from orchestrator.media import AssetServer, AssetStore
-from orchestrator.server import Server
 
 NAME = "2 demos"
 TARGET_RATIO = 1.3

@@ -14,8 +14,8 @@ from bench import fake, real
 from bench.overhead import mmdemo_argv
 from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings
-from orchestrator import models
-from orchestrator.errors import MMDemoError
+from orchestrator.core.errors import MMDemoError
+from orchestrator.model import tiny as models
 
 NAME = "8 derivation"
 MODEL = "tiny-llava"

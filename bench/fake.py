@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.command import LaunchPlan, build_plan
-from orchestrator.profile import ChatType, Demo, load_profile
-from orchestrator.server import Server
+from orchestrator.launch.command import LaunchPlan, build_plan
+from orchestrator.launch.server import Server
+from orchestrator.profile.schema import ChatType, Demo, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = REPO / "tests" / "fake_vllm.py"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from bench import fake
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.gpu import Gpu
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import Gpu
 from orchestrator.matrix.local import LocalEngine
 from orchestrator.matrix.record import CellRecord
 from orchestrator.matrix.run import run_matrix
-from orchestrator.options import Options
 
 NAME = "7 matrix"
 TARGET_RATIO = 1.1

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import fake
 from bench.procs import spawned, timed_run
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.demos import Media, build_requests
+from orchestrator.demos.chat import Media, build_requests
 from orchestrator.media import AssetServer, AssetStore
 
 NAME = "4 overhead"

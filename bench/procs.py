@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from orchestrator.watchdog import pids_with_env
+from orchestrator.launch.watchdog import pids_with_env
 
 MARK = "MMDEMO_BENCH_SESSION"
 

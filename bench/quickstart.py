@@ -20,9 +20,9 @@ import requests
 from bench import real
 from bench.procs import spawned
 from bench.result import Row, Scenario, Settings
-from orchestrator.command import build_plan, quick_start
-from orchestrator.paths import assets_dir
-from orchestrator.profile import ResolvedProfile, ServeSettings, load_profile
+from orchestrator.core.paths import assets_dir
+from orchestrator.launch.command import build_plan, quick_start
+from orchestrator.profile.schema import ResolvedProfile, ServeSettings, load_profile
 
 NAME = "6 quick start"
 TIMEOUT_S = 600.0

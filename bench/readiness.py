@@ -17,7 +17,7 @@ from collections.abc import Callable
 from bench import fake
 from bench.procs import spawned
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.server import Server
+from orchestrator.launch.server import Server
 
 NAME = "1 readiness"
 SEED = 6

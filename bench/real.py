@@ -19,13 +19,14 @@ from bench import fake
 from bench.overhead import mmdemo_argv
 from bench.procs import spawned, timed_run
 from bench.result import Row, Scenario, Settings
-from orchestrator import models, watchdog
-from orchestrator.command import build_plan
-from orchestrator.demos import Media, build_requests
-from orchestrator.errors import MMDemoError
+from orchestrator.core.errors import MMDemoError
+from orchestrator.core.paths import assets_dir
+from orchestrator.demos.chat import Media, build_requests
+from orchestrator.launch import watchdog
+from orchestrator.launch.command import build_plan
 from orchestrator.media import AssetServer, AssetStore
-from orchestrator.paths import assets_dir
-from orchestrator.profile import load_profile
+from orchestrator.model import tiny as models
+from orchestrator.profile.schema import load_profile
 
 NAME = "5 real server"
 PROFILE = "cpu-tiny-omni"

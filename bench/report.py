@@ -16,7 +16,7 @@ from rich.table import Table
 from bench import real
 from bench.result import Scenario, Settings
 from orchestrator.media import REGISTRY, AssetStore
-from orchestrator.targets import machine_info
+from orchestrator.session.targets import machine_info
 
 COLUMNS = ("scenario", "metric", "mmdemo", "baseline", "delta", "ratio", "target", "met")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from bench import fake
 from bench.procs import spawned
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.demos import Media, build_requests, run_demos
+from orchestrator.demos.chat import Media, build_requests, run_demos
+from orchestrator.launch.ports import port_is_free
 from orchestrator.media import AssetStore
-from orchestrator.ports import port_is_free
-from orchestrator.profile import ChatType
+from orchestrator.profile.schema import ChatType
 
 NAME = "3 teardown"
 WORKERS = "2"

@@ -8,7 +8,7 @@
 # Nothing is copied: the image is a rootfs of a few kB (an /etc, mount points, the entrypoint) made
 # with `podman import`, and it borrows from the host, read-only at run time, /usr, the venv's Python
 # installation and the venv itself (at /opt/vllm). It names them in its `org.mmdemo.host-mounts`
-# label, which mmdemo mounts (orchestrator/container.py). Copying them instead would store ~3.5 GB
+# label, which mmdemo mounts (orchestrator/launch/container.py). Copying them instead would store ~3.5 GB
 # and take minutes here; the borrowed image starts as fast as the host's vLLM.
 # Idempotent: an image with the same build key (this script, the venv, its Python, vLLM's version)
 # is kept, so its id and digest stay the same between runs.

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from orchestrator import watchdog
-from orchestrator.watchdog import pids_with_env
+from orchestrator.launch import watchdog
+from orchestrator.launch.watchdog import pids_with_env
 
 # The suite runs as from a terminal. A non-interactive shell starts background jobs with SIGINT
 # ignored, an ignore every child inherits (and mmdemo rightly keeps, as nohup expects), so the tests
@@ -32,8 +32,8 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if TYPE_CHECKING:
-    from orchestrator.command import LaunchPlan
-    from orchestrator.server import Server
+    from orchestrator.launch.command import LaunchPlan
+    from orchestrator.launch.server import Server
     from tests.fake_hub import FakeHub
 
 HERE = Path(__file__).parent
@@ -110,7 +110,7 @@ def no_leftover_processes() -> Iterator[None]:
 def _report_validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    schema = json.loads((REPO / "orchestrator" / "report.schema.json").read_text())
+    schema = json.loads((REPO / "orchestrator" / "record" / "report.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -301,8 +301,8 @@ def fake_plan(
     `switches` become FAKE_VLLM_* variables (tests/fake_vllm.py's failure switches); `serve` overrides
     the profile's serve settings (e.g. a smaller limit_mm_per_prompt).
     """
-    from orchestrator.command import build_plan
-    from orchestrator.profile import load_profile
+    from orchestrator.launch.command import build_plan
+    from orchestrator.profile.schema import load_profile
 
     resolved = load_profile(str(FAKE_PROFILE)).resolve("cpu")
     if serve:
@@ -327,7 +327,7 @@ def server_for(
     **kwargs: Any,
 ) -> Server:
     """The one way tests start the fake `vllm serve`: a supervised Server over `fake_plan`."""
-    from orchestrator.server import Server
+    from orchestrator.launch.server import Server
 
     return Server(
         fake_plan(tmp_path, **kwargs),
@@ -383,12 +383,14 @@ FAKE_PROBE = HERE / "probes" / "fake_model_facts.py"
 @pytest.fixture
 def fake_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The model probe's stand-in script in place of vLLM's, an isolated cache; the file counting its runs."""
-    from orchestrator import probe
-    from orchestrator.preflight import VllmInfo
+    from orchestrator.launch.checks import VllmInfo
+    from orchestrator.vllm import probe
 
     monkeypatch.setattr(probe, "SCRIPT", FAKE_PROBE)
-    monkeypatch.setattr("orchestrator.backend.vllm_python", lambda path: Path(sys.executable))
-    monkeypatch.setattr("orchestrator.preflight.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu"))
+    monkeypatch.setattr("orchestrator.vllm.backend.vllm_python", lambda path: Path(sys.executable))
+    monkeypatch.setattr(
+        "orchestrator.launch.checks.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu")
+    )
     monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
     counter = tmp_path / "probe-runs.txt"
     counter.touch()

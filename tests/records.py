@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.demos import DEFAULT_ASSETS, DELIVERIES, PROMPTS
+from orchestrator.demos.chat import DEFAULT_ASSETS, DELIVERIES, PROMPTS
 from orchestrator.media import AssetStore
-from orchestrator.record import (
+from orchestrator.record.report import (
     AssetRecord,
     DemoRecord,
     ErrorRecord,

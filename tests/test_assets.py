@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from orchestrator import media
-from orchestrator.errors import AssetError
+from orchestrator.core.errors import AssetError
 from orchestrator.media import (
     REGISTRY,
     USER_AGENT,

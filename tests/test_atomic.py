@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.atomic import replacing, write_atomic
+from orchestrator.core.atomic import replacing, write_atomic
 
 
 def test_a_second_writer_of_the_same_file_meanwhile_does_not_take_the_first_ones_temporary_file(

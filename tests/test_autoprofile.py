@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.autoprofile import DeriveRequest, resolve
-from orchestrator.errors import PreflightError, ProfileError
-from orchestrator.sizing import gpus_of_class
+from orchestrator.core.errors import PreflightError, ProfileError
+from orchestrator.gpus.sizing import gpus_of_class
+from orchestrator.model.autoprofile import DeriveRequest, resolve
 from tests.fake_hub import FakeHub
 from tests.hub_models import LLAVA_ID, llava_repo
 
@@ -95,8 +95,8 @@ def test_no_gpu_and_no_cpu_variant_is_a_refusal(fake_probe: Path, model: Path) -
 def test_a_derived_profile_is_saved_as_init_writes_it_and_runs_from_that_file(
     fake_probe: Path, model: Path
 ) -> None:
-    from orchestrator.profile import parse_profile_file
-    from orchestrator.profilegen import to_yaml
+    from orchestrator.model.profilegen import to_yaml
+    from orchestrator.profile.schema import parse_profile_file
 
     resolved = resolve(str(model), [])
     assert resolved.derivation is not None
@@ -109,8 +109,8 @@ def test_a_derived_profile_is_saved_as_init_writes_it_and_runs_from_that_file(
 
 
 def test_a_launched_run_of_a_model_records_the_derivation(fake_probe: Path, model: Path) -> None:
-    from orchestrator.options import Options
-    from orchestrator.targets import Launched
+    from orchestrator.core.options import Options
+    from orchestrator.session.targets import Launched
 
     prepared = Launched(Options(profile=str(model), gpu="cpu")).prepare("2026-12-01T00:00:00+00:00")
     record = prepared.record

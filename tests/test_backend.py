@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backend import locate_vllm
-from orchestrator.errors import PreflightError
+from orchestrator.core.errors import PreflightError
+from orchestrator.vllm.backend import locate_vllm
 from tests.conftest import FAKE, mmdemo
 
 
@@ -104,14 +104,14 @@ def test_nothing_found_names_every_place_it_looked(places: dict[str, Path]) -> N
 def test_an_installed_wheel_has_no_checkout_and_looks_in_the_current_directory(
     places: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("orchestrator.backend.project_checkout", lambda: None)
+    monkeypatch.setattr("orchestrator.vllm.backend.project_checkout", lambda: None)
     with pytest.raises(PreflightError) as info:
         locate_vllm(env={"PATH": ""}, cwd=places["cwd"])
     assert str(info.value).endswith(f"nothing at {_where(places, 'cwd')}")
 
 
 def test_project_checkout_is_this_source_tree() -> None:
-    from orchestrator.backend import project_checkout
+    from orchestrator.vllm.backend import project_checkout
 
     assert project_checkout() == Path(__file__).resolve().parent.parent
 

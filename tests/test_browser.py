@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from orchestrator.record import RunRecord, load
+from orchestrator.record.report import RunRecord, load
 from orchestrator.render.html import MatrixCell, to_diff_html, to_html, to_matrix_html
 from tests.cdp import Browser, PageVisit, browser, find_chromium
 from tests.records import failed_run, passed_run

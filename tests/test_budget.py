@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import budget
-from orchestrator.budget import Answer, Budget, BudgetRequest, Counted
-from orchestrator.demos import DemoRequest
-from orchestrator.errors import Interrupted, PreflightError
+from orchestrator.budget import count as budget
+from orchestrator.budget.count import Answer, Budget, BudgetRequest, Counted
+from orchestrator.core.errors import Interrupted, PreflightError
+from orchestrator.demos.chat import DemoRequest
 from orchestrator.media.store import Asset
 from tests.conftest import marked_pids
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.record import DemoRecord, PhaseSpan, TimelineEvent
+from orchestrator.record.report import DemoRecord, PhaseSpan, TimelineEvent
 from orchestrator.render import charts
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.command import Redactor, build_plan, expand_env, render_flag, serve_args
-from orchestrator.profile import ServeSettings, parse_profile_file, parse_profile_text
+from orchestrator.launch.command import Redactor, build_plan, expand_env, render_flag, serve_args
+from orchestrator.profile.schema import ServeSettings, parse_profile_file, parse_profile_text
 
 REPO = Path(__file__).parent.parent
 

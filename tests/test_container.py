@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import container as c
-from orchestrator.command import LaunchPlan, build_plan
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.profile import load_profile
+from orchestrator.core.errors import PreflightError, UsageError
+from orchestrator.launch import container as c
+from orchestrator.launch.command import LaunchPlan, build_plan
+from orchestrator.profile.schema import load_profile
 from tests.conftest import FAKE_PROFILE
 
 DOCKER = c.Runtime("docker", "/usr/bin/docker")
@@ -245,8 +245,8 @@ def test_an_image_borrowing_a_missing_host_directory_is_refused(tmp_path: Path) 
 
 
 def test_a_profile_or_its_variant_names_the_image(tmp_path: Path) -> None:
-    from orchestrator.errors import ProfileError
-    from orchestrator.profile import parse_profile_text
+    from orchestrator.core.errors import ProfileError
+    from orchestrator.profile.schema import parse_profile_text
 
     text = FAKE_PROFILE.read_text() + "image: vllm/vllm-openai:v0.10.2\n"
     text = text.replace("  cpu: {}", "  cpu: {image: 'localhost/mmdemo/vllm-cpu:test'}")

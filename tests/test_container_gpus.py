@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.gpu import Gpu
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import Gpu
 from orchestrator.matrix.local import LocalEngine
 from orchestrator.matrix.run import run_matrix
-from orchestrator.options import Options
 from tests.conftest import FAKE_PROFILE, marked_pids, mmdemo, signal_mmdemo, wait_for
 
 HERE = Path(__file__).parent

@@ -194,7 +194,7 @@ def test_a_matrix_over_two_images_puts_the_versions_side_by_side(
 
 def test_the_watchdog_alone_removes_a_labelled_container(podman: str, fake_images: dict[str, str]) -> None:
     # mmdemo gone, its watchdog's pipe closed: the container the label finds is stopped and removed.
-    from orchestrator import watchdog
+    from orchestrator.launch import watchdog
 
     label = f"mmdemo.run=watchdog-test-{os.getpid()}"
     subprocess.run(

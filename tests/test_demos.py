@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api import list_models
-from orchestrator.demos import (
+from orchestrator.core.errors import ProfileError, ServerError
+from orchestrator.demos.chat import (
     DemoRequest,
     DemoResult,
     Media,
@@ -23,9 +23,9 @@ from orchestrator.demos import (
     redacted,
     run_demos,
 )
-from orchestrator.errors import ProfileError, ServerError
+from orchestrator.launch.api import list_models
 from orchestrator.media import Asset, AssetServer, AssetStore
-from orchestrator.profile import ChatType, Demo
+from orchestrator.profile.schema import ChatType, Demo
 from tests.conftest import server_for
 
 ALL = [Demo(chat_type=t) for t in ChatType]

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.derive import EXPECTED_WORDS, Derivation, DeriveOptions, derive
-from orchestrator.errors import PreflightError
-from orchestrator.gpu import GPU_CLASSES, Gpu
-from orchestrator.probe import ModelFacts
-from orchestrator.profile import ChatType, load_profile
-from orchestrator.sizing import gpus_of_class
-from orchestrator.weights import Weights
+from orchestrator.core.errors import PreflightError
+from orchestrator.gpus.detect import GPU_CLASSES, Gpu
+from orchestrator.gpus.sizing import gpus_of_class
+from orchestrator.model.derive import EXPECTED_WORDS, Derivation, DeriveOptions, derive
+from orchestrator.model.weights import Weights
+from orchestrator.profile.schema import ChatType, load_profile
+from orchestrator.vllm.probe import ModelFacts
 
 FACTS = Path(__file__).parent / "models" / "facts"
 TINY = Weights(2_000_000, ("model.safetensors",), "1 weight file(s) in the tiny model")

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.autoprofile import DeriveRequest, derive_for, probe_request
-from orchestrator.derive import DeriveOptions, derive
-from orchestrator.errors import PreflightError
-from orchestrator.modelref import HubModel, LocalModel, parse_ref
-from orchestrator.probe import ModelFacts, probe
-from orchestrator.profile import ChatType, load_profile
-from orchestrator.sizing import gpus_of_class
-from orchestrator.weights import local_weights
+from orchestrator.core.errors import PreflightError
+from orchestrator.gpus.sizing import gpus_of_class
+from orchestrator.model.autoprofile import DeriveRequest, derive_for, probe_request
+from orchestrator.model.derive import DeriveOptions, derive
+from orchestrator.model.ref import HubModel, LocalModel, parse_ref
+from orchestrator.model.weights import local_weights
+from orchestrator.profile.schema import ChatType, load_profile
+from orchestrator.vllm.probe import ModelFacts, probe
 from tests.conftest import marked_pids, mmdemo
 from tests.fake_hub import FakeHub
 from tests.hub_models import LLAVA_ID, llava_repo

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.command import Redactor
-from orchestrator.evidence import redact_log, server_error
-from orchestrator.logscan import LogFollower
+from orchestrator.launch.command import Redactor
+from orchestrator.launch.evidence import redact_log, server_error
+from orchestrator.vllm.logscan import LogFollower
 
 
 def test_the_error_carries_the_redacted_tail_and_the_diagnosis(tmp_path: Path) -> None:

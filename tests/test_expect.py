@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.command import serve_args, with_dummy_weights
-from orchestrator.errors import UsageError
-from orchestrator.expect import alternatives, check_expect
-from orchestrator.profile import ServeSettings
+from orchestrator.core.errors import UsageError
+from orchestrator.launch.command import serve_args, with_dummy_weights
+from orchestrator.profile.expect import alternatives, check_expect
+from orchestrator.profile.schema import ServeSettings
 
 # (answer, expect, matched groups, missing groups)
 CASES = [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.gpu import (
+from orchestrator.core.errors import PreflightError, UsageError
+from orchestrator.gpus.detect import (
     ROCM,
     Gpu,
     canonical_class,
@@ -16,9 +16,9 @@ from orchestrator.gpu import (
     variant_for_name,
     visible_env,
 )
-from orchestrator.gpufit import choose, sized_class
-from orchestrator.preflight import check_gpus, choose_variant
-from orchestrator.profile import parse_profile_file, parse_profile_text
+from orchestrator.launch.checks import check_gpus, choose_variant
+from orchestrator.profile.fit import choose, sized_class
+from orchestrator.profile.schema import parse_profile_file, parse_profile_text
 from tests.conftest import mmdemo
 
 REPO = Path(__file__).parent.parent

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gpu, proctree, rocm
-from orchestrator.gpu import CUDA, ROCM, Gpu
+from orchestrator.gpus import detect as gpu
+from orchestrator.gpus import rocm
+from orchestrator.gpus.detect import CUDA, ROCM, Gpu
+from orchestrator.launch import proctree
 from tests.conftest import FAKES, GPU_OUTPUTS, REPO, fake_amdsmi_state, mi300x, mmdemo, server_for, wait_for
 
 
@@ -262,7 +264,7 @@ def test_doctor_and_plan_on_an_mi300x_box(tmp_path: Path, mmdemo_env: dict[str, 
 
 
 def test_doctor_says_when_vllm_is_not_a_build_for_the_platform() -> None:
-    from orchestrator.doctor import platform_line
+    from orchestrator.cli.doctor import platform_line
 
     amd = [Gpu(0, "AMD Instinct MI300X", 196592, platform=ROCM)]
     nvidia = [Gpu(0, "NVIDIA H100 80GB HBM3", 81559)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.logscan import LogFollower, diagnose, phase_of
+from orchestrator.vllm.logscan import LogFollower, diagnose, phase_of
 
 REAL_LOG = Path(__file__).parent / "logs" / "vllm-0.32-cpu-startup.log"
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from orchestrator.gpu import Gpu
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import Gpu
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix.cells import Capacity, plan_cells
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.local import LocalEngine
 from orchestrator.matrix.record import CellRecord
 from orchestrator.matrix.run import run_matrix
-from orchestrator.options import Options
 from tests.conftest import FAKE, marked_pids, mmdemo, wait_for
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gpu
-from orchestrator.errors import PreflightError
-from orchestrator.gpu import ROCM, Gpu
+from orchestrator.core.errors import PreflightError
+from orchestrator.core.options import Options
+from orchestrator.gpus import detect as gpu
+from orchestrator.gpus.detect import ROCM, Gpu
 from orchestrator.matrix.cells import Capacity, parse_classes, plan_cells
 from orchestrator.matrix.local import LocalEngine
 from orchestrator.matrix.ports import PortBook, cell_port
 from orchestrator.matrix.run import run_matrix
-from orchestrator.options import Options
 from tests.conftest import FAKE, mi300x, mmdemo
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.core.options import Options
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix import skypilot
 from orchestrator.matrix.cells import Cell, with_images
 from orchestrator.matrix.record import CellRecord, MatrixRecord
-from orchestrator.options import Options
 from tests.conftest import mmdemo
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"
@@ -150,7 +150,7 @@ def test_matrix_takes_repeated_images(mmdemo_env: dict[str, str]) -> None:
 def test_report_diff_names_the_image_and_version_of_each_run(
     tmp_path: Path, cache_root: Path, mmdemo_env: dict[str, str]
 ) -> None:
-    from orchestrator.record import ContainerRecord, VllmRecord
+    from orchestrator.record.report import ContainerRecord, VllmRecord
     from tests.records import passed_run
 
     base = passed_run(cache_root)

@@ -16,10 +16,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from orchestrator.core.options import Options
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.ray_engine import RayEngine
 from orchestrator.matrix.run import run_matrix
-from orchestrator.options import Options
 from tests.conftest import FAKE, marked_pids, mmdemo, wait_for
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"

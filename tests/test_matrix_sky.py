@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.errors import UsageError
+from orchestrator.core.errors import UsageError
+from orchestrator.core.options import Options
 from orchestrator.matrix import gather, skypilot
 from orchestrator.matrix import record as record_mod
-from orchestrator.options import Options
 from tests.conftest import FAKES, mmdemo, signal_mmdemo
 
 PROFILES = Path(__file__).parent / "profiles" / "matrix"
@@ -125,7 +125,7 @@ def test_what_cannot_be_emitted_is_refused(classes: list[str], message: str) -> 
 
 
 def test_every_mmdemo_gpu_class_has_a_skypilot_name() -> None:
-    from orchestrator.gpu import GPU_CLASSES
+    from orchestrator.gpus.detect import GPU_CLASSES
 
     assert set(skypilot.SKY_ACCELERATORS) == set(GPU_CLASSES)
     assert skypilot.accelerator("A100-40GB") == "A100"  # SkyPilot's plain A100 is the 40 GB card

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ProfileError
-from orchestrator.modelref import HubModel, LocalModel, ProfileRef, matching_profile, parse_ref
+from orchestrator.core.errors import ProfileError
+from orchestrator.model.ref import HubModel, LocalModel, ProfileRef, matching_profile, parse_ref
 
 REPO = Path(__file__).parent.parent
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import PreflightError
-from orchestrator.prefetch import HubEnv, HubPlan, check_disk, fetch, needs_prefetch, plan
+from orchestrator.core.errors import PreflightError
+from orchestrator.model.prefetch import HubEnv, HubPlan, check_disk, fetch, needs_prefetch, plan
 from tests.conftest import REPO, wait_for
 from tests.fake_hub import FakeHub, FakeRepo, serve
 
@@ -266,7 +266,7 @@ def test_disk_check_default_probe_walks_up_to_an_existing_dir(env: HubEnv) -> No
 
 _CHILD = """
 import sys
-from orchestrator.prefetch import fetch, plan
+from orchestrator.model.prefetch import fetch, plan
 fetch(plan(sys.argv[1]))
 """
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.background import background
-from orchestrator.errors import PreflightError
-from orchestrator.probe import ModelFacts, ProbeRequest, probe
+from orchestrator.core.background import background
+from orchestrator.core.errors import PreflightError
+from orchestrator.vllm.probe import ModelFacts, ProbeRequest, probe
 
 
 def request(model: object, **changes: Any) -> ProbeRequest:

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from orchestrator import watchdog
-from orchestrator.proctree import ProcessTree
+from orchestrator.launch import watchdog
+from orchestrator.launch.proctree import ProcessTree
 from tests.conftest import wait_for, watchdog_argv
 
 SLEEPER = (

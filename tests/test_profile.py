@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ProfileError
-from orchestrator.profile import (
+from orchestrator.core.errors import ProfileError
+from orchestrator.profile.schema import (
     ChatType,
     find_profile,
     iter_profile_files,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.derive import Derivation, DeriveOptions, derive
-from orchestrator.probe import ModelFacts
-from orchestrator.profile import parse_profile_file, parse_profile_text
-from orchestrator.profilegen import flow, to_yaml
-from orchestrator.sizing import gpus_of_class
-from orchestrator.weights import Weights
+from orchestrator.gpus.sizing import gpus_of_class
+from orchestrator.model.derive import Derivation, DeriveOptions, derive
+from orchestrator.model.profilegen import flow, to_yaml
+from orchestrator.model.weights import Weights
+from orchestrator.profile.schema import parse_profile_file, parse_profile_text
+from orchestrator.vllm.probe import ModelFacts
 
 FACTS = Path(__file__).parent / "models" / "facts"
 

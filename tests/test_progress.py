@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from orchestrator.progress import DownloadProgress
+from orchestrator.cli.progress import DownloadProgress
 
 
 def _console() -> tuple[Console, io.StringIO]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.command import QUICK_MAX_NUM_SEQS, quick_start, serve_args
-from orchestrator.profile import ServeSettings
+from orchestrator.launch.command import QUICK_MAX_NUM_SEQS, quick_start, serve_args
+from orchestrator.profile.schema import ServeSettings
 
 EAGER = "--enforce-eager"
 O0 = "--optimization-level 0"
@@ -111,7 +111,7 @@ def test_quick_start_is_idempotent() -> None:
 
 def test_bench_launches_differ_only_in_the_quick_start_flags() -> None:
     from bench.quickstart import variants
-    from orchestrator.command import serve_args
+    from orchestrator.launch.command import serve_args
 
     launches = {name: serve_args(r.serve) for name, r in variants().items()}
     assert "--no-enforce-eager" in launches["compile"]

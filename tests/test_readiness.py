@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.server import Exited, Probe, Timeout, seconds, wait_until
+from orchestrator.launch.server import Exited, Probe, Timeout, seconds, wait_until
 
 
 class FakeClock:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from orchestrator.record import DemoRecord, ErrorRecord, RunRecord
+from orchestrator.record.report import DemoRecord, ErrorRecord, RunRecord
 from orchestrator.render.html import to_html
 from orchestrator.render.junit import to_junit
 from orchestrator.render.markdown import to_markdown

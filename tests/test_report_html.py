@@ -13,7 +13,7 @@ import html5lib
 import pytest
 from PIL import Image
 
-from orchestrator.record import AssetRecord, RunRecord, load
+from orchestrator.record.report import AssetRecord, RunRecord, load
 from orchestrator.render import inline as inline_module
 from orchestrator.render import write_all
 from orchestrator.render.html import MatrixCell, highlight, shown, to_diff_html, to_html, to_matrix_html

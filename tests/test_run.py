@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.record import DemoRecord, RunRecord
+from orchestrator.record.report import DemoRecord, RunRecord
 from tests.conftest import FAKE, FAKE_PROFILE, mmdemo, schema_problems
 
 
@@ -303,10 +303,12 @@ def test_the_schema_check_catches_a_broken_report() -> None:
 
 
 def test_the_shipped_schema_is_the_one_the_record_generates() -> None:
-    from orchestrator.record import schema_text
+    from orchestrator.record.report import schema_text
 
-    shipped = (Path(__file__).parent.parent / "orchestrator" / "report.schema.json").read_text()
-    assert shipped == schema_text(), "regenerate: mmdemo report schema > orchestrator/report.schema.json"
+    shipped = (Path(__file__).parent.parent / "orchestrator" / "record" / "report.schema.json").read_text()
+    assert shipped == schema_text(), (
+        "regenerate: mmdemo report schema > orchestrator/record/report.schema.json"
+    )
 
 
 def test_report_schema_command_prints_the_schema(mmdemo_env: dict[str, str]) -> None:

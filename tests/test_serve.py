@@ -55,8 +55,8 @@ def test_the_example_client_works_against_serve_with_key_empty(
 
 
 def test_serve_prints_the_example_commands_on_port_8000() -> None:
-    from orchestrator.context import Endpoint
-    from orchestrator.terminal import serve_banner
+    from orchestrator.cli.terminal import serve_banner
+    from orchestrator.session.context import Endpoint
 
     banner = serve_banner(Endpoint("http://127.0.0.1:8000/v1", "EMPTY", "tiny"))
     assert "python openai_chat_completion_client_for_multimodal.py -c multi-audio" in banner

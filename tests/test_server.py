@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import watchdog
-from orchestrator.errors import ServerError
-from orchestrator.ports import port_is_free
-from orchestrator.server import Server
+from orchestrator.core.errors import ServerError
+from orchestrator.launch import watchdog
+from orchestrator.launch.ports import port_is_free
+from orchestrator.launch.server import Server
 from tests.conftest import fake_plan, server_for, wait_for, watchdog_argv
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.context import Endpoint, Session, Stop
-from orchestrator.demos import DemoRequest
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.options import Options
-from orchestrator.record import MachineRecord, RunRecord
-from orchestrator.session import run_session
-from orchestrator.targets import Prepared, Reach, Remote
+from orchestrator.core.errors import PreflightError, UsageError
+from orchestrator.core.options import Options
+from orchestrator.demos.chat import DemoRequest
+from orchestrator.record.report import MachineRecord, RunRecord
+from orchestrator.session.context import Endpoint, Session, Stop
+from orchestrator.session.run import run_session
+from orchestrator.session.targets import Prepared, Reach, Remote
 
 
 class FakeTarget:
@@ -177,7 +177,7 @@ def test_no_demos_is_a_pass_with_a_complete_record(options: Options) -> None:
 
 
 def test_report_diff_says_absent_not_same_for_a_demo_one_run_lacks(tmp_path: Path) -> None:
-    from orchestrator.record import diff, load
+    from orchestrator.record.report import diff, load
 
     a = {"schema_version": 1, "profile": "p", "status": "passed", "demos": [
         {"name": "text-only/text", "status": "passed", "answer": "Paris", "latency_s": 0.2},

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from orchestrator.demos import DemoRequest, worst_case
-from orchestrator.logscan import explain_demo, round_up, warnings_in
+from orchestrator.demos.chat import DemoRequest, worst_case
 from orchestrator.media import Asset
+from orchestrator.vllm.logscan import explain_demo, round_up, warnings_in
 from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
 
 

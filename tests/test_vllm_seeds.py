@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.models import BUILDERS as BUILDER_SCRIPTS
-from orchestrator.profile import load_profile
+from orchestrator.model.tiny import BUILDERS as BUILDER_SCRIPTS
+from orchestrator.profile.schema import load_profile
 from tests.conftest import REPO, marked_pids, mmdemo
 
 # The deliveries of each chat type mmdemo sends (the example client's, plus file:// for images).

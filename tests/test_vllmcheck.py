@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import PreflightError
-from orchestrator.profile import parse_profile_file
-from orchestrator.vllmcheck import check_against_vllm, serve_checks
+from orchestrator.cli.validate import check_against_vllm, serve_checks
+from orchestrator.core.errors import PreflightError
+from orchestrator.profile.schema import parse_profile_file
 from tests.conftest import HERE, REPO, mmdemo, require_real_vllm
 
 SHIPPED = sorted((REPO / "profiles").glob("*.yaml"))

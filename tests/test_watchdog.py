@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from orchestrator import watchdog
+from orchestrator.launch import watchdog
 from tests.conftest import wait_for
 
 SLEEPER = (

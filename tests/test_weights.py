@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import PreflightError
-from orchestrator.weights import check_access, hub_repo, hub_weights, local_weights, weight_files
+from orchestrator.core.errors import PreflightError
+from orchestrator.model.weights import check_access, hub_repo, hub_weights, local_weights, weight_files
 from tests.fake_hub import FakeHub
 from tests.hub_models import LLAVA_ID, LLAVA_PARAMETERS, LLAVA_SHARDS, llava_repo
 

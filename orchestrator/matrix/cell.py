@@ -9,14 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.context import QuietEvents, Stop
-from orchestrator.errors import InternalError, MMDemoError
-from orchestrator.gpu import Gpu, platform_of
+from orchestrator.core.errors import InternalError, MMDemoError
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import Gpu, platform_of
 from orchestrator.matrix.cells import Cell
 from orchestrator.matrix.record import CellRecord
-from orchestrator.options import Options
-from orchestrator.session import run_session
-from orchestrator.targets import Launched
+from orchestrator.session.context import QuietEvents, Stop
+from orchestrator.session.run import run_session
+from orchestrator.session.targets import Launched
 
 log = logging.getLogger(__name__)
 _STATUS_CODES = {"passed": 0, "failed": 1, "interrupted": 130}

@@ -7,10 +7,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator import gpufit
-from orchestrator.errors import MMDemoError, UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES, Gpu, canonical_class, platform_of
-from orchestrator.profile import Profile, iter_profile_files, load_profile, parse_profile_file
+from orchestrator.core.errors import MMDemoError, UsageError
+from orchestrator.gpus.detect import CPU, GPU_CLASSES, Gpu, canonical_class, platform_of
+from orchestrator.profile import fit as gpufit
+from orchestrator.profile.schema import Profile, iter_profile_files, load_profile, parse_profile_file
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from orchestrator.context import Stop, signals_to
+from orchestrator.session.context import Stop, signals_to
 
 
 class Interrupt(Stop):

@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from orchestrator import gpu as gpu_mod
-from orchestrator.gpu import CPU, CUDA, Gpu, platform_of, visible_env
+from orchestrator.core.options import Options
+from orchestrator.gpus import detect as gpu_mod
+from orchestrator.gpus.detect import CPU, CUDA, Gpu, platform_of, visible_env
 from orchestrator.matrix.cell import not_run, run_cell
 from orchestrator.matrix.cells import Capacity, Cell, class_of, inventory
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.ports import PortBook, cell_port
 from orchestrator.matrix.record import CellRecord
-from orchestrator.options import Options
 
 log = logging.getLogger(__name__)
 

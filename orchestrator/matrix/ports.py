@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from orchestrator.ports import choose_port
+from orchestrator.launch.ports import choose_port
 
 TRIES = 100
 

@@ -34,15 +34,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UsageError
-from orchestrator.gpu import CPU, CUDA, GPU_CLASSES, Gpu, detect, platform_of, visible_env
-from orchestrator.gpuclass import ROCM_CLASSES
+from orchestrator.core.errors import UsageError
+from orchestrator.core.options import Options
+from orchestrator.gpus.classes import ROCM_CLASSES
+from orchestrator.gpus.detect import CPU, CUDA, GPU_CLASSES, Gpu, detect, platform_of, visible_env
 from orchestrator.matrix.cell import not_run, run_cell
 from orchestrator.matrix.cells import Capacity, Cell
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.ports import PortBook, cell_port
 from orchestrator.matrix.record import CellRecord
-from orchestrator.options import Options
 
 log = logging.getLogger(__name__)
 RESOURCE_PREFIX = "mmdemo-gpu:"

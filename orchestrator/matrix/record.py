@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.atomic import write_atomic
+from orchestrator.core.atomic import write_atomic
 from orchestrator.matrix.cells import cell_key
 from orchestrator.render.html import Comparison, MatrixCell, to_matrix_html
 from orchestrator.render.text import markdown_cell

@@ -9,18 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator import autoprofile
-from orchestrator.errors import PreflightError
-from orchestrator.gpu import CPU, GPU_CLASSES, PLATFORM_NAMES, canonical_class, platform_of
+from orchestrator.core.errors import PreflightError
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import CPU, GPU_CLASSES, PLATFORM_NAMES, canonical_class, platform_of
+from orchestrator.gpus.sizing import gpus_of_class
 from orchestrator.matrix import record as record_mod
 from orchestrator.matrix.cell import not_run
 from orchestrator.matrix.cells import Capacity, Cell, plan_cells, with_images
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.record import CellRecord, MatrixRecord
-from orchestrator.options import Options
-from orchestrator.profile import Profile
-from orchestrator.runs import make_run_dir, mmdemo_version, now_iso
-from orchestrator.sizing import gpus_of_class
+from orchestrator.model import autoprofile
+from orchestrator.profile.schema import Profile
+from orchestrator.record.rundir import make_run_dir, mmdemo_version, now_iso
 
 OnCell = Callable[[CellRecord], None]
 

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.errors import PreflightError, UsageError
-from orchestrator.gpu import GPU_CLASSES, canonical_class
+from orchestrator.core.errors import PreflightError, UsageError
+from orchestrator.core.options import Options
+from orchestrator.gpus.detect import GPU_CLASSES, canonical_class
 from orchestrator.matrix import gather, skypilot
 from orchestrator.matrix.cell import not_run
 from orchestrator.matrix.cells import Capacity, Cell
 from orchestrator.matrix.interrupt import Interrupt
 from orchestrator.matrix.record import CellRecord, load
-from orchestrator.options import Options
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2

@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import UsageError
-from orchestrator.gpu import CPU, GPU_CLASSES, canonical_class
-from orchestrator.gpuclass import ROCM_CLASSES
+from orchestrator.core.errors import UsageError
+from orchestrator.core.options import Options
+from orchestrator.gpus.classes import ROCM_CLASSES
+from orchestrator.gpus.detect import CPU, GPU_CLASSES, canonical_class
 from orchestrator.matrix.cells import Capacity, plan_cells
-from orchestrator.options import Options
 
 # mmdemo GPU class -> SkyPilot accelerator name (SkyPilot's "A100" is the 40 GB card).
 SKY_ACCELERATORS: dict[str, str] = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from orchestrator.errors import AssetError
+from orchestrator.core.errors import AssetError
 from orchestrator.media.store import Asset
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from orchestrator.errors import AssetError
+from orchestrator.core.errors import AssetError
 
 Kind = Literal["image", "video", "audio"]
 

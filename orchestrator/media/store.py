@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from orchestrator.atomic import replacing
-from orchestrator.background import parallel_map
-from orchestrator.errors import AssetError
+from orchestrator.core.atomic import replacing
+from orchestrator.core.background import parallel_map
+from orchestrator.core.errors import AssetError
 from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind, guess
 from orchestrator.media.synthetic import EXTENSIONS, GENERATORS
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.atomic import write_atomic
-from orchestrator.record import RunRecord
+from orchestrator.core.atomic import write_atomic
+from orchestrator.record.report import RunRecord
 from orchestrator.render.html import to_html
 from orchestrator.render.junit import to_junit
 from orchestrator.render.markdown import to_markdown

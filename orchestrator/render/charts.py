@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from orchestrator.record import DemoRecord, PhaseSpan, TimelineEvent
+from orchestrator.record.report import DemoRecord, PhaseSpan, TimelineEvent
 
 WIDTH = 760  # the SVG's user units; the page scales it to its column
 LABEL_W = 190  # the label column left of the bars

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup, escape
 
-from orchestrator.logscan import DIAGNOSES
-from orchestrator.paths import cache_dir
-from orchestrator.record import AssetRecord, DemoRecord, DiffReport, RunRecord, diff
+from orchestrator.core.paths import cache_dir
+from orchestrator.record.report import AssetRecord, DemoRecord, DiffReport, RunRecord, diff
 from orchestrator.render import charts
 from orchestrator.render.inline import Inlined, inline
 from orchestrator.render.text import visible
+from orchestrator.vllm.logscan import DIAGNOSES
 
 if TYPE_CHECKING:
     from jinja2 import Environment

@@ -21,8 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from orchestrator.atomic import write_atomic
-from orchestrator.paths import cache_dir
+from orchestrator.core.atomic import write_atomic
+from orchestrator.core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

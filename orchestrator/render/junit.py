@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from orchestrator.record import RunRecord
+from orchestrator.record.report import RunRecord
 from orchestrator.render.text import one_line, visible
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.record import DemoRecord, RunRecord, VllmRecord
+from orchestrator.record.report import DemoRecord, RunRecord, VllmRecord
 from orchestrator.render.text import code_fence, markdown_cell, one_line, visible
 
 VERDICTS = {"passed": "✅ passed", "failed": "❌ failed"}

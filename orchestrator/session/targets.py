@@ -1,0 +1,759 @@
+"""Targets of a session: a server mmdemo launches, or one already running.
+
+A target is the launch path cut into the steps `session.run_session` lists, each taking what the
+one before returned:
+
+    prepare (resolve the profile, the variant, the demos) -> preflight -> plan -> prepare the model
+    -> prefetch -> launch (a context: leaving it tears down) -> ready (an Endpoint)
+
+`Launched` does each; `Attached` (a server already up) has nothing to check, plan, build, fetch or
+launch, so each of its steps hands the server on. Refusals in `prepare` leave no run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import platform
+import secrets
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from orchestrator.budget import count as budgets
+from orchestrator.core.background import background
+from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
+from orchestrator.core.errors import PreflightError, ServerError, UsageError
+from orchestrator.core.options import DEFAULT_MAX_TOKENS, Options
+from orchestrator.core.paths import models_dir
+from orchestrator.demos.chat import DemoRequest
+from orchestrator.gpus import detect as gpu_mod
+from orchestrator.launch import checks as preflight
+from orchestrator.launch import container as containers
+from orchestrator.launch import ports
+from orchestrator.launch.api import list_models
+from orchestrator.launch.command import LaunchPlan, Redactor, build_plan, quick_start, with_dummy_weights
+from orchestrator.launch.server import Server
+from orchestrator.model import autoprofile
+from orchestrator.model import tiny as models
+from orchestrator.profile import fit as gpufit
+from orchestrator.profile.schema import Demo, Profile, ResolvedProfile, load_profile
+from orchestrator.record.report import (
+    ContainerRecord,
+    DerivationRecord,
+    DownloadRecord,
+    MachineRecord,
+    PhaseSpan,
+    RunRecord,
+    ServerRecord,
+    VllmRecord,
+)
+from orchestrator.record.rundir import mmdemo_version
+from orchestrator.session.context import Endpoint, Session
+from orchestrator.vllm.backend import vllm_python
+
+log = logging.getLogger(__name__)
+
+RANDOM_MODEL_NOTE = (
+    "This is a tiny model with random weights: its answers are gibberish. The verdict rests on the "
+    "server accepting and answering every request."
+)
+
+DUMMY_WEIGHTS_NOTE = (
+    "--dummy-weights: vLLM built the full-size model with random weights (--load-format dummy). This run "
+    "checks memory fit, context budget and start-up; its answers mean nothing, so the verdict is 'answered'."
+)
+
+S = TypeVar("S")  # what `prepare` resolved, handed to preflight
+C = TypeVar("C")  # what preflight checked, handed to plan
+P = TypeVar("P")  # the plan, handed to the model, the prefetch and the launch
+R = TypeVar("R", bound="Running")  # what is running, handed to `ready`
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What media the server can fetch: our loopback asset server (same machine) and file:// from our cache."""
+
+    loopback: bool
+    files: bool
+    loopback_host: str = "127.0.0.1"  # how the server names our loopback (a podman container: 10.0.2.2)
+
+
+@dataclass
+class Prepared(Generic[S]):
+    """What a target knows before anything starts: the record's skeleton, the demos, and its own spec."""
+
+    record: RunRecord
+    demos: tuple[Demo, ...]
+    reach: Reach
+    spec: S
+    check_expectations: bool = True
+    limits: Mapping[str, int] | None = None  # limit_mm_per_prompt, where known: the worst case's size
+
+
+class Running(Protocol):
+    """A server that is up (or being brought up): the secrets its record and log must not show."""
+
+    @property
+    def redact(self) -> Redactor: ...
+
+
+class Target(Protocol[S, C, P, R]):
+    """A launched or an attached server, as the steps of a session."""
+
+    def prepare(self, started_at: str) -> Prepared[S]: ...
+    def preflight(self, session: Session, spec: S) -> C: ...
+    def plan(self, session: Session, checked: C, media_root: Path | None) -> P: ...
+    def prepare_model(self, session: Session, plan: P) -> P: ...
+    def prefetch(self, session: Session, plan: P) -> P: ...
+    def counter(
+        self, session: Session, plan: P
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]: ...
+    def budget(
+        self,
+        session: Session,
+        plan: P,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
+    ) -> P: ...
+    def launch(self, session: Session, plan: P) -> contextlib.AbstractContextManager[R]: ...
+    def ready(self, session: Session, running: R) -> Endpoint: ...
+
+
+# -- demos of a profile --------------------------------------------------------------------------
+
+
+def select_demos(
+    profile: Profile, only: Sequence[ChatType], limits: Mapping[Any, int] | None = None
+) -> tuple[Demo, ...]:
+    """The profile's demos, or those named by --only (a chat type it lacks runs with defaults)."""
+    if not only:
+        return profile.demos
+    chosen = []
+    for chat_type in only:
+        need = CHAT_TYPE_NEEDS[chat_type]
+        if need and limits is not None and limits.get(need[0], 0) < need[1]:
+            raise UsageError(
+                f"--only {chat_type.value}: it sends {need[1]} {need[0]}(s) per prompt but profile "
+                f"{profile.name!r} allows {limits.get(need[0], 0)} (limit_mm_per_prompt)"
+            )
+        match = next((d for d in profile.demos if d.chat_type is chat_type), None)
+        chosen.append(match or Demo(chat_type=chat_type))
+    return tuple(chosen)
+
+
+def with_max_tokens(demos: tuple[Demo, ...], options: Options) -> tuple[Demo, ...]:
+    """--max-completion-tokens wins over the profile's per-demo value; the example's 128 otherwise."""
+    tokens = options.max_completion_tokens
+    return tuple(
+        d.model_copy(
+            update={"max_completion_tokens": tokens or d.max_completion_tokens or DEFAULT_MAX_TOKENS}
+        )
+        for d in demos
+    )
+
+
+def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
+    """CPU, cores, Python and accelerators, for the report."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    accelerator = gpu_mod.describe(gpus)  # the cards, their memory and the platform (CUDA or ROCm)
+    return MachineRecord(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        accelerator=accelerator,
+        gpus=[asdict(g) for g in gpus],
+        driver=gpus[0].driver if gpus else None,
+    )
+
+
+def _limits(resolved: ResolvedProfile) -> dict[str, int] | None:
+    """The variant's limit_mm_per_prompt, or None where vLLM's default (no practical limit) applies."""
+    limits = resolved.serve.limit_mm_per_prompt
+    return None if limits is None else {str(kind): count for kind, count in limits.items()}
+
+
+def resolve_profile(
+    opts: Options, gpus: Sequence[gpu_mod.Gpu], environ: Mapping[str, str] | None = None
+) -> autoprofile.Resolved:
+    """The profile named, else the profile of the model named, else one derived for it (vLLM's probe)."""
+    if opts.profile is None:
+        raise UsageError("a profile (or a model: a hub id or a model directory) is required")
+    request = autoprofile.DeriveRequest(
+        trust_remote_code=opts.trust_remote_code,
+        vllm_bin=opts.vllm_bin,
+        cpu=True if opts.gpu == gpu_mod.CPU else None,
+        env=environ,
+    )
+    return autoprofile.resolve(opts.profile, gpus, request, opts.profiles_dir)
+
+
+def derivation_record(found: autoprofile.Resolved) -> DerivationRecord | None:
+    """The derivation as report.json keeps it, when the profile was derived."""
+    if found.derivation is None:
+        return None
+    return DerivationRecord(line=found.line, **found.derivation.to_record())
+
+
+# -- launched -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What `prepare` resolved: the profile's variant as this run adjusts it, the GPUs, vLLM's version."""
+
+    resolved: ResolvedProfile
+    gpus: tuple[gpu_mod.Gpu, ...]
+    # The host's vLLM: read in the background, checked once the server is launched. In a container
+    # (`runtime` and `image` set) the version is the running server's own (GET /version).
+    version: Future[preflight.VllmInfo] | None
+    runtime: containers.Runtime | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What preflight found: the spec, the vLLM command, the environment `${VAR}`s resolve against."""
+
+    spec: LaunchSpec
+    vllm_path: str | None  # None: vLLM runs in a container, and none is needed on the host
+    user_env: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The exact `vllm serve` command line and environment, with what it was made from; in a container,
+    the `docker run` / `podman run` line around it."""
+
+    spec: LaunchSpec
+    command: LaunchPlan
+    vllm_path: str | None
+    container: containers.ContainerPlan | None = None
+
+    @property
+    def launched(self) -> LaunchPlan:
+        """What the supervisor starts: the run line of the container, else `vllm serve` itself."""
+        return self.container.launch if self.container else self.command
+
+
+@dataclass
+class Launch:
+    """The launched server and its plan: what `ready` waits on."""
+
+    server: Server
+    planned: Planned
+
+    @property
+    def redact(self) -> Redactor:
+        return self.server.redact
+
+
+def _model_files(resolved: ResolvedProfile, download: DownloadRecord | None) -> Path | None:
+    """The local directory of the model's config and processor files: a tiny model's, a model directory,
+    or the hub snapshot the prefetch filled; None when there is none yet."""
+    profile = resolved.profile
+    if profile.local_model is not None:
+        return models_dir() / profile.local_model
+    model = Path(download.path) if download is not None and download.path else Path(profile.model_path)
+    return model if model.is_dir() else None
+
+
+class Launched:
+    """`vllm serve` for a profile, launched, supervised and always torn down by mmdemo."""
+
+    def __init__(
+        self,
+        options: Options,
+        *,
+        probe_gpus: Callable[[], Sequence[gpu_mod.Gpu]] = gpu_mod.detect,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.options = options
+        self._probe_gpus = probe_gpus
+        self._environ = dict(os.environ if environ is None else environ)
+
+    def prepare(self, started_at: str) -> Prepared[LaunchSpec]:
+        """Resolve the profile, start reading vLLM's version, pick the variant and the demos."""
+        opts = self.options
+        probed = () if opts.gpu == gpu_mod.CPU else tuple(self._probe_gpus())  # cpu: no NVML to ask
+        found = resolve_profile(opts, probed, self._environ)
+        profile = found.profile
+        choice = gpufit.choose(profile, opts.gpu, probed)  # any case; a card without its variant: by memory
+        variant, gpus = choice.variant, tuple(choice.gpus)  # a mixed box: the named class's platform only
+        resolved, quick_flags = self._adjusted(profile.resolve(variant))
+        image = opts.image or resolved.image
+        runtime = containers.find_runtime(opts.container_runtime) if image else None
+        # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
+        version = None if image else background(preflight.vllm_version, opts.vllm_bin)
+        demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
+        flags = [
+            name
+            for name, on in (("quick-start", opts.quick_start), ("dummy-weights", opts.dummy_weights))
+            if on
+        ]
+        record = RunRecord(
+            mmdemo_version=mmdemo_version(),
+            profile=profile.name,
+            profile_path=profile.path,
+            profile_source=found.line,
+            derivation=derivation_record(found),
+            variant=variant,
+            model=profile.model,
+            model_path=profile.model_path,
+            served_model_name=profile.served_model_name or profile.model,
+            flags=flags,
+            machine=machine_info(gpus),
+            started_at=started_at,
+        )
+        if choice.reason:  # which variant and why, where it is not the card's own
+            record.notes.append(choice.reason + ".")
+        if image and runtime:
+            record.container = ContainerRecord(runtime=runtime.name, image=image)
+        if profile.local_model is not None:
+            record.notes.append(RANDOM_MODEL_NOTE)
+        if opts.dummy_weights:
+            record.notes.append(DUMMY_WEIGHTS_NOTE)
+        if quick_flags:
+            record.notes.append(f"--quick-start added {', '.join(quick_flags)}.")
+        random_weights = profile.local_model is not None or opts.dummy_weights
+        return Prepared(
+            record,
+            demos,
+            reach(runtime),
+            LaunchSpec(resolved, gpus, version, runtime, image),
+            check_expectations=not random_weights,
+            limits=_limits(resolved),
+        )
+
+    def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
+        """The variant's serve settings with what the run options add (--dummy-weights, --quick-start)."""
+        serve = resolved.serve
+        added: tuple[str, ...] = ()
+        if self.options.dummy_weights:
+            serve = with_dummy_weights(serve, f"profile {resolved.profile.name!r}")
+        if self.options.quick_start:
+            serve, added = quick_start(serve)
+        return dataclasses.replace(resolved, serve=serve), added
+
+    def preflight(self, session: Session, spec: LaunchSpec) -> Checked:
+        """Refuse what cannot run here (the variant, the GPUs, vLLM itself) before anything starts."""
+        session.events.stage("preflight", "vLLM, port, GPU memory, tokens")
+        preflight.check_variant(spec.resolved)
+        preflight.check_gpus(spec.resolved, spec.gpus)
+        # vLLM on the host (its version is read meanwhile); in a container, the image brings its own.
+        vllm_path = None if spec.image else preflight.find_vllm(self.options.vllm_bin)
+        return Checked(spec, vllm_path, preflight.user_env(self._environ))
+
+    def plan(self, session: Session, checked: Checked, media_root: Path | None) -> Planned:
+        """The exact command line: a free (or the asked, unheld) port; refused if it needs unset `${VAR}`s."""
+        opts, resolved = self.options, checked.spec.resolved
+        command = build_plan(
+            resolved,
+            vllm_bin=checked.vllm_path or "vllm",  # in a container: the image's `vllm serve`
+            host=opts.host,
+            port=ports.choose_port(opts.host, opts.port),
+            media_dir=str(media_root.resolve()) if media_root else None,
+            user_env=checked.user_env,
+            extra_env=opts.server_env,
+        )
+        preflight.check_env(resolved, command.missing_env, checked.user_env)
+        in_container = self._container(session, checked, command) if checked.spec.image else None
+        return Planned(checked.spec, command, checked.vllm_path, in_container)
+
+    def _container(self, session: Session, checked: Checked, command: LaunchPlan) -> containers.ContainerPlan:
+        """The run line around `vllm serve`: named after the run, labelled, its mounts, GPUs and secrets."""
+        spec, resolved = checked.spec, checked.spec.resolved
+        assert spec.runtime is not None
+        assert spec.image is not None
+        info = containers.inspect_image(spec.runtime, spec.image)  # None: not here yet, pulled by prefetch
+        if info is not None:
+            containers.check_borrowed(info)
+        run_id = containers.run_id(session.run_dir.name, secrets.token_hex(3))
+        name = f"mmdemo-{run_id}"
+        labels = {
+            containers.LABEL_RUN: run_id,
+            containers.LABEL_PID: str(os.getpid()),
+            containers.LABEL_PROFILE: resolved.profile.name,
+        }
+        mounts = []
+        model = Path(resolved.profile.model_path)
+        if resolved.profile.local_model is not None:
+            model = models_dir() / resolved.profile.local_model
+        if model.is_absolute() and model.is_dir():  # a local model directory, at the same path inside
+            mounts.append(containers.Mount(str(model), str(model)))
+        if (media := _option_value(command.argv, "--allowed-local-media-path")) is not None:
+            Path(media).mkdir(parents=True, exist_ok=True)  # the media step fills it meanwhile
+            mounts.append(containers.Mount(media, media))
+        hf_home = Path(self._environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+        hf_home.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
+        cache_home = Path(self._environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        vllm_cache = Path(self._environ.get("VLLM_CACHE_ROOT") or cache_home / "vllm")
+        vllm_cache.mkdir(parents=True, exist_ok=True)
+        devices = self.options.server_env.get(containers.GPU_SELECTION) or self._environ.get(
+            containers.GPU_SELECTION
+        )
+        gpus = None if resolved.is_cpu else containers.gpu_indices(devices, [g.index for g in spec.gpus])
+        token = checked.user_env.get("HF_TOKEN")
+        return containers.ContainerPlan(
+            serve=command,
+            runtime=spec.runtime,
+            image=spec.image,
+            name=name,
+            labels=labels,
+            gpus=gpus,
+            hf_home=str(hf_home),
+            vllm_cache=str(vllm_cache),
+            mounts=tuple(mounts),
+            secret_env={"HF_TOKEN": token} if token else {},
+            image_info=info,
+        )
+
+    def prepare_model(self, session: Session, plan: Planned) -> Planned:
+        """Build a tiny model that is not built yet; a local model directory must hold a config."""
+        local_model = plan.spec.resolved.profile.local_model
+        if local_model and not models.is_built(local_model):
+            session.events.stage("model", f"building tiny model {local_model}")
+            models.build(local_model, plan.vllm_path)
+        preflight.check_model(plan.spec.resolved)
+        session.mark("preflight done")
+        return plan
+
+    def prefetch(self, session: Session, plan: Planned) -> Planned:
+        """Download a hub model's snapshot before launch, with progress; refuse what cannot fit."""
+        from orchestrator.model import prefetch  # deferred: tqdm and huggingface_hub, for hub models only
+
+        plan = self._pull(session, plan)
+        model = plan.spec.resolved.profile.model_path
+        if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
+            return plan
+        hub = prefetch.plan(model)
+        prefetch.check_disk(hub)
+        if hub.missing_bytes:
+            session.events.stage("weights", f"{model}: {prefetch.human_bytes(hub.missing_bytes)} to download")
+        with session.events.download_bar(model) as bar:
+            fetched = session.wait(background(prefetch.fetch, hub, bar))
+        session.record.download = DownloadRecord(
+            repo=model,
+            bytes_total=hub.total_bytes,
+            bytes_downloaded=fetched.bytes_downloaded,
+            seconds=round(fetched.seconds, 3),
+            path=str(fetched.path),
+        )
+        session.mark("weights ready")
+        return plan
+
+    def counter(
+        self, session: Session, plan: Planned
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]:
+        """vLLM's renderer, importing ahead of the budget step (~10 s that the model's preparation and the
+        prefetch hide); None where the budget is not counted on this host."""
+        if not self.options.budget or plan.vllm_path is None or plan.spec.version is None:
+            return contextlib.nullcontext(None)
+        return budgets.Counter(vllm_python(plan.vllm_path), plan.command.env)
+
+    def budget(
+        self,
+        session: Session,
+        plan: Planned,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
+    ) -> Planned:
+        """Each demo's prompt tokens, counted by the host vLLM's renderer on the media it will send (the
+        chat template applied, no weights): a demo that cannot fit refuses the run before launch."""
+        record, label = session.record, plan.spec.resolved.profile.label
+        if not self.options.budget:
+            record.notes.append("--no-budget: the demos' tokens were not counted before launch.")
+            return plan
+        if counter is None or plan.vllm_path is None or plan.spec.version is None:  # vLLM is in the image
+            record.notes.append(
+                f"The demos' tokens were not counted before launch: that needs vLLM on this host, and this "
+                f"run's vLLM is in {plan.spec.image}."
+            )
+            return plan
+        chosen = tuple(requests())
+        if not chosen:  # nothing to count
+            return plan
+        info = session.wait(plan.spec.version)
+        session.events.stage(
+            "budget", f"counting {len(chosen)} requests with vLLM {info.version}'s renderer (no weights)"
+        )
+        request = budgets.BudgetRequest(
+            python=counter.python,
+            vllm_version=info.version,
+            argv=plan.command.argv[1:],
+            env=plan.command.env,
+            model_dir=_model_files(plan.spec.resolved, record.download),
+            requests=chosen,
+            served_model_name=plan.command.served_model_name,
+        )
+        try:
+            found = budgets.count(request, label, check=session.stop.check, counter=counter)
+        except PreflightError as exc:  # vLLM cannot build its renderer here: the run goes on without it
+            record.notes.append(f"The demos' tokens were not counted before launch: {exc}")
+            session.events.stage("budget", f"not counted: {exc}")
+            return plan
+        record.budget = found.record()
+        if (refusal := found.refusal()) is not None:
+            raise refusal
+        for warning in found.warnings():
+            record.warnings.append(warning)
+            session.events.stage("warning", warning)
+        session.events.stage("budget", found.summary())
+        session.mark("budget done")
+        return plan
+
+    def _pull(self, session: Session, plan: Planned) -> Planned:
+        """The container image, pulled when the runtime does not have it yet (with its digest)."""
+        if plan.container is None or plan.container.image_info is not None:
+            return plan
+        runtime, image = plan.container.runtime, plan.container.image
+        session.events.stage("image", f"{runtime.name} pull {image}")
+        info = session.wait(background(containers.ensure_image, runtime, image))
+        session.mark("image ready")
+        return dataclasses.replace(plan, container=plan.container.with_image(info))
+
+    @contextlib.contextmanager
+    def launch(self, session: Session, plan: Planned) -> Iterator[Launch]:
+        """Start `vllm serve` (on the host, or in its container); on leaving, tear it all down, always."""
+        session.stop.check()
+        opts, command, record = self.options, plan.launched, session.record
+        server = Server(
+            command,
+            log_path=session.run_dir / "server.log",
+            api_key=opts.api_key,
+            grace_s=opts.grace_s,
+            gpu_pids=None if plan.spec.resolved.is_cpu else gpu_mod.pids_using_gpus,
+            container=plan.container.ref if plan.container else None,
+        )
+        session.stop.on_hurry(server.hurry)
+        shown = command.shell() if plan.container else command.shell_with_env()
+        record.server = ServerRecord(
+            base_url=server.base_url,
+            command=server.redact(shown.replace(command.argv[0], Path(command.argv[0]).name, 1)),
+            argv=server.display_argv,
+            env=dict(command.display_env),
+            log="server.log",
+        )
+        try:
+            session.events.stage("launch", command.shell())
+            server.start()
+            session.mark("launch")
+            if plan.container is not None:  # after the start: the runtime's version is not worth a delay
+                record.container = container_record(plan.container, record.server.command)
+            record.server.pid = server.pid  # also its process group and session id
+            yield Launch(server, plan)
+        finally:
+            session.events.stage("teardown", f"grace {opts.grace_s:g} s")
+            end = time.monotonic()
+            record.teardown = server.stop()
+            if server.started_at is not None:
+                spans = server.follower.spans(server.started_at, server.ready_at or end)
+                record.startup = [PhaseSpan(phase=p, start_s=a, end_s=b) for p, a, b in spans]
+            server.redact_log()
+            session.mark("teardown done")
+
+    def ready(self, session: Session, running: Launch) -> Endpoint:
+        """vLLM's version checked (a refused one tears down at once), then wait until it serves."""
+        server, spec, record = running.server, running.planned.spec, session.record
+        if spec.version is not None:
+            info = session.wait(spec.version)
+            record.vllm = VllmRecord(
+                version=info.version,
+                path=info.path,
+                torch=info.torch,
+                transformers=info.transformers,
+                decoders=list(info.decoders),
+            )
+            preflight.check_version(info, spec.resolved)
+        ready = server.wait_ready(
+            self.options.timeout_s or spec.resolved.ready_timeout_s,
+            on_tick=session.events.waiting,
+            on_log=session.events.log_line,
+            cancelled=session.stop.is_set,
+        )
+        session.mark("server ready")
+        record.server.ready_s = round(ready.elapsed_s, 3)
+        record.server.models = list(ready.models)
+        started = [server.redact(w) for w in server.follower.warnings]
+        record.warnings += started
+        for warning in started:
+            session.events.stage("warning", warning)
+        if spec.image is not None and spec.runtime is not None:  # the image's vLLM says which it is
+            version = server.version() or "unknown"
+            record.vllm = VllmRecord(version=version, path=f"{spec.image} ({spec.runtime.name})")
+            if version != "unknown":
+                preflight.check_version(preflight.VllmInfo(spec.image, version), spec.resolved)
+
+        def check(when: str) -> None:
+            if (death := server.health_problem()) is not None:
+                raise server.failure(f"vllm serve died {when} ({death})")
+
+        endpoint = Endpoint(
+            server.base_url,
+            server.api_key,
+            running.planned.command.served_model_name,
+            check,
+            log_mark=server.log_mark,
+            log_since=server.log_since,
+        )
+        session.events.ready(endpoint, ready.elapsed_s)
+        return endpoint
+
+
+def reach(runtime: containers.Runtime | None) -> Reach:
+    """What a launched server can fetch: everything on the host; in podman, our loopback as 10.0.2.2;
+    behind docker's bridge, not our loopback (URL demos go upstream)."""
+    if runtime is None:
+        return Reach(loopback=True, files=True)
+    if runtime.name == "podman":
+        return Reach(loopback=True, files=True, loopback_host=containers.PODMAN_HOST_LOOPBACK)
+    return Reach(loopback=False, files=True)
+
+
+def _option_value(argv: Sequence[str], flag: str) -> str | None:
+    """The word after `flag` in an argv, None when it is not there."""
+    words = list(argv)
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+def container_record(plan: containers.ContainerPlan, run_line: str | None) -> ContainerRecord:
+    """The container as report.json keeps it: what to pull and run again to reproduce the run."""
+    info = plan.image_info
+    return ContainerRecord(
+        runtime=plan.runtime.name,
+        runtime_version=containers.runtime_version(plan.runtime),
+        image=plan.image,
+        image_id=info.id if info else None,
+        digest=info.digest if info else None,
+        name=plan.name,
+        labels=dict(plan.labels),
+        gpus=list(plan.gpus) if plan.gpus is not None else None,
+        run_line=run_line,
+    )
+
+
+# -- attached -------------------------------------------------------------------------------------
+
+
+def normalise_base_url(url: str) -> str:
+    """http://host:port[/v1][/] -> http://host:port/v1; one line naming the URL when it is not one."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {url!r} is not an http(s) URL")
+    base = url.strip().rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def is_loopback(base_url: str) -> bool:
+    """True when the URL's host is this machine."""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A server already running, as `prepare` found it."""
+
+    base_url: str
+    api_key: str
+    model: str
+
+    @property
+    def redact(self) -> Redactor:
+        return Redactor([self.api_key] if self.api_key != "EMPTY" else [])
+
+
+class Attached:
+    """A server already running: mmdemo neither launches nor stops it."""
+
+    def __init__(self, options: Options, chat_types: Sequence[ChatType] = ()) -> None:
+        self.options = options
+        self.chat_types = tuple(chat_types)
+
+    def prepare(self, started_at: str) -> Prepared[Remote]:
+        """List the server's models (no run directory before there is a server), pick the demos."""
+        opts = self.options
+        assert opts.base_url, "Attached needs a base URL"
+        base_url = normalise_base_url(opts.base_url)
+        api_key = opts.api_key or opts.environment.api_key or "EMPTY"
+        profile = load_profile(opts.profile, opts.profiles_dir) if opts.profile else None
+        if profile:
+            demos = select_demos(profile, opts.only)
+        else:
+            demos = tuple(Demo(chat_type=c) for c in (opts.only or self.chat_types or tuple(ChatType)))
+        served = list_models(base_url, api_key)
+        if not served:
+            raise ServerError(f"{base_url}/models lists no model")
+        wanted = (profile.served_model_name or profile.model) if profile else None
+        model = wanted if wanted in served else served[0]
+        record = RunRecord(
+            mmdemo_version=mmdemo_version(),
+            profile=profile.name if profile else "attached",
+            profile_path=profile.path if profile else None,
+            variant="attached",
+            model=model,
+            served_model_name=model,
+            machine=machine_info([]),
+            server=ServerRecord(base_url=base_url, attached=True, models=served),
+            started_at=started_at,
+            notes=["Attached to a running server: mmdemo neither launched nor stopped it."],
+        )
+        return Prepared(
+            record,
+            with_max_tokens(demos, opts),
+            Reach(loopback=is_loopback(base_url), files=False),
+            Remote(base_url, api_key, model),
+            check_expectations=profile is not None and profile.local_model is None,
+        )
+
+    # The server is up already: nothing to check, plan, build, fetch or launch; each step hands it on.
+
+    def preflight(self, session: Session, spec: Remote) -> Remote:
+        return spec
+
+    def plan(self, session: Session, checked: Remote, media_root: Path | None) -> Remote:
+        return checked
+
+    def prepare_model(self, session: Session, plan: Remote) -> Remote:
+        return plan
+
+    def prefetch(self, session: Session, plan: Remote) -> Remote:
+        return plan
+
+    def counter(
+        self, session: Session, plan: Remote
+    ) -> contextlib.AbstractContextManager[budgets.Counter | None]:
+        return contextlib.nullcontext(None)
+
+    def budget(
+        self,
+        session: Session,
+        plan: Remote,
+        counter: budgets.Counter | None,
+        requests: Callable[[], Sequence[DemoRequest]],
+    ) -> Remote:
+        return plan  # the server is up already: its own answers count the tokens
+
+    def launch(self, session: Session, plan: Remote) -> contextlib.AbstractContextManager[Remote]:
+        return contextlib.nullcontext(plan)
+
+    def ready(self, session: Session, running: Remote) -> Endpoint:
+        return Endpoint(running.base_url, running.api_key, running.model)
