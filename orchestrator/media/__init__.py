@@ -1,8 +1,19 @@
-"""Demo media: the upstream example's assets, a verified cache, synthetic stand-ins and a loopback asset server."""
+"""Demo media: the upstream example's assets, a verified cache, generated media with a known truth
+(known.py, standalone), synthetic stand-ins and a loopback asset server."""
 
 from orchestrator.media.loopback import AssetServer
 from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind
-from orchestrator.media.store import Asset, AssetStore, ProgressHook, Provenance, b64, data_url, file_url
+from orchestrator.media.store import (
+    Asset,
+    AssetStore,
+    Fetched,
+    ProgressHook,
+    Provenance,
+    Unavailable,
+    b64,
+    data_url,
+    file_url,
+)
 
 __all__ = [
     "MEDIA_TYPES",
@@ -12,9 +23,11 @@ __all__ = [
     "AssetServer",
     "AssetSpec",
     "AssetStore",
+    "Fetched",
     "Kind",
     "ProgressHook",
     "Provenance",
+    "Unavailable",
     "b64",
     "data_url",
     "file_url",

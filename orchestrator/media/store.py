@@ -1,4 +1,5 @@
-"""The asset cache: downloads once, verifies always, substitutes synthetic media; encodings to send.
+"""The asset cache: downloads once, verifies always, generates the known-answer media
+(media/known.py), substitutes synthetic media; encodings to send.
 
 Downloads are trusted on first use: the first download records its sha256 in `<file>.sha256` and
 every later run verifies the cached bytes against it, so a changed file is an error, never reused.
@@ -15,11 +16,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from orchestrator.core.atomic import replacing
 from orchestrator.core.background import parallel_map
 from orchestrator.core.errors import AssetError
+from orchestrator.media import known as known_media
 from orchestrator.media.registry import MEDIA_TYPES, REGISTRY, USER_AGENT, AssetSpec, Kind, guess
 from orchestrator.media.synthetic import EXTENSIONS, GENERATORS
 
@@ -30,7 +32,9 @@ log = logging.getLogger(__name__)
 # The cache's files, whatever the umask: a server running as another user must read them.
 CACHE_MODE = 0o644
 
-Provenance = Literal["cache", "download", "synthetic", "profile"]
+# cache, download: the upstream asset; known: generated with a known truth (media/known.py);
+# synthetic: a stand-in with no truth; profile: the profile's (the user's) own file
+Provenance = Literal["cache", "download", "known", "synthetic", "profile"]
 ProgressHook = Callable[[str, int, int | None], None]
 
 
@@ -45,7 +49,16 @@ class Asset:
     sha256: str
     provenance: Provenance
     source_url: str | None
-    reason: str | None = None  # why a synthetic stand-in was sent instead
+    reason: str | None = None  # why a stand-in (known or synthetic) was sent instead
+    fact: tuple[tuple[str, str], ...] = ()  # the truth of a known medium: (("colour", "red"),)
+    truth: str | None = None  # that truth in words: "a red shape"
+
+
+class Unavailable(str):
+    """Why an upstream asset cannot be had (offline, a failed download): the text says it."""
+
+
+Fetched = Asset | Unavailable
 
 
 class _DownloadFailed(Exception):
@@ -80,6 +93,8 @@ class AssetStore:
         self._deadline: float | None = None  # set by the first download: the budget covers them all
         self._dead_hosts: dict[str, str] = {}  # host -> how it failed: not asked again this run
         self._memo: dict[str, Asset] = {}
+        self._unavailable: dict[str, Unavailable] = {}
+        self._fallbacks: dict[str, Asset] = {}
 
     def prefetch(self, keys: Iterable[str]) -> list[Asset]:
         """Fetch registry assets in parallel, under one budget; each still falls back to synthetic."""
@@ -102,8 +117,28 @@ class AssetStore:
             ) from None
 
     def _get(self, key: str) -> Asset:
+        fetched = self._upstream(key)
+        if isinstance(fetched, Asset):
+            return fetched
+        if key not in self._fallbacks:
+            self._fallbacks[key] = self._synthetic(REGISTRY[key], str(fetched))
+        return self._fallbacks[key]
+
+    def upstream(self, key: str) -> Fetched:
+        """The registry asset `key` from the cache or a download, or why it cannot be had (no
+        stand-in, no warning: the caller substitutes, and says so once)."""
+        try:
+            return self._upstream(key)
+        except OSError as exc:
+            raise AssetError(
+                f"asset {key!r}: cannot use the cache {self.root}: {exc.strerror or exc}"
+            ) from None
+
+    def _upstream(self, key: str) -> Fetched:
         if key in self._memo:
             return self._memo[key]
+        if key in self._unavailable:
+            return self._unavailable[key]
         spec = REGISTRY.get(key)
         if spec is None:
             raise AssetError(f"unknown asset {key!r}; known: {', '.join(REGISTRY)}")
@@ -112,16 +147,61 @@ class AssetStore:
         if path.is_file():
             asset = self._asset(spec, path, self._verify(key, path, spec.sha256), "cache", url)
         elif self.offline:
-            asset = self._synthetic(spec, "offline mode")
+            self._unavailable[key] = Unavailable("offline mode")
+            return self._unavailable[key]
         else:
             try:
                 digest = self._download(key, url, path, spec.sha256)
             except _DownloadFailed as exc:
-                asset = self._synthetic(spec, f"download of {url} failed: {exc}")
-            else:
-                asset = self._asset(spec, path, digest, "download", url)
+                self._unavailable[key] = Unavailable(f"download of {url} failed: {exc}")
+                return self._unavailable[key]
+            asset = self._asset(spec, path, digest, "download", url)
         self._memo[key] = asset
         return asset
+
+    def known(self, medium: known_media.Medium, reason: str) -> Asset:
+        """A generated medium with a known truth, cached under known/ by its key (bytes that are
+        always the same: a damaged copy is regenerated). Raises known_media.KnownMediaUnavailable or
+        any error of its generator; the caller falls back to a synthetic stand-in."""
+        path = self.root / "known" / medium.filename
+        try:
+            sidecar = _sidecar(path)
+            recorded = _read_sidecar(sidecar)
+            if not (path.is_file() and recorded == _sha256(path)):
+                data = medium.render()
+                with replacing(path, CACHE_MODE) as out:
+                    out.write(data)
+                recorded = hashlib.sha256(data).hexdigest()
+                _write_sidecar(sidecar, recorded, path.name)
+        except OSError as exc:
+            raise AssetError(
+                f"known medium {medium.key}: cannot use the cache {self.root}: {exc.strerror or exc}"
+            ) from None
+        log.info("asset %s: a known %s (%s)", medium.key, medium.kind, reason)
+        return Asset(
+            medium.key,
+            cast(Kind, medium.kind),
+            path,
+            medium.mime,
+            recorded,
+            "known",
+            None,
+            reason,
+            tuple(sorted(medium.fact.items())),
+            medium.describe(),
+        )
+
+    def substitute(self, key: str, reason: str) -> Asset:
+        """A synthetic stand-in (no truth) for the registry asset `key`."""
+        spec = REGISTRY.get(key)
+        if spec is None:
+            raise AssetError(f"unknown asset {key!r}; known: {', '.join(REGISTRY)}")
+        try:
+            return self._synthetic(spec, reason, quiet=True)
+        except OSError as exc:
+            raise AssetError(
+                f"asset {key!r}: cannot use the cache {self.root}: {exc.strerror or exc}"
+            ) from None
 
     def custom(self, path_or_url: str) -> Asset:
         """Profile-supplied media: a local file (copied into the cache) or an http(s) URL (downloaded)."""
@@ -271,7 +351,7 @@ class AssetStore:
         _write_sidecar(sidecar, digest, path.name)
         return digest
 
-    def _synthetic(self, spec: AssetSpec, reason: str) -> Asset:
+    def _synthetic(self, spec: AssetSpec, reason: str, *, quiet: bool = False) -> Asset:
         ext = EXTENSIONS[spec.kind]
         media_type = MEDIA_TYPES[ext]
         path = self.root / "synthetic" / f"{spec.key}{ext}"
@@ -284,7 +364,7 @@ class AssetStore:
             recorded = _sha256(path)
             _write_sidecar(sidecar, recorded, path.name)
         # Asked for (offline): say so quietly; a failed download is worth a warning.
-        level = logging.INFO if self.offline else logging.WARNING
+        level = logging.INFO if self.offline or quiet else logging.WARNING
         log.log(level, "asset %s: using a synthetic %s (%s)", spec.key, spec.kind, reason)
         return Asset(spec.key, spec.kind, path, media_type, recorded, "synthetic", None, reason)
 
