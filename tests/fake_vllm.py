@@ -29,6 +29,12 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   DIE_ON_MEDIA=N     a chat completion with N or more media items kills the engine (health 503, exit)
   WARN_LOG=text      WARNING lines logged at start-up ("\n" separates them)
   LOG_ENV=A,B        print those environment variables into its log (for redaction tests)
+  ANSWER=truth       (default) a perfect model: media mmdemo generated with a known truth (found by
+      sha256 under $MMDEMO_CACHE_DIR/assets/known or --allowed-local-media-path/known) are answered
+      with their facts ("Pink.", "Red, moving up.", "Lima and Oslo."), the capital of France with
+      "Paris."; anything else is echoed as with ANSWER=echo
+  ANSWER=echo        'fake reply to "<prompt>": 1 image, 0 video, 0 audio'
+  ANSWER=<text>      that text, whatever was asked
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import fake_tasks  # the routes past chat (this directory is on sys.path: the script's own)
+
 SWITCHES = ("READY_AFTER", "NEVER_READY", "CRASH_AFTER", "EXIT_CODE", "CRASH_LOG", "ENGINE_DEATH_AFTER",
             "IGNORE_SIGTERM", "WORKERS", "WORKER_IGNORE_SIGTERM", "WORKER_GRACE", "ESCAPE", "MODELS_DELAY",
             "LATENCY", "TOKEN_DELAY", "CHAT_STATUS", "CHAT_MESSAGE", "MARKER_FILE", "PORT_FILE", "REQUEST_FILE",
             "READY_FILE", "RECORD", "VERSION", "LOG_ENV", "HANG_PROMPT", "FAIL_REPEAT", "DIE_ON_MEDIA",
-            "WARN_LOG")  # fmt: skip
+            "WARN_LOG", "NO_TASKS", "TASK_FAULT")  # fmt: skip
 MODALITIES = {"image_url": "image", "video_url": "video", "input_audio": "audio", "audio_url": "audio"}
 FETCH_TIMEOUT_ENV = {"image": "VLLM_IMAGE_FETCH_TIMEOUT", "video": "VLLM_VIDEO_FETCH_TIMEOUT",
                      "audio": "VLLM_AUDIO_FETCH_TIMEOUT"}  # fmt: skip
@@ -180,11 +188,61 @@ class ApiError(Exception):
         self.message = message
 
 
-def check_media(modality: str, data: bytes, origin: str) -> None:
+def check_media(modality: str, data: bytes, origin: str) -> bytes:
     kind = sniff(data)
     if kind not in ACCEPTED[modality]:
         raise ApiError(400, f"Failed to load {modality} from {origin}: unrecognised {modality} data "
                             f"({len(data)} bytes, format {kind or 'unknown'}).")  # fmt: skip
+    return data
+
+
+def known_truths(media_root: str | None) -> dict[str, dict[str, str]]:
+    """sha256 -> fact of every known-answer medium mmdemo generated (its file name holds the fact:
+    known-v1-video-colour-red-direction-up.mp4)."""
+    import hashlib
+
+    dirs = (
+        [Path(os.environ["MMDEMO_CACHE_DIR"]) / "assets" / "known"]
+        if os.environ.get("MMDEMO_CACHE_DIR")
+        else []
+    )
+    if media_root:
+        dirs.append(Path(media_root) / "known")
+    truths: dict[str, dict[str, str]] = {}
+    for folder in dirs:
+        for path in sorted(folder.glob("known-v*-*.*")) if folder.is_dir() else []:
+            if path.name.endswith(".sha256"):
+                continue
+            parts = path.stem.split("-")[3:]  # known, v1, kind, then key-value pairs
+            with contextlib.suppress(OSError):
+                truths[hashlib.sha256(path.read_bytes()).hexdigest()] = dict(
+                    zip(parts[::2], parts[1::2], strict=False)
+                )
+    return truths
+
+
+def truthful(prompt: str, media: list[bytes], media_root: str | None) -> str | None:
+    """A perfect model's short answer, where the truth is known; None elsewhere."""
+    import hashlib
+
+    if not media:
+        return "Paris." if "capital of France" in prompt else None
+    truths = known_truths(media_root)
+    facts = [truths.get(hashlib.sha256(data).hexdigest()) for data in media]
+    if not all(facts):
+        return None
+    said = []
+    for fact in facts:
+        assert fact is not None
+        if "word" in fact:
+            said.append(fact["word"].capitalize())
+        elif "beeps" in fact:
+            said.append(fact["beeps"])
+        else:
+            said.append(
+                fact["colour"].capitalize() + (f", moving {fact['direction']}" if "direction" in fact else "")
+            )
+    return " and ".join(said) + "."
 
 
 def decode_b64(modality: str, text: str, origin: str) -> bytes:
@@ -194,15 +252,15 @@ def decode_b64(modality: str, text: str, origin: str) -> bytes:
         raise ApiError(400, f"Failed to load {modality} from {origin}: invalid base64 data.") from None
 
 
-def load_url(modality: str, url: str, media_root: str | None) -> None:
+def load_url(modality: str, url: str, media_root: str | None) -> bytes:
     """Load one media URL the way vLLM's MediaConnector does, raising ApiError on failure."""
     scheme = urllib.parse.urlparse(url).scheme
     if scheme == "data":
         header, comma, payload = url[5:].partition(",")
         if not comma or not header.endswith(";base64"):
             raise ApiError(400, "Failed to load data URL: only base64-encoded data URLs are supported.")
-        check_media(modality, decode_b64(modality, payload, "data URL"), "data URL")
-    elif scheme in ("http", "https"):
+        return check_media(modality, decode_b64(modality, payload, "data URL"), "data URL")
+    if scheme in ("http", "https"):
         from urllib.request import Request, urlopen  # imported here: 13 ms at startup otherwise
 
         timeout = float(os.environ.get(FETCH_TIMEOUT_ENV[modality], "5"))
@@ -212,8 +270,8 @@ def load_url(modality: str, url: str, media_root: str | None) -> None:
                 data = response.read()
         except Exception as exc:  # vLLM answers any fetch failure with a 500
             raise ApiError(500, f"Failed to fetch {modality} from {url}: {exc}") from None
-        check_media(modality, data, url)
-    elif scheme == "file":
+        return check_media(modality, data, url)
+    if scheme == "file":
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
         if not media_root:
             raise ApiError(400, "Cannot load local files without `--allowed-local-media-path`.")
@@ -225,9 +283,8 @@ def load_url(modality: str, url: str, media_root: str | None) -> None:
             data = path.read_bytes()
         except OSError as exc:
             raise ApiError(400, f"Failed to load {modality} from {url}: {exc.strerror}.") from None
-        check_media(modality, data, url)
-    else:
-        raise ApiError(400, "The URL must be either a HTTP, data or file URL.")
+        return check_media(modality, data, url)
+    raise ApiError(400, "The URL must be either a HTTP, data or file URL.")
 
 
 # --- the server -----------------------------------------------------------------------------------------
@@ -315,7 +372,9 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             try:
-                body = self._body = json.loads(raw) if raw else None
+                multipart = (self.headers.get("Content-Type") or "").startswith("multipart/form-data")
+                body = raw if multipart else json.loads(raw) if raw else None  # the tasks: fake_tasks.py
+                self._body = None if multipart else body
             except ValueError:
                 body = None
                 if method == "POST":
@@ -334,10 +393,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method: str, path: str, body: Any) -> None:
         fake = self.fake
-        if path not in ROUTES:
+        if path not in ROUTES and not fake_tasks.served(path):
             self.send_json(404, {"detail": "Not Found"})
             return
-        if method not in ROUTES[path]:
+        if path in ROUTES and method not in ROUTES[path]:
             self.send_json(405, {"detail": "Method Not Allowed"})
             return
         key = fake.opts["api_key"]
@@ -351,6 +410,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_metrics()
         elif path == "/v1/models":
             self.send_models()
+        elif path in fake_tasks.TASK_ROUTES:
+            fake_tasks.handle(sys.modules[__name__], self, path, body)
         else:
             self.chat(body)
 
@@ -414,14 +475,23 @@ class Handler(BaseHTTPRequestHandler):
             limit = opts["limits"].get(modality)
             if limit is not None and count > limit:
                 raise ApiError(400, f"At most {limit} {modality}(s) may be provided in one prompt.")
+        loaded = []
         for modality, part in media:
             if isinstance(part, tuple):  # input_audio: raw base64 data
-                check_media(modality, decode_b64(modality, part[0], "input_audio"), "input_audio")
+                loaded.append(
+                    check_media(modality, decode_b64(modality, part[0], "input_audio"), "input_audio")
+                )
             else:
-                load_url(modality, part, opts["allowed_local_media_path"])
+                loaded.append(load_url(modality, part, opts["allowed_local_media_path"]))
 
         reply = f'fake reply to "{prompt}": {counts["image"]} image, {counts["video"]} video, '
-        words = (reply + f"{counts['audio']} audio").split(" ")
+        reply += f"{counts['audio']} audio"
+        answer = env("ANSWER", "truth")
+        if answer == "truth":
+            reply = truthful(prompt, loaded, opts["allowed_local_media_path"]) or reply
+        elif answer != "echo":
+            reply = answer
+        words = reply.split(" ")
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(cap, int) and cap < len(words):

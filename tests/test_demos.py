@@ -42,7 +42,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> AssetStore:
 
 @pytest.fixture(scope="module")
 def built(store: AssetStore) -> dict[str, DemoRequest]:
-    return {r.name: r for r in build_requests(ALL, Media(store, fake_url))}
+    return {r.name: r for r in build_requests(ALL, Media(store, fake_url, choice="upstream"))}
 
 
 def b64_of(store: AssetStore, key: str) -> str:
@@ -157,7 +157,9 @@ def test_profile_media_tokens_and_expectations_replace_the_defaults(
     assert asset.provenance == "profile"
     assert requests[2].messages[0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
     assert all(r.max_completion_tokens == 7 and r.expect == ("cat",) for r in requests)
-    text_only = build_requests([Demo(chat_type=ChatType.TEXT)], Media(store, fake_url), default_max_tokens=99)
+    text_only = build_requests(
+        [Demo(chat_type=ChatType.TEXT)], Media(store, fake_url, choice="upstream"), default_max_tokens=99
+    )
     assert text_only[0].max_completion_tokens == 99
 
 
@@ -469,7 +471,7 @@ def test_every_demo_passes_end_to_end_with_local_media(tmp_path: Path) -> None:
         with pytest.raises(ServerError, match="401"):
             list_models(base_url, "wrong")
         with AssetServer(root) as server:
-            requests = build_requests(ALL, Media(store, server.url_for))
+            requests = build_requests(ALL, Media(store, server.url_for, choice="upstream"))
             results = run_demos(
                 requests, base_url=base_url, api_key="sk-fake", model="fake-omni", concurrency=1, timeout_s=10
             )

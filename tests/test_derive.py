@@ -227,3 +227,62 @@ def test_the_expected_words_are_those_of_the_shipped_profiles() -> None:
 def test_every_gpu_class_has_a_stand_in_of_its_own_class() -> None:
     for gpu_class in GPU_CLASSES:
         assert [g.variant for g in gpus_of_class(gpu_class, 2)] == [gpu_class, gpu_class]
+
+
+# -- tasks past chat (orchestrator/core/tasks.py): read from vLLM's model class by the probe -------------
+
+
+@pytest.mark.parametrize(
+    ("model", "profile"), [("tiny-whisper", "cpu-tiny-whisper"), ("tiny-clip", "cpu-tiny-clip")]
+)
+def test_a_tiny_task_model_derives_the_tasks_runner_and_context_of_its_shipped_profile(
+    model: str, profile: str
+) -> None:
+    shipped = load_profile(profile)
+    derived = tiny(model).profile
+    assert derived.chat_types == shipped.chat_types == ()
+    assert derived.tasks == shipped.tasks
+    assert derived.serve.runner == shipped.serve.runner
+    assert derived.serve.max_model_len == shipped.serve.max_model_len
+
+
+def test_a_speech_model_derives_transcription_and_translation_and_no_chat_type() -> None:
+    whisper = facts(
+        "tiny-ultravox", architectures=("WhisperForConditionalGeneration",), model_type="whisper",
+        tasks=("transcription", "translation"), runner="generate", convert="none", chat_template=False,
+        max_model_len=448, needs_remote_code=False, remote_code=(),
+    )  # fmt: skip
+    derived = derive(whisper, TINY, [], DeriveOptions(name="w", random_weights=True)).profile
+    assert derived.chat_types == ()
+    assert [t.task.value for t in derived.tasks] == ["transcription", "translation"]
+    assert derived.serve.max_model_len == 448
+    assert derived.serve.runner is None
+
+
+def test_an_embedding_model_derives_the_pooling_tasks_and_the_pooling_runner() -> None:
+    clip = facts(
+        "tiny-llava", architectures=("CLIPModel",), model_type="clip", tasks=("embedding", "score", "rerank"),
+        runner="pooling", convert="none", chat_template=False, max_model_len=77,
+    )  # fmt: skip
+    derivation = derive(clip, TINY, [], DeriveOptions(name="c", random_weights=True))
+    derived = derivation.profile
+    assert derived.chat_types == ()
+    assert [t.task.value for t in derived.tasks] == ["embedding", "score", "rerank"]
+    assert derived.serve.runner == "pooling"
+    assert "pooling model" in derivation.provenance["serve.runner"]
+
+
+def test_a_converted_classifier_gets_convert_and_its_labels() -> None:
+    model = facts(
+        "tiny-qwen2vl", tasks=("classify",), runner="pooling", convert="classify", labels=("cat", "dog"),
+    )  # fmt: skip
+    derived = derive(model, TINY, [], DeriveOptions(name="q", random_weights=True)).profile
+    assert derived.serve.extra_args == ("--convert", "classify")
+    [task] = derived.tasks
+    assert (task.task.value, task.expect) == ("classify", ("cat|dog",))
+
+
+def test_a_chat_model_derives_no_task_and_responses_is_not_run_by_default() -> None:
+    derived = tiny("tiny-llava", tasks=("chat", "responses"), runner="generate").profile
+    assert derived.chat_types == tiny("tiny-llava").profile.chat_types
+    assert derived.tasks == ()

@@ -44,13 +44,9 @@ def test_all_six_chat_types_pass_and_the_report_is_complete(
     assert names == [*demos, *(f"{n} (repeat)" for n in demos[1:]), "worst-case/all-media"]
     assert [d["kind"] for d in report["demos"]] == ["demo"] * 11 + ["repeat"] * 10 + ["worst case"]
     worst = report["demos"][-1]
-    assert sorted(a["key"] for a in worst["assets"]) == [
-        "azacinto_foscolo",
-        "duck",
-        "image",
-        "video",
-        "winning_call",
-    ]
+    # Offline: the known-answer media stand in for the example's assets (2 images, 1 video, 2 audios).
+    assert sorted(a["kind"] for a in worst["assets"]) == ["audio", "audio", "image", "image", "video"]
+    assert {a["provenance"] for a in worst["assets"]} == {"known"}
     for demo in report["demos"]:
         assert set(DemoRecord.model_fields) == set(demo)
         assert demo["http_status"] == 200
@@ -284,7 +280,7 @@ def test_report_diff_of_two_runs(tmp_path: Path, mmdemo_env: dict[str, str]) -> 
         tmp_path, mmdemo_env, "--only", "text-only", chat_status="500", chat_message="boom"
     )
     assert (code_a, code_b) == (0, 1)
-    run_a, run_b = sorted((tmp_path / "runs").glob("*"))
+    run_a, run_b = sorted(p for p in (tmp_path / "runs").glob("*") if not p.is_symlink())  # not runs/latest
     page = tmp_path / "diff.html"
     done = mmdemo("report", "diff", str(run_a), str(run_b), "--html", str(page), env=mmdemo_env)
     assert done.returncode == 1  # a status changed
@@ -405,9 +401,17 @@ EXPECT_PROFILE = Path(__file__).parent / "profiles" / "fake-expect.yaml"
 
 
 def test_understood_answered_and_the_missing_words(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:
+    from orchestrator.media import known
+
+    # The example's two images, already cached (offline: nothing is downloaded), so the profile's own
+    # words grade them; the fake echoes the prompt.
+    assets = Path(mmdemo_env["MMDEMO_CACHE_DIR"]) / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    for name, colour in (("duck.jpg", "yellow"), ("lion.jpg", "brown")):
+        (assets / name).write_bytes(known.image_jpeg(colour))
     done = mmdemo(
         "run", str(EXPECT_PROFILE), "--vllm-bin", str(FAKE), "--runs-dir", str(tmp_path / "runs"), "--offline",
-        "--grace", "2", env=mmdemo_env,
+        "--grace", "2", "--media", "upstream", env={**mmdemo_env, "FAKE_VLLM_ANSWER": "echo"},
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     run_dir = next((tmp_path / "runs").glob("*"))
@@ -423,11 +427,14 @@ def test_understood_answered_and_the_missing_words(tmp_path: Path, mmdemo_env: d
     images = by_name["multi-image/url"]
     assert (images["status"], images["verdict"], images["missing"]) == (
         "failed",
-        "answered",
+        "failed",
         [["zebra", "okapi"]],
     )
+    assert {a["provenance"] for a in images["assets"]} == {"cache"}
     assert report["summary"]["understood"] == 1
-    assert "answered, missing zebra\\|okapi" in (run_dir / "report.md").read_text()
+    markdown = (run_dir / "report.md").read_text()
+    assert "failed: missing zebra\\|okapi" in markdown
+    assert 'answer: "fake reply to' in markdown  # the answer beside the missing words
 
 
 def test_dummy_weights_load_random_weights_and_only_answer(

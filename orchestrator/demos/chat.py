@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
-from orchestrator.core.errors import ProfileError
+from orchestrator.core.errors import AssetError, ProfileError
 from orchestrator.media import Asset, AssetStore, b64, data_url, file_url
-from orchestrator.profile.expect import alternatives, check_expect
+from orchestrator.media import known as known_media
+from orchestrator.profile.expect import alternatives, grade
 from orchestrator.profile.schema import Demo
 from orchestrator.record.report import AssetRecord, DemoRecord, Verdict
+from orchestrator.render.text import one_line
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -56,32 +58,127 @@ DELIVERIES: dict[ChatType, tuple[str, ...]] = {
 }
 
 
+# Where a run's demo media come from: auto (the upstream assets; where one cannot be had, the
+# known-answer media), known (the known-answer media always), upstream (the upstream assets; a
+# synthetic stand-in with no truth where one cannot be had).
+MediaChoice = Literal["auto", "known", "upstream"]
+MEDIA_CHOICES: tuple[MediaChoice, ...] = ("auto", "known", "upstream")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What one demo sends and what its answer is checked against."""
+
+    prompt: str
+    assets: tuple[Asset, ...]
+    expect: tuple[str, ...] = ()
+    reject: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()  # phrases left out of the graded answer
+    expect_source: str | None = None  # "known" (the media's truth), "profile"; None: nothing checked
+    unchecked: str | None = None  # why nothing is checked
+    max_completion_tokens: int | None = None  # a known demo's short answer
+
+
 @dataclass(frozen=True)
 class Media:
-    """Where demo media come from: the asset store, and the URL the model server fetches an asset by."""
+    """Where demo media come from: the asset store, the URL the model server fetches an asset by,
+    upstream or known-answer media (and the seed of those), and whether answers are checked."""
 
     store: AssetStore
     url: Callable[[Asset], str]
+    choice: MediaChoice = "auto"
+    seed: int = known_media.DEFAULT_SEED
+    unchecked: str | None = None  # set: no answer is checked (a model with random weights), and why
 
     def for_demo(self, demo: Demo) -> tuple[Asset, ...]:
-        """The assets a demo sends: the profile's own media when given, else the example's."""
+        """The assets a demo sends."""
+        return self.plan(demo).assets
+
+    def plan(self, demo: Demo) -> Planned:
+        """The prompt, the assets and the words a demo's answer is checked against: the profile's
+        own media, the example's assets, or the known-answer media (whose truth gives the words)."""
+        planned = self._plan(demo)
+        if self.unchecked is not None:
+            planned = dataclasses.replace(
+                planned, expect=(), reject=(), ignore=(), expect_source=None, unchecked=self.unchecked
+            )
+        return planned
+
+    def _plan(self, demo: Demo) -> Planned:
         need = CHAT_TYPE_NEEDS[demo.chat_type]
         name = demo.chat_type.value
-        if not demo.media:
-            return tuple(self.store.get(key) for key in DEFAULT_ASSETS[demo.chat_type])
-        if need is None:
-            raise ProfileError(f"demo {name!r} sends no media but lists {len(demo.media)} media item(s)")
-        modality, count = need
-        if len(demo.media) != count:
-            listed = len(demo.media)
-            raise ProfileError(
-                f"demo {name!r} sends {count} {modality}(s) per prompt; it lists {listed} media"
+        prompt = PROMPTS[demo.chat_type]
+        if demo.media:
+            if need is None:
+                raise ProfileError(f"demo {name!r} sends no media but lists {len(demo.media)} media item(s)")
+            modality, count = need
+            if len(demo.media) != count:
+                listed = len(demo.media)
+                raise ProfileError(
+                    f"demo {name!r} sends {count} {modality}(s) per prompt; it lists {listed} media"
+                )
+            assets = tuple(self.store.custom(ref) for ref in demo.media)
+            for ref, asset in zip(demo.media, assets, strict=True):
+                if asset.kind != modality:
+                    raise ProfileError(f"demo {name!r} needs {modality} media but {ref!r} is {asset.kind}")
+            if demo.expect:  # words the profile wrote for its own files
+                return Planned(prompt, assets, demo.expect, expect_source="profile")
+            return Planned(
+                prompt, assets, unchecked="the profile's own media, and no expected words for them"
             )
-        assets = tuple(self.store.custom(ref) for ref in demo.media)
-        for ref, asset in zip(demo.media, assets, strict=True):
-            if asset.kind != modality:
-                raise ProfileError(f"demo {name!r} needs {modality} media but {ref!r} is {asset.kind}")
-        return assets
+        if self.choice == "known":
+            return self._known(demo, "--media known")
+        keys = DEFAULT_ASSETS[demo.chat_type]
+        if not keys:  # text-only: offline, the known truth (with its distractors) grades it too
+            if self.choice == "auto" and self.store.offline:
+                return self._known(demo, "offline mode")
+            return self._upstream(demo, prompt, ())
+        fetched = [self.store.upstream(key) for key in keys]
+        missing = [str(f) for f in fetched if not isinstance(f, Asset)]
+        if not missing:
+            return self._upstream(demo, prompt, tuple(a for a in fetched if isinstance(a, Asset)))
+        if self.choice == "auto":
+            return self._known(demo, missing[0])
+        return self._synthetic(demo, missing[0])
+
+    @staticmethod
+    def _upstream(demo: Demo, prompt: str, assets: tuple[Asset, ...]) -> Planned:
+        if demo.expect:
+            return Planned(prompt, assets, demo.expect, expect_source="profile")
+        return Planned(prompt, assets, unchecked="the profile expects no words of this demo")
+
+    def _synthetic(self, demo: Demo, reason: str) -> Planned:
+        """The example's prompt on synthetic stand-ins: there is no truth, and no word is expected."""
+        keys = DEFAULT_ASSETS[demo.chat_type]
+        fetched = [self.store.upstream(key) for key in keys]
+        assets = tuple(
+            f if isinstance(f, Asset) else self.store.substitute(k, reason)
+            for k, f in zip(keys, fetched, strict=True)
+        )
+        why = f"a synthetic stand-in with no truth to check ({reason})"
+        return Planned(PROMPTS[demo.chat_type], assets, unchecked=why)
+
+    def _known(self, demo: Demo, reason: str) -> Planned:
+        """The known-answer demo of this chat type; where its media cannot be made, synthetic ones."""
+        chosen = known_media.known_demos(self.seed)[demo.chat_type.value]
+        try:
+            assets = tuple(self.store.known(medium, reason) for medium in chosen.media)
+        except AssetError:
+            raise
+        except Exception as exc:  # a generator that failed here (a missing decoder, espeak-ng broken)
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            log.info("demo %s: known media could not be made (%s)", demo.chat_type.value, why)
+            return self._synthetic(demo, f"known media could not be made: {why}")
+        tokens = min(known_media.KNOWN_MAX_TOKENS, demo.max_completion_tokens or known_media.KNOWN_MAX_TOKENS)
+        return Planned(
+            chosen.prompt,
+            assets,
+            chosen.expect,
+            chosen.reject,
+            chosen.ignore,
+            expect_source="known",
+            max_completion_tokens=tokens,
+        )
 
 
 # A demo of the example client; the same request again once the first round is done (vLLM's
@@ -108,6 +205,10 @@ class DemoRequest:
     assets: tuple[Asset, ...] = ()
     prompt: str = ""
     kind: Kind = "demo"
+    reject: tuple[str, ...] = ()  # distractors: an answer naming one fails
+    ignore: tuple[str, ...] = ()  # phrases left out of the graded answer
+    expect_source: str | None = None  # "known", "profile"; None: nothing checked
+    unchecked: str | None = None  # why nothing is checked
 
 
 @dataclass(frozen=True)
@@ -118,7 +219,8 @@ class DemoResult:
     chat_type: str
     delivery: str
     passed: bool
-    status: Literal["passed", "failed", "hung"]  # hung: no token by the timeout (none at all, or no more)
+    # hung: no token by the timeout (none at all, or no more); interrupted: in flight when the run stopped
+    status: Literal["passed", "failed", "hung", "interrupted"]
     http_status: int | None
     latency_s: float
     ttft_s: float | None  # time to the first content delta
@@ -135,31 +237,43 @@ class DemoResult:
     missing: tuple[tuple[str, ...], ...] = ()
     kind: Kind = "demo"
     max_completion_tokens: int | None = None
+    reject: tuple[tuple[str, ...], ...] = ()
+    distractors: tuple[tuple[str, ...], ...] = ()  # the distractor groups the answer named
+    expect_source: str | None = None
+    unchecked: str | None = None
 
 
 def build_requests(demos: Sequence[Demo], media: Media, default_max_tokens: int = 128) -> list[DemoRequest]:
-    """One request per demo and delivery of its media, with the upstream example's prompts."""
+    """One request per demo and delivery of its media: the upstream example's prompts and assets, or
+    the known-answer ones (media.plan)."""
     out: list[DemoRequest] = []
     for demo in demos:
         chat_type = demo.chat_type
-        assets = media.for_demo(demo)
+        planned = media.plan(demo)
+        prompt = planned.prompt
         for delivery in DELIVERIES[chat_type]:
-            prompt = PROMPTS[chat_type]
             content: str | list[dict[str, Any]]
             if chat_type is ChatType.TEXT:
                 content = prompt  # the example sends plain string content here
             else:
-                content = [{"type": "text", "text": prompt}, *(_part(delivery, a, media) for a in assets)]
+                parts = [_part(delivery, a, media) for a in planned.assets]
+                content = [{"type": "text", "text": prompt}, *parts]
             out.append(
                 DemoRequest(
                     name=f"{chat_type.value}/{delivery}",
                     chat_type=chat_type.value,
                     delivery=delivery,
                     messages=[{"role": "user", "content": content}],
-                    max_completion_tokens=demo.max_completion_tokens or default_max_tokens,
-                    expect=demo.expect,
-                    assets=assets,
+                    max_completion_tokens=planned.max_completion_tokens
+                    or demo.max_completion_tokens
+                    or default_max_tokens,
+                    expect=planned.expect,
+                    assets=planned.assets,
                     prompt=prompt,
+                    reject=planned.reject,
+                    ignore=planned.ignore,
+                    expect_source=planned.expect_source,
+                    unchecked=planned.unchecked,
                 )
             )
     return out
@@ -205,6 +319,7 @@ def worst_case(requests: Sequence[DemoRequest], limits: Mapping[str, int] | None
         assets=tuple(chosen),
         prompt=WORST_CASE_PROMPT,
         kind="worst case",
+        unchecked="the worst case checks that the server answers every medium at once",
     )
 
 
@@ -256,8 +371,8 @@ def run_demos(
 ) -> list[DemoResult]:
     """Send every request (at most `concurrency` at once; None = all) and return results in order.
 
-    Returns early, with whatever finished, once `cancelled()` is true: the caller is stopping and
-    tearing the server down ends the requests still in flight.
+    Returns early once `cancelled()` is true: the caller is stopping and tearing the server down ends
+    the requests still in flight; those come back `interrupted` (those not sent yet do not come back).
     """
     from openai import OpenAI  # deferred: the CLI must start fast
 
@@ -272,7 +387,10 @@ def run_demos(
     ) as client:
         quiet = threading.Event()
 
-        def one(request: DemoRequest) -> DemoResult:
+        sent: dict[int, float] = {}  # request index -> when it was sent
+
+        def one(index: int, request: DemoRequest) -> DemoResult:
+            sent[index] = time.monotonic()
             result = _run_one(client, request, model=model, base_url=base_url, timeout_s=timeout_s)
             # Once the run is interrupted, failures of requests still in flight are ours, not news.
             if on_result is not None and not quiet.is_set() and not cancelled():
@@ -281,16 +399,49 @@ def run_demos(
             return result
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo")
-        futures = [pool.submit(one, request) for request in requests]
+        futures = [pool.submit(one, i, request) for i, request in enumerate(requests)]
         pending = set(futures)
         while pending and not cancelled():
             _, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
         if pending:  # stopping: do not wait for requests in flight; tearing the server down ends them
             quiet.set()
             pool.shutdown(wait=False, cancel_futures=True)
-            return [f.result() for f in futures if f.done() and not f.cancelled()]
+            return [
+                f.result() if f.done() else interrupted(r, sent.get(i))
+                for i, (f, r) in enumerate(zip(futures, requests, strict=True))
+                if not f.cancelled()
+            ]
         pool.shutdown(wait=True)
         return [f.result() for f in futures]
+
+
+def interrupted(request: DemoRequest, sent_at: float | None) -> DemoResult:
+    """A request in flight when the run stopped: no answer, and how long it had been waiting."""
+    now = time.monotonic()
+    started = sent_at if sent_at is not None else now
+    return DemoResult(
+        name=request.name,
+        chat_type=request.chat_type,
+        delivery=request.delivery,
+        passed=False,
+        status="interrupted",
+        http_status=None,
+        latency_s=now - started,
+        ttft_s=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        tokens_per_s=None,
+        answer="",
+        error=f"in flight when the run was interrupted, after {now - started:.2f} s",
+        started_at=started,
+        ended_at=now,
+        assets=request.assets,
+        prompt=request.prompt,
+        kind=request.kind,
+        max_completion_tokens=request.max_completion_tokens,
+        expect_source=request.expect_source,
+        unchecked=request.unchecked,
+    )
 
 
 def plain_http_client() -> Any:
@@ -376,9 +527,13 @@ def _run_one(
     if error is None and not answer.strip():
         error = "the server answered with empty text"
     expected = tuple(alternatives(group) for group in request.expect)
-    missing = tuple(alternatives(group) for group in check_expect(answer, request.expect)[1])
-    if error is None and missing:
-        error = f"the answer lacks the expected word(s): {', '.join('|'.join(g) for g in missing)}"
+    lacking, named = grade(
+        answer, request.expect, request.reject, request.ignore, whole=request.expect_source == "known"
+    )
+    missing = tuple(alternatives(group) for group in lacking)
+    distractors = tuple(alternatives(group) for group in named)
+    if error is None and (missing or distractors):
+        error = failed_message(missing, distractors, answer)
     latency = ended - got.started
     completion_tokens = getattr(got.usage, "completion_tokens", None)
     result = DemoResult(
@@ -403,9 +558,29 @@ def _run_one(
         missing=missing,
         kind=request.kind,
         max_completion_tokens=request.max_completion_tokens,
+        reject=tuple(alternatives(group) for group in request.reject),
+        distractors=distractors,
+        expect_source=request.expect_source,
+        unchecked=request.unchecked,
     )
     log.info("demo %s: %s in %.2f s%s", request.name, result.status, latency, f" ({error})" if error else "")
     return result
+
+
+def failed_message(
+    missing: Sequence[Sequence[str]], distractors: Sequence[Sequence[str]], answer: str
+) -> str:
+    """Why a checked answer failed, with the answer itself (cut, on one line; escaped where shown)."""
+    parts = []
+    if missing:
+        parts.append(f"the answer lacks the expected word(s): {', '.join('|'.join(g) for g in missing)}")
+    if distractors:
+        parts.append(f"it names the distractor(s): {', '.join('|'.join(g) for g in distractors)}")
+    return "; ".join(parts) + f'; the answer: "{one_line(answer, ANSWER_SHOWN)}"'
+
+
+# How much of a failed answer its error message shows (report.json keeps the whole answer).
+ANSWER_SHOWN = 120
 
 
 def _server_message(exc: Any) -> str:
@@ -425,13 +600,8 @@ def _server_message(exc: Any) -> str:
 
 
 def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
-    """One demo result as report.json keeps it."""
-    if result.error is not None and not result.answer:
-        verdict: Verdict = "no answer"
-    elif result.expected and not result.missing and result.passed:
-        verdict = "understood"
-    else:
-        verdict = "answered"
+    """One demo result as report.json keeps it, with its verdict and what the verdict checked."""
+    verdict, reason = verdict_of(result)
     return DemoRecord(
         name=result.name,
         chat_type=result.chat_type,
@@ -450,6 +620,10 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
         error=result.error,
         expected=[list(g) for g in result.expected],
         missing=[list(g) for g in result.missing],
+        reject=[list(g) for g in result.reject],
+        distractors=[list(g) for g in result.distractors],
+        expect_source=result.expect_source,
+        verdict_reason=reason,
         started_s=round(result.started_at - phase_start, 4),
         assets=[
             AssetRecord(
@@ -460,7 +634,29 @@ def to_record(result: DemoResult, phase_start: float) -> DemoRecord:
                 source_url=a.source_url,
                 path=str(a.path),
                 reason=a.reason,
+                fact=dict(a.fact) if a.fact else None,
+                truth=a.truth,
             )
             for a in result.assets
         ],
     )
+
+
+def verdict_of(result: DemoResult) -> tuple[Verdict, str | None]:
+    """understood (a truth, checked), answered (nothing to check, and why), failed (what was
+    missing or named wrongly), or no answer; with what it checked."""
+    if result.error is not None and not result.answer:
+        return "no answer", None
+    if result.missing or result.distractors:
+        return "failed", result.error
+    whose = "the known media's truth" if result.expect_source == "known" else "the profile's words"
+    truths = [a.truth for a in result.assets if a.truth]
+    if result.expected and result.passed:
+        groups = ", ".join("|".join(g) for g in result.expected)
+        checked = f"{whose}: named {groups}"
+        if result.reject:
+            checked += f", and none of {len(result.reject)} distractor(s)"
+        return "understood", checked + (f" ({'; '.join(truths)})" if truths else "")
+    if result.expected:  # checked words found, but the request failed otherwise (e.g. it hung)
+        return "answered", result.error
+    return "answered", result.unchecked or "no expected words to check"

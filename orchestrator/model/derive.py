@@ -16,6 +16,7 @@ from typing import Any
 from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.core.errors import PreflightError
 from orchestrator.core.options import DEFAULT_MAX_TOKENS
+from orchestrator.core.tasks import Task
 from orchestrator.gpus.detect import CPU, GPU_CLASSES, Gpu
 from orchestrator.gpus.sizing import (
     GIB,
@@ -81,7 +82,9 @@ class Derivation:
     @property
     def line(self) -> str:
         """The one line a run prints: what was derived, from what."""
-        kinds = ", ".join(c.value for c in self.profile.chat_types)
+        kinds = ", ".join(
+            [*(c.value for c in self.profile.chat_types), *(t.task.value for t in self.profile.tasks)]
+        )
         return (
             f"no profile for {self.profile.model}: derived one from vLLM {self.facts.vllm}'s facts "
             f"({'/'.join(self.facts.architectures) or '?'}; {kinds}; variants {', '.join(self.profile.variants)})"
@@ -129,13 +132,19 @@ def derive(
     draft.data["description"] = f"Derived by mmdemo from what vLLM {vllm} says about {facts.model}."
     draft.data["source"] = f"mmdemo's derivation (orchestrator/derive.py) from vLLM {vllm}'s model probe"
     answer = RANDOM_ANSWER_TOKENS if options.random_weights else options.max_completion_tokens
-    chats, context, why = _chat_types(draft, answer)
+    if chats_served(facts):
+        chats, context, why = _chat_types(draft, answer)
+    else:  # a speech or pooling model: no chat prompt to fit, the model's own context
+        chats, context = [], facts.max_model_len or 0
+        why = f"vLLM {vllm}: the model's own context (it serves no chat: {', '.join(facts.tasks)})"
     _demos(draft, chats, options)
+    _task_demos(draft, options)
     draft.set("serve.max_model_len", context, why)
     if options.trust_remote_code and facts.needs_remote_code:
         draft.set("serve.trust_remote_code", True, f"--trust-remote-code ({'; '.join(facts.remote_code)})")
     if options.revision:
         draft.set("serve.extra_args", ["--revision", options.revision], "the revision given (@...)")
+    _runner(draft)
     version = facts.vllm.split("+", 1)[0]
     draft.set("requires.vllm_version", version, "the vLLM that derived it")
     if options.gated:
@@ -166,7 +175,7 @@ def refuse_unrunnable(facts: ModelFacts, options: DeriveOptions) -> None:
         raise PreflightError(f"{model} is a gated model and no token with access to it is set")
     if facts.error is not None:
         raise PreflightError(f"{model}: vLLM {vllm} cannot read the model ({kind}): {facts.error}")
-    if facts.chat_template is False:
+    if facts.chat_template is False and chats_served(facts):
         raise PreflightError(
             f"{model} has no chat template (none in its tokenizer or processor, no fallback in vLLM {vllm}): "
             "the chat demos need one",
@@ -412,3 +421,53 @@ def _estimated_bytes(facts: ModelFacts) -> int:
 
 def _name(model: str) -> str:
     return model.rstrip("/").rsplit("/", 1)[-1] or "derived"
+
+
+def chats_served(facts: ModelFacts) -> bool:
+    """Whether the model chats: its tasks say so, or (facts from a probe before tasks) it is assumed."""
+    return not facts.tasks or "chat" in facts.tasks
+
+
+# The tasks past chat a derivation runs where the model serves them: what the model is for. The
+# Responses API is listed as served (`mmdemo models`, plan) but not run by default: the chat types
+# already show a chat model works; a profile may name it.
+DERIVED_TASKS = tuple(t for t in Task if t is not Task.RESPONSES)
+
+
+def _task_demos(draft: _Draft, options: DeriveOptions) -> None:
+    facts = draft.facts
+    chosen = [Task(t) for t in facts.tasks if t in {d.value for d in DERIVED_TASKS}]
+    if not chosen:
+        return
+    demos = draft.data.setdefault("demos", [])
+    for task in chosen:
+        demo: dict[str, Any] = {"task": task.value}
+        if task is Task.CLASSIFY and facts.labels:
+            demo["expect"] = ["|".join(facts.labels)]  # any one of the model's labels
+            draft.provenance[f"demos.{len(demos)}.expect"] = "the model's labels (config id2label)"
+        demos.append(demo)
+    served = ", ".join(facts.tasks)
+    draft.provenance["demos"] = (
+        draft.provenance.get("demos", f"vLLM {facts.vllm}")
+        + f"; tasks served: {served} (runner {facts.runner})"
+    )
+    if not options.random_weights and chosen:
+        draft.notes.append(f"tasks past chat derived from vLLM {facts.vllm}'s model class: {served}")
+
+
+def _runner(draft: _Draft) -> None:
+    """`--runner pooling` (and `--convert`) where vLLM resolves the model to a pooling runner, as the
+    pooling examples start the server (examples/pooling/embed/vision_embedding_online.py)."""
+    facts = draft.facts
+    if facts.runner != "pooling":
+        return
+    draft.set(
+        "serve.runner", "pooling", f"vLLM {facts.vllm}: {'/'.join(facts.architectures)} is a pooling model"
+    )
+    if facts.convert and facts.convert != "none":
+        extra = list(draft.data.get("serve", {}).get("extra_args", []))
+        draft.set(
+            "serve.extra_args",
+            [*extra, "--convert", facts.convert],
+            f"vLLM {facts.vllm}: converted to {facts.convert}",
+        )

@@ -190,6 +190,48 @@ def text_facts(mc) -> dict:
     }
 
 
+def task_facts(mc) -> dict:
+    """The tasks the server would serve, as vLLM 0.32 decides them after loading (gpu_model_runner's
+    get_supported_tasks, entrypoints/*/factories.py), read here from the model class, unloaded.
+
+    generate: the chat types and responses; SupportsTranscription: transcription and translation (a
+    transcription-only model serves nothing else); SupportsRealtime: realtime; a pooling runner:
+    embedding (an embedding pooler: also score and rerank) or classify (a classifier with one label:
+    also score and rerank)."""
+    from vllm.model_executor.model_loader.utils import get_model_architecture
+    from vllm.model_executor.models.interfaces import supports_realtime, supports_transcription
+    from vllm.model_executor.models.interfaces_base import is_text_generation_model
+
+    cls, arch = get_model_architecture(mc)
+    tasks: list[str] = []
+    if mc.runner_type == "generate":
+        only = supports_transcription(cls) and bool(getattr(cls, "supports_transcription_only", False))
+        if is_text_generation_model(cls) and not only:
+            tasks += ["chat", "responses"]
+        if supports_transcription(cls):
+            tasks += ["transcription", "translation"]
+        if supports_realtime(cls):
+            tasks.append("realtime")
+    elif mc.runner_type == "pooling":
+        labels = getattr(mc.hf_config, "id2label", None) or {}
+        classify = mc.convert_type == "classify" or arch.endswith("ForSequenceClassification")
+        if classify:
+            tasks.append("classify")
+            if getattr(mc.hf_config, "num_labels", 0) == 1:
+                tasks += ["score", "rerank"]
+        else:
+            tasks += ["embedding", "score", "rerank"]
+        return {
+            "runner": mc.runner_type,
+            "convert": mc.convert_type,
+            "tasks": tasks,
+            "labels": [str(v) for _, v in sorted(labels.items(), key=lambda kv: int(kv[0]))]
+            if classify
+            else [],
+        }
+    return {"runner": mc.runner_type, "convert": mc.convert_type, "tasks": tasks, "labels": []}
+
+
 def probe(request: dict, facts: dict, timings: dict) -> None:
     """Fill `facts` in place, step by step, so a refusal still carries what was learnt before it."""
     from vllm.engine.arg_utils import EngineArgs
@@ -228,6 +270,10 @@ def probe(request: dict, facts: dict, timings: dict) -> None:
         raise found from None
     timings["config_s"] = round(time.monotonic() - start, 2)
     facts.update(text_facts(mc))
+    try:
+        facts.update(task_facts(mc))
+    except Exception as exc:  # the tasks are a view of the class; the chat facts stand without them
+        facts["tasks_error"] = one_line(exc)
     # An auto_map alone is no need: transformers uses its own class where it has one, so a model
     # that loaded without trust_remote_code does not need it; one loaded with it is taken to.
     facts["needs_remote_code"] = bool(facts["remote_code"]) and trust

@@ -15,11 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.core.errors import ProfileError
 from orchestrator.core.paths import models_dir, profile_search_path
+from orchestrator.core.tasks import SPEECH_TASKS, Task
 from orchestrator.gpus.detect import CPU, VARIANT_NAMES, canonical_class
 from orchestrator.profile.expect import alternatives
 
@@ -180,6 +190,87 @@ class Demo(_Frozen):
         return groups
 
 
+class TaskDemo(_Frozen):
+    """One task past chat to run (core/tasks.py), named under `demos:` beside the chat types."""
+
+    task: Task
+    expect: tuple[str, ...] = ()  # transcription/translation: the words; classify: the labels allowed
+    media: tuple[str, ...] = ()  # speech tasks: the profile's own clip instead of the known-answer one
+
+    @model_validator(mode="after")
+    def _media_for_speech(self) -> TaskDemo:
+        if self.media and self.task not in SPEECH_TASKS:
+            raise ValueError(
+                f"media: only {', '.join(t.value for t in SPEECH_TASKS)} take the profile's own "
+                f"media (one clip); {self.task.value} sends the known-answer images"
+            )
+        if len(self.media) > 1:
+            raise ValueError(f"media: {self.task.value} sends one clip; {len(self.media)} are listed")
+        return self
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_groups(cls, groups: tuple[str, ...]) -> tuple[str, ...]:
+        for group in groups:
+            alternatives(group)
+        return groups
+
+
+def _split_demos(data: Any) -> Any:
+    """`demos:` names chat types and tasks alike: tasks move to `tasks`, each checked here so that a
+    bad one is named by its place under `demos`."""
+    if not isinstance(data, dict):
+        return data
+    if "tasks" in data:
+        raise ValueError("[tasks] unknown key: tasks are named under demos (e.g. `demos: [transcription]`)")
+    demos = data.get("demos")
+    if not isinstance(demos, list):
+        return data
+    chats: list[Any] = []
+    tasks: list[TaskDemo] = []
+    chat_names = [c.value for c in ChatType]
+    task_names = [t.value for t in Task]
+    for index, entry in enumerate(demos):
+        name = entry if isinstance(entry, str) else None
+        if isinstance(entry, dict) and "task" in entry:
+            if "chat_type" in entry:
+                raise ValueError(
+                    f"[demos.{index}] names both chat_type {entry['chat_type']!r} and task "
+                    f"{entry['task']!r}: one of the two per demo"
+                )
+            try:
+                tasks.append(TaskDemo.model_validate(entry))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                message = str(first["msg"]).removeprefix("Value error, ")
+                if not key:  # the demo as a whole (its own check names the key)
+                    raise ValueError(f"[demos.{index}] {message}") from None
+                raise ValueError(f"[demos.{index}.{key}] {entry.get(key, '')!r}: {message}") from None
+        elif name in task_names:
+            tasks.append(TaskDemo(task=Task(name)))
+        elif name is not None and name not in chat_names:
+            hint = _did_you_mean(name, [*chat_names, *task_names])
+            raise ValueError(
+                f"[demos.{index}] {name!r} is neither a chat type ({', '.join(chat_names)}) nor a task "
+                f"({', '.join(task_names)}){hint}"
+            )
+        else:
+            chats.append(entry)
+    return {**data, "demos": chats, "tasks": tasks}
+
+
+class RecipeOrigin(_Frozen):
+    """The vLLM recipe a profile was made from (orchestrator/model/recipe.py): which file, variant, features."""
+
+    path: str  # the recipe file (a fetched `recipe:ORG/MODEL` is cached under mmdemo's cache)
+    slug: str  # ORG/MODEL, as the recipes repository files it (models/ORG/MODEL.yaml)
+    sha256: str  # of the recipe's text: a patch is made against the text that ran
+    variant: str
+    features: tuple[str, ...] = ()
+    model_id: str
+
+
 class Profile(_Frozen):
     """A model, the flags it needs per target, the environment and the demos to run."""
 
@@ -194,8 +285,23 @@ class Profile(_Frozen):
     requires: Requirements = Requirements()
     ready_timeout_s: float = Field(900, gt=0)
     variants: dict[str, Variant] = {}
-    demos: tuple[Demo, ...]
+    demos: tuple[Demo, ...]  # the chat types
+    tasks: tuple[TaskDemo, ...] = ()  # the tasks past chat, named under `demos:` too (_split_demos)
+    recipe: RecipeOrigin | None = None  # made from a vLLM recipe: `report --recipe-patch` reads it
     path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_apart(cls, data: Any) -> Any:
+        return _split_demos(data)
+
+    @model_serializer(mode="wrap")
+    def _tasks_back(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A dump names the tasks under `demos:`, as the YAML does: it parses back to this profile."""
+        data = handler(self)
+        if isinstance(data, dict) and "tasks" in data:
+            data["demos"] = [*data.get("demos", []), *data.pop("tasks")]
+        return data
 
     @field_validator("demos", mode="before")
     @classmethod
@@ -228,8 +334,8 @@ class Profile(_Frozen):
 
     @model_validator(mode="after")
     def _demos_fit_limits(self) -> Profile:
-        if not self.demos:
-            raise ValueError("[demos] the list is empty: name at least one chat type")
+        if not self.demos and not self.tasks:
+            raise ValueError("[demos] the list is empty: name at least one chat type or task")
         targets: list[tuple[str, ServeSettings]] = [("serve", self.serve)]
         targets += [(f"variants.{n}.serve", self.serve.merged(v.serve)) for n, v in self.variants.items()]
         for where, serve in targets:

@@ -21,14 +21,18 @@ SCHEMA_VERSION: Literal[3] = 3
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 Status = Literal["passed", "failed", "error", "interrupted"]
-# hung: no token by the request's timeout (none at all, or no more) while the server lived
-DemoStatus = Literal["passed", "failed", "hung"]
+# hung: no token by the request's timeout (none at all, or no more) while the server lived;
+# interrupted: in flight when the run was interrupted (Ctrl-C, SIGTERM): it has no answer
+DemoStatus = Literal["passed", "failed", "hung", "interrupted"]
 # demo: a request of the example client; repeat: the same once more after the first round (vLLM's
 # multimodal processor cache serves it); worst case: every medium the limits allow, in one request
 DemoKind = Literal["demo", "repeat", "worst case"]
-# understood: the answer holds every expected word group; answered: an answer came back (no words
-# expected, a random model, or words missing); no answer: an error instead of an answer.
-Verdict = Literal["understood", "answered", "no answer"]
+# understood: the answer holds every expected word group and no distractor (a truth, checked);
+# answered: an answer came back and there was nothing to check it against (`verdict_reason` says
+# why: no words expected, a stand-in with no truth, random weights); failed: words were checked
+# and are missing, or a distractor is named (`missing`, `distractors`, and the answer say which);
+# no answer: an error instead of an answer.
+Verdict = Literal["understood", "answered", "failed", "no answer"]
 
 
 class _Model(BaseModel):
@@ -40,18 +44,33 @@ class AssetRecord(_Model):
 
     key: str
     kind: Literal["image", "video", "audio"] | None = None
-    provenance: str | None = None  # downloaded, cached, synthetic, profile
+    provenance: str | None = None  # download, cache (upstream), known, synthetic, profile
     sha256: str | None = None
     source_url: str | None = None
     path: str | None = None  # the local file that was sent (for report.html)
-    reason: str | None = None  # why a synthetic substitute was used
+    reason: str | None = None  # why a substitute (known or synthetic) was used
+    fact: dict[str, str] | None = None  # a known medium's truth: {"colour": "red"}; None: none known
+    truth: str | None = None  # that truth in words: "a red shape moving left"
+
+
+class TaskCheck(_Model):
+    """One check of a task's answer past chat (demos/tasks.py): what it measured and whether it held."""
+
+    name: str  # "words", "word error rate", "dimension", "finite", "pair order", "ranked first", "labels"
+    passed: bool
+    value: str = ""  # what was measured, in words: "0.25", "64", "red image 0.91 > blue 0.12"
+    shape_only: bool = False  # a check of the answer's shape, not of its meaning (random weights)
 
 
 class DemoRecord(_Model):
     """One demo request: what was sent, what came back, how long it took."""
 
     name: str
-    chat_type: str  # a chat type of the example client, or worst-case
+    chat_type: str  # a chat type of the example client, worst-case, or a task's name (see `task`)
+    task: str | None = None  # a task past chat (core/tasks.py): transcription, embedding, ...; None: chat
+    endpoint: str | None = None  # the route a task's requests went to: /v1/audio/transcriptions, ...
+    word_error_rate: float | None = None  # transcription/translation/realtime: against the known words
+    checks: list[TaskCheck] = Field(default_factory=list)  # what a task's verdict checked
     delivery: str  # how the media were sent: url, base64, file, input_audio (text: text)
     kind: DemoKind = "demo"
     status: DemoStatus
@@ -67,6 +86,10 @@ class DemoRecord(_Model):
     error: str | None = None
     expected: list[list[str]] = Field(default_factory=list)  # any-of groups, all required
     missing: list[list[str]] = Field(default_factory=list)
+    reject: list[list[str]] = Field(default_factory=list)  # distractor groups: none may be named
+    distractors: list[list[str]] = Field(default_factory=list)  # the distractor groups the answer named
+    expect_source: str | None = None  # whose words were checked: "known" (the media's truth), "profile"
+    verdict_reason: str | None = None  # what the verdict checked, or why there was nothing to check
     started_s: float | None = None  # since the demo phase began
     assets: list[AssetRecord] = Field(default_factory=list)
     diagnosis: str | None = None  # a known vLLM error explained: what it means, the field to change
@@ -107,6 +130,31 @@ class DerivationRecord(_Model):
     values: dict[str, str] = Field(default_factory=dict)  # dotted profile key -> where its value came from
     notes: list[str] = Field(default_factory=list)
     weights_bytes: int | None = None
+
+
+class Offered(_Model):
+    """Chat types or tasks: those the model serves, as vLLM's probe said (None: not probed), and those run."""
+
+    served: list[str] | None = None
+    run: list[str] = Field(default_factory=list)
+
+
+class Capabilities(_Model):
+    """Per model: which chat types and which tasks past chat it serves, and which this run ran."""
+
+    chat_types: Offered = Field(default_factory=Offered)
+    tasks: Offered = Field(default_factory=Offered)
+
+
+class RecipeRecord(_Model):
+    """The vLLM recipe the run's profile was made from: what `report --recipe-patch` marks verified."""
+
+    path: str
+    slug: str  # ORG/MODEL: models/ORG/MODEL.yaml in vllm-project/recipes
+    sha256: str  # of the recipe text that ran
+    variant: str
+    features: list[str] = Field(default_factory=list)
+    model_id: str
 
 
 class VllmRecord(_Model):
@@ -180,6 +228,7 @@ class DownloadRecord(_Model):
     bytes_downloaded: int
     seconds: float
     path: str | None = None
+    hf_cache: str | None = None  # the Hugging Face hub cache it went into, vLLM's too (core/hfenv.py)
 
 
 class TeardownRecord(_Model):
@@ -215,6 +264,7 @@ class Summary(_Model):
     failed: int = 0  # hung ones included
     understood: int = 0
     hung: int = 0
+    interrupted: int = 0  # in flight when the run was interrupted: neither passed nor failed
 
 
 class RunRecord(_Model):
@@ -227,6 +277,8 @@ class RunRecord(_Model):
     profile_path: str | None = None
     profile_source: str | None = None  # which profile and why: named, the model's own, or derived
     derivation: DerivationRecord | None = None
+    capabilities: Capabilities | None = None  # served (vLLM's probe, where it ran) and run, per kind
+    recipe: RecipeRecord | None = None  # the profile came from a vLLM recipe (model/recipe.py)
     budget: BudgetRecord | None = None  # the demos' tokens counted before launch; None: not checked
     variant: str
     model: str
@@ -256,8 +308,16 @@ class RunRecord(_Model):
         passed = sum(1 for d in self.demos if d.status == "passed")
         understood = sum(1 for d in self.demos if d.verdict == "understood")
         hung = sum(1 for d in self.demos if d.status == "hung")
+        stopped = sum(1 for d in self.demos if d.status == "interrupted")
         total = len(self.demos)
-        return Summary(total=total, passed=passed, failed=total - passed, understood=understood, hung=hung)
+        return Summary(
+            total=total,
+            passed=passed,
+            failed=total - passed - stopped,
+            understood=understood,
+            hung=hung,
+            interrupted=stopped,
+        )
 
     def to_json(self) -> str:
         """report.json's text: every field, exact text kept (JSON escapes it, lone surrogates too)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from orchestrator.record.report import RunRecord
+from orchestrator.render.markdown import checks_line, failed_line
 from orchestrator.render.text import one_line, visible
 
 
@@ -29,11 +30,27 @@ def suite(record: RunRecord, name: str | None = None) -> ET.Element:
             name=visible(demo.name, newlines=False),
             time=f"{demo.latency_s:.3f}",
         )
+        if demo.checks:  # a task past chat: what its verdict checked, one property per check
+            properties = ET.SubElement(case, "properties")
+            for check in demo.checks:
+                value = f"{'passed' if check.passed else 'failed'}: {check.value}" + (
+                    " (shape only)" if check.shape_only else ""
+                )
+                ET.SubElement(
+                    properties, "property", name=visible(check.name, newlines=False), value=visible(value)
+                )
         if demo.status != "passed":
-            failure = ET.SubElement(case, "failure", message=one_line(demo.error, 200), type=demo.status)
-            failure.text = visible("\n".join(filter(None, [demo.error, demo.diagnosis, *demo.log_lines])))
+            message = one_line(demo.error, 200)
+            if demo.verdict == "failed":  # the answer beside the missing words
+                message = failed_line(demo, 200)
+            failure = ET.SubElement(case, "failure", message=message, type=demo.status)
+            answer = f"answer: {demo.answer}" if demo.verdict == "failed" else None
+            failure.text = visible(
+                "\n".join(filter(None, [demo.error, answer, demo.diagnosis, *demo.log_lines]))
+            )
         else:
-            ET.SubElement(case, "system-out").text = visible(demo.answer)
+            checked = f"\nchecked: {checks_line(demo)}" if demo.checks else ""
+            ET.SubElement(case, "system-out").text = visible(demo.answer + checked)
     if server_error and record.error is not None:
         case = ET.SubElement(element, "testcase", classname=label, name="server")
         error = ET.SubElement(case, "error", message=one_line(record.error.message, 200))

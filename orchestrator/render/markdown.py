@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.record.report import DemoRecord, RunRecord, VllmRecord
+from orchestrator.record.report import AssetRecord, DemoRecord, RunRecord, VllmRecord
 from orchestrator.render.text import code_fence, markdown_cell, one_line, visible
 
 VERDICTS = {"passed": "✅ passed", "failed": "❌ failed"}
@@ -19,12 +19,45 @@ def fmt(value: float | int | None, unit: str = "", digits: int = 2) -> str:
 
 
 def demo_label(demo: DemoRecord) -> str:
-    """understood / answered, with the missing words, for a passed or failed demo."""
+    """understood / answered / failed, with the missing words and the distractors named."""
     if demo.verdict == "understood":
         return "understood"
-    if demo.missing:
-        return "answered, missing " + ", ".join("|".join(group) for group in demo.missing)
+    if demo.missing or demo.distractors:
+        return "failed: " + checked(demo)
     return demo.verdict
+
+
+def checked(demo: DemoRecord) -> str:
+    """'missing red; names blue|navy': what a failed check found (the answer goes beside it)."""
+    parts = []
+    if demo.missing:
+        parts.append("missing " + ", ".join("|".join(group) for group in demo.missing))
+    if demo.distractors:
+        parts.append("names " + ", ".join("|".join(group) for group in demo.distractors))
+    return "; ".join(parts)
+
+
+def failed_line(demo: DemoRecord, limit: int | None = None) -> str:
+    """A failed check and the answer beside it, on one line (visible: no control bytes)."""
+    return f'{checked(demo)} — answer: "{one_line(demo.answer, limit)}"'
+
+
+def media_lines(record: RunRecord) -> list[str]:
+    """Each medium the demos sent, once: where it came from and, for known media, its truth."""
+    seen: dict[str, AssetRecord] = {}
+    for demo in record.demos:
+        for asset in demo.assets:
+            seen.setdefault(asset.key, asset)
+    if not seen:
+        return []
+    lines = ["| medium | kind | source | truth | why |", "|---|---|---|---|---|"]
+    for asset in seen.values():
+        lines.append(
+            f"| {markdown_cell(asset.key)} | {markdown_cell(asset.kind)} "
+            f"| {markdown_cell(asset.provenance)} | {markdown_cell(asset.truth or '–')} "
+            f"| {markdown_cell(asset.reason or '–', 120)} |"
+        )
+    return [*lines, ""]
 
 
 def environment(vllm: VllmRecord) -> str:
@@ -101,17 +134,23 @@ def to_markdown(record: RunRecord) -> str:
         for demo in record.demos:
             mark = DEMO_MARKS.get(demo.status, "❌")
             text = demo.answer if demo.status == "passed" else demo.error
+            if demo.verdict == "failed":  # the answer beside the missing words, never only the words
+                text = failed_line(demo)
             if demo.diagnosis:
                 text = f"{text} — {demo.diagnosis}"
-            synthetic = any(a.provenance == "synthetic" for a in demo.assets)
+            stand_in = next(
+                (p for p in ("known", "synthetic") if any(a.provenance == p for a in demo.assets)), ""
+            )
             lines.append(
-                f"| {markdown_cell(demo.name)}{' (synthetic media)' if synthetic else ''} "
+                f"| {markdown_cell(demo.name)}{f' ({stand_in} media)' if stand_in else ''} "
                 f"| {mark} {demo.status} | {markdown_cell(demo_label(demo))} "
                 f"| {fmt(demo.latency_s, ' s')} | {fmt(demo.ttft_s, ' s')} "
                 f"| {fmt(demo.prompt_tokens)}/{fmt(demo.completion_tokens)} "
-                f"| {fmt(demo.tokens_per_s, '', 1)} | {markdown_cell(text)} |"
+                f"| {fmt(demo.tokens_per_s, '', 1)} | {markdown_cell(text, 160)} |"
             )
         lines.append("")
+        lines += task_lines(record)
+        lines += media_lines(record)
     for note in record.notes:
         lines.append(f"> {markdown_cell(note, None)}")
     if record.notes:
@@ -121,3 +160,27 @@ def to_markdown(record: RunRecord) -> str:
         fence = code_fence([command])
         lines += ["<details><summary>command</summary>", "", fence + "sh", command, fence, "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def checks_line(demo: DemoRecord) -> str:
+    """What a task's verdict checked, in one line: `word error rate 0.00 against '...'; dimension 16 (shape only)`."""
+    return "; ".join(
+        f"{c.name} {c.value}".strip()
+        + ("" if c.passed else " (failed)")
+        + (" (shape only)" if c.shape_only else "")
+        for c in demo.checks
+    )
+
+
+def task_lines(record: RunRecord) -> list[str]:
+    """The tasks past chat: each first request's route and what its verdict checked."""
+    tasks = [d for d in record.demos if d.task and d.kind == "demo"]
+    if not tasks:
+        return []
+    lines = ["| task demo | route | checks |", "|---|---|---|"]
+    for demo in tasks:
+        lines.append(
+            f"| {markdown_cell(demo.name)} | {markdown_cell(demo.endpoint or '')} "
+            f"| {markdown_cell(checks_line(demo) or 'none', 240)} |"
+        )
+    return [*lines, ""]
