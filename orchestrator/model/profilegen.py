@@ -29,12 +29,19 @@ _WIDTH = 110
 
 def to_yaml(derivation: Derivation) -> str:
     """The profile of `derivation` as YAML with the provenance as comments."""
-    profile, provenance = derivation.profile, derivation.provenance
+    profile, origin = derivation.profile, derivation.profile.recipe
+    # A recipe's values say `from recipe: ...` or `derived: ...` themselves (model/recipemerge.py).
+    provenance = {k: v if origin else f"from {v}" for k, v in derivation.provenance.items()}
     data = _tidy(profile.model_dump(mode="json", exclude_unset=True, exclude={"name", "path"}))
     lines = [
         f"# Derived by mmdemo from what vLLM {derivation.facts.vllm} says about {profile.model}",
         "# (orchestrator/derive.py); each derived value says where it came from. Edit freely.",
     ]
+    if origin is not None:
+        lines = [
+            f"# Made by mmdemo from the vLLM recipe {origin.slug} (variant {origin.variant}) and what",
+            f"# vLLM {derivation.facts.vllm} says about {profile.model}: each value says which. Edit freely.",
+        ]
     lines += [f"# note: {line}" for note in derivation.notes for line in _wrap(note, 100)]
     keys = [k for k in _ORDER if k in data] + [k for k in data if k not in _ORDER and k != "demos"]
     for key in keys:
@@ -67,7 +74,7 @@ def _line(lines: list[str], text: str, source: str | None, indent: int) -> None:
     if source is None:
         lines.append(text)
         return
-    first, *rest = _wrap(f"from {source}", max(_WIDTH - len(text) - 4, 60))
+    first, *rest = _wrap(source, max(_WIDTH - len(text) - 4, 60))
     lines.append(f"{text}  # {first}")
     lines.extend(f"{' ' * indent}#   {more}" for more in rest)
 

@@ -5,6 +5,8 @@
     parse_ref("~/.cache/mmdemo/models/tiny-x")  -> LocalModel   (a directory with config.json)
     parse_ref("mmdemo:tiny-llava")              -> LocalModel   (a built tiny model)
     parse_ref("Qwen/Qwen2.5-VL-3B-Instruct@main") -> HubModel   (org/name, optionally @revision)
+    parse_ref("recipes/models/Qwen/X.yaml")     -> RecipeRef    (a vLLM recipe, a directory of them,
+                                                                 or recipe:ORG/MODEL)
 
 `matching_profile(ref)` finds a shipped or user profile whose `model` is that model: it wins over a
 derivation. A hub id with a revision matches no profile (a profile pins no revision).
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from orchestrator.core.errors import MMDemoError, ProfileError
 from orchestrator.core.paths import models_dir, packaged_profiles_dir
+from orchestrator.model.recipe import is_recipe_ref
 from orchestrator.profile.schema import LOCAL_MODEL_PREFIX as LOCAL_PREFIX
 from orchestrator.profile.schema import iter_profile_files, parse_profile_file
 
@@ -28,6 +31,13 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<re
 @dataclass(frozen=True)
 class ProfileRef:
     """A profile name or a path to a profile file: `profile.load_profile` takes it from here."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RecipeRef:
+    """A vLLM recipe: a file, a directory of recipes, or `recipe:ORG/MODEL` (model/recipe.py)."""
 
     text: str
 
@@ -58,7 +68,7 @@ class HubModel:
 
 
 ModelRef = LocalModel | HubModel
-Ref = ProfileRef | LocalModel | HubModel
+Ref = ProfileRef | RecipeRef | LocalModel | HubModel
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class ProfileMatch:
 
 def parse_ref(text: str) -> Ref:
     """Classify what was typed; a directory without config.json is an error naming both readings."""
+    if is_recipe_ref(text):
+        return RecipeRef(text)
     if text.startswith(LOCAL_PREFIX):
         name = text[len(LOCAL_PREFIX) :]
         return LocalModel(text=text, path=(models_dir() / name).resolve())
@@ -88,7 +100,8 @@ def parse_ref(text: str) -> Ref:
         if (path / "config.json").is_file():
             return LocalModel(text=text, path=path.resolve())
         raise ProfileError(
-            f"{text}: a directory with no config.json: neither a profile file nor a model directory"
+            f"{text}: a directory with no config.json: neither a profile file nor a model directory, "
+            "and no vLLM recipe in it"
         )
     if (match := _HUB_ID.match(text)) and not text.startswith((".", "/", "~")):
         return HubModel(text=text, repo_id=match["repo"], revision=match["rev"])
