@@ -257,3 +257,41 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@dataclass
+class RefusingHub:
+    """A hub address that takes no request: each connection is accepted, counted and closed unanswered."""
+
+    url: str = ""
+    connections: int = 0
+
+
+@contextmanager
+def refusing() -> Iterator[RefusingHub]:
+    """An air-gapped box's view of the hub, on 127.0.0.1: every connection dropped, and counted."""
+    import socket
+
+    hub = RefusingHub()
+    listener = socket.create_server(("127.0.0.1", 0))
+    hub.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    done = threading.Event()
+
+    def drop() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the listener closed
+                return
+            hub.connections += 1
+            conn.close()
+
+    thread = threading.Thread(target=drop, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        done.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join()

@@ -9,6 +9,7 @@ repo's safetensors shards (approximate public figures), so nothing can download 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,3 +61,34 @@ def llava_repo(
     return FakeRepo(
         repo_id, files, gated=gated, tokens=tokens, sizes=dict(LLAVA_SHARDS), parameters=LLAVA_PARAMETERS
     )
+
+
+def tiny_safetensors(values: int = 16) -> bytes:
+    """A real (small) safetensors file: one float16 tensor of zeros."""
+    header = json.dumps({"w": {"dtype": "F16", "shape": [values], "data_offsets": [0, 2 * values]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(2 * values)
+
+
+def llava_snapshot_files() -> dict[str, bytes]:
+    """A complete llava-style snapshot: config, tokenizer, processor and chat template, small weights."""
+    files = {p.name: p.read_bytes() for p in sorted((HERE / "llava-1.5-7b-hf").iterdir())}
+    files["tokenizer.json"] = word_level_tokenizer(32064, LLAVA_SPECIAL)
+    files["model.safetensors"] = tiny_safetensors()
+    return files
+
+
+def cache_snapshot(hub_cache: Path, repo_id: str, files: dict[str, bytes], revision: str = "main") -> Path:
+    """Write `files` into an HF hub cache as huggingface_hub lays a download out (blobs by hash, the
+    snapshot's files linked to them, refs/<revision> naming the commit) and return the snapshot."""
+    storage = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode() + b"".join(sorted(files.values()))).hexdigest()
+    snapshot = storage / "snapshots" / commit
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    return snapshot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.core.errors import PreflightError
-from orchestrator.model.prefetch import HubEnv, HubPlan, check_disk, fetch, needs_prefetch, plan
-from tests.conftest import REPO, wait_for
+from orchestrator.core.errors import HubUnavailable, PreflightError
+from orchestrator.core.hfenv import HfEnv
+from orchestrator.model.prefetch import HubPlan, check_disk, fetch, needs_prefetch, plan
+from tests.conftest import REPO, free_port, wait_for
 from tests.fake_hub import FakeHub, FakeRepo, serve
 
 MIB = 1 << 20
@@ -43,8 +45,8 @@ def hub() -> Iterator[FakeHub]:
 
 
 @pytest.fixture
-def env(hub: FakeHub, tmp_path: Path) -> HubEnv:
-    return HubEnv(endpoint=hub.url, cache_dir=tmp_path / "hub", offline=False)
+def env(hub: FakeHub, tmp_path: Path) -> HfEnv:
+    return HfEnv(hub_cache=tmp_path / "hub", endpoint=hub.url)
 
 
 @pytest.mark.parametrize(
@@ -73,35 +75,7 @@ def test_needs_prefetch_is_false_for_an_existing_relative_dir(
     assert needs_prefetch("org/model") is False
 
 
-@pytest.mark.parametrize(
-    ("environ", "endpoint", "cache", "offline"),
-    [
-        ({}, "https://huggingface.co", "{home}/.cache/huggingface/hub", False),
-        ({"HF_HOME": "/data/hf"}, "https://huggingface.co", "/data/hf/hub", False),
-        ({"HF_HOME": "/data/hf", "HF_HUB_CACHE": "/fast/hub"}, "https://huggingface.co", "/fast/hub", False),
-        ({"XDG_CACHE_HOME": "/xdg"}, "https://huggingface.co", "/xdg/huggingface/hub", False),
-        ({"HF_ENDPOINT": "http://127.0.0.1:9/", "HF_HUB_OFFLINE": "1"}, "http://127.0.0.1:9", None, True),
-        ({"HF_HUB_OFFLINE": "TRUE"}, "https://huggingface.co", None, True),
-        ({"HF_HUB_OFFLINE": "0"}, "https://huggingface.co", None, False),
-    ],
-)
-def test_hub_env_reads_the_environment(
-    environ: dict[str, str], endpoint: str, cache: str | None, offline: bool
-) -> None:
-    got = HubEnv.from_environ(environ)
-    assert got.endpoint == endpoint
-    assert got.offline is offline
-    if cache is not None:
-        assert got.cache_dir == Path(cache.format(home=os.path.expanduser("~")))
-
-
-def test_hub_env_takes_the_token_and_keeps_it_out_of_repr() -> None:
-    got = HubEnv.from_environ({"HF_TOKEN": "hf_secret"})
-    assert got.token == "hf_secret"
-    assert "hf_secret" not in repr(got)
-
-
-def test_plan_lists_files_and_sizes_from_the_hub(env: HubEnv, hub: FakeHub) -> None:
+def test_plan_lists_files_and_sizes_from_the_hub(env: HfEnv, hub: FakeHub) -> None:
     p = plan("org/tiny", env=env)
     assert p.commit == hub.repos["org/tiny"].sha
     assert {f.path: f.size for f in p.files} == {name: len(data) for name, data in FILES.items()}
@@ -109,15 +83,15 @@ def test_plan_lists_files_and_sizes_from_the_hub(env: HubEnv, hub: FakeHub) -> N
     assert not hub.downloads(WEIGHTS)  # planning reads metadata only
 
 
-def test_fetch_downloads_then_a_second_fetch_makes_no_request(env: HubEnv, hub: FakeHub) -> None:
+def test_fetch_downloads_then_a_second_fetch_makes_no_request(env: HfEnv, hub: FakeHub) -> None:
     first = fetch(plan("org/tiny", env=env))
     assert first.bytes_downloaded == TOTAL
     assert first.files_downloaded == len(FILES)
-    assert first.path == env.cache_dir / "models--org--tiny" / "snapshots" / hub.repos["org/tiny"].sha
+    assert first.path == env.hub_cache / "models--org--tiny" / "snapshots" / hub.repos["org/tiny"].sha
     for name, data in FILES.items():
         assert (first.path / name).read_bytes() == data
     # A load by name (revision main) finds the snapshot through the ref.
-    assert (env.cache_dir / "models--org--tiny" / "refs" / "main").read_text() == hub.repos["org/tiny"].sha
+    assert (env.hub_cache / "models--org--tiny" / "refs" / "main").read_text() == hub.repos["org/tiny"].sha
 
     again = plan("org/tiny", env=env)
     assert (again.missing_bytes, again.cached_bytes) == (0, TOTAL)
@@ -128,7 +102,7 @@ def test_fetch_downloads_then_a_second_fetch_makes_no_request(env: HubEnv, hub: 
     assert len(hub.requests) == before
 
 
-def test_two_fetches_of_one_model_at_once_both_succeed(env: HubEnv, hub: FakeHub) -> None:
+def test_two_fetches_of_one_model_at_once_both_succeed(env: HfEnv, hub: FakeHub) -> None:
     # A matrix runs its cells as threads of one process: two cells of one model, planned before either
     # fetched, download, link and write refs/main at the same time (a pid-named temporary ref collided).
     plans = [plan("org/tiny", env=env) for _ in range(2)]
@@ -143,13 +117,13 @@ def test_two_fetches_of_one_model_at_once_both_succeed(env: HubEnv, hub: FakeHub
     assert paths[0] == paths[1]
     for name, data in FILES.items():
         assert (paths[0] / name).read_bytes() == data
-    assert (env.cache_dir / "models--org--tiny" / "refs" / "main").read_text() == hub.repos["org/tiny"].sha
-    assert not [f for f in (env.cache_dir / "models--org--tiny" / "refs").iterdir() if f.name != "main"]
+    assert (env.hub_cache / "models--org--tiny" / "refs" / "main").read_text() == hub.repos["org/tiny"].sha
+    assert not [f for f in (env.hub_cache / "models--org--tiny" / "refs").iterdir() if f.name != "main"]
 
 
-def test_offline_plan_uses_the_cache_and_never_the_network(env: HubEnv, hub: FakeHub) -> None:
+def test_offline_plan_uses_the_cache_and_never_the_network(env: HfEnv, hub: FakeHub) -> None:
     fetch(plan("org/tiny", env=env))
-    offline = HubEnv(env.endpoint, env.cache_dir, offline=True)
+    offline = dataclasses.replace(env, offline=True)
     before = len(hub.requests)
     p = plan("org/tiny", env=offline)
     assert p.missing_bytes == 0
@@ -158,17 +132,33 @@ def test_offline_plan_uses_the_cache_and_never_the_network(env: HubEnv, hub: Fak
     assert len(hub.requests) == before
 
 
-def test_offline_plan_refuses_a_model_not_in_the_cache(env: HubEnv, hub: FakeHub) -> None:
-    offline = HubEnv(env.endpoint, env.cache_dir, offline=True)
-    with pytest.raises(
-        PreflightError, match=r"HF_HUB_OFFLINE is set and org/tiny \(main\) is not in the cache"
-    ) as err:
+def test_offline_plan_refuses_a_model_not_in_the_cache(env: HfEnv, hub: FakeHub) -> None:
+    offline = dataclasses.replace(env, offline=True)
+    with pytest.raises(HubUnavailable) as err:
         plan("org/tiny", env=offline)
-    assert "\n" not in str(err.value)
+    assert str(err.value) == (
+        f"org/tiny is not in the HF cache {env.hub_cache} and HF_HUB_OFFLINE is set: run `hf download org/tiny` "
+        "(or `huggingface-cli download org/tiny`) on a machine with access, then copy its models--org--tiny "
+        f"folder into {env.hub_cache}"
+    )
+    assert err.value.exit_code == 3
     assert hub.requests == []
 
 
-def test_progress_reports_bytes_up_to_the_total(env: HubEnv) -> None:
+def test_offline_plan_refuses_a_snapshot_without_its_weights(env: HfEnv, hub: FakeHub) -> None:
+    fetch(plan("org/tiny", env=env))
+    snapshot = env.repo_dir("org/tiny") / "snapshots" / hub.repos["org/tiny"].sha
+    (snapshot / WEIGHTS).unlink()  # what `validate`'s download of the small files leaves
+    with pytest.raises(
+        HubUnavailable, match=r"^org/tiny is incomplete in the HF cache .* \(no weight files\) and "
+    ):
+        plan("org/tiny", env=dataclasses.replace(env, offline=True))
+    (snapshot / WEIGHTS).symlink_to(env.repo_dir("org/tiny") / "blobs" / "gone")  # an interrupted download
+    with pytest.raises(HubUnavailable, match=rf"\({WEIGHTS} not downloaded\)"):
+        plan("org/tiny", env=dataclasses.replace(env, offline=True))
+
+
+def test_progress_reports_bytes_up_to_the_total(env: HfEnv) -> None:
     seen: list[tuple[int, int]] = []
     fetch(plan("org/tiny", env=env), lambda done, total: seen.append((done, total)))
     assert seen[-1] == (TOTAL, TOTAL)
@@ -178,14 +168,14 @@ def test_progress_reports_bytes_up_to_the_total(env: HubEnv) -> None:
     assert {total for _, total in seen} == {TOTAL}
 
 
-def test_progress_of_a_cached_model_is_complete_at_once(env: HubEnv) -> None:
+def test_progress_of_a_cached_model_is_complete_at_once(env: HfEnv) -> None:
     fetch(plan("org/tiny", env=env))
     seen: list[tuple[int, int]] = []
     fetch(plan("org/tiny", env=env), lambda done, total: seen.append((done, total)))
     assert seen == [(TOTAL, TOTAL)]
 
 
-def test_gated_model_without_token_is_refused_before_any_download(env: HubEnv, hub: FakeHub) -> None:
+def test_gated_model_without_token_is_refused_before_any_download(env: HfEnv, hub: FakeHub) -> None:
     with pytest.raises(PreflightError, match=r"^model org/gated is gated and no HF_TOKEN is set$") as err:
         plan("org/gated", env=env)
     assert err.value.hint is not None
@@ -193,12 +183,12 @@ def test_gated_model_without_token_is_refused_before_any_download(env: HubEnv, h
     assert not hub.downloads("config.json")
 
 
-def test_gated_model_with_a_token_without_access_is_refused(env: HubEnv) -> None:
+def test_gated_model_with_a_token_without_access_is_refused(env: HfEnv) -> None:
     with pytest.raises(PreflightError, match=r"^model org/gated is gated and HF_TOKEN has no access to it$"):
         plan("org/gated", env=env, token="hf_wrong")
 
 
-def test_gated_model_with_a_good_token_downloads(env: HubEnv, hub: FakeHub) -> None:
+def test_gated_model_with_a_good_token_downloads(env: HfEnv, hub: FakeHub) -> None:
     got = fetch(plan("org/gated", env=env, token="hf_good"))
     assert (got.path / "config.json").read_bytes() == b"{}"
     assert all(r.headers.get("authorization") == "Bearer hf_good" for r in hub.downloads("config.json"))
@@ -216,28 +206,33 @@ def test_gated_model_with_a_good_token_downloads(env: HubEnv, hub: FakeHub) -> N
     ],
 )
 def test_unknown_repo_or_revision_is_one_line(
-    env: HubEnv, model: str, revision: str | None, message: str
+    env: HfEnv, model: str, revision: str | None, message: str
 ) -> None:
     with pytest.raises(PreflightError, match=message):
         plan(model, revision=revision, env=env)
 
 
-def test_unreachable_hub_is_one_line(tmp_path: Path) -> None:
-    # A port that was free a moment ago: connection refused, on loopback only.
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = HubEnv(f"http://127.0.0.1:{port}", tmp_path / "hub", offline=False)
-    with pytest.raises(
-        PreflightError, match=r"^cannot reach the hub for org/tiny on http://127\.0\.0\.1:\d+: "
-    ) as err:
+def test_an_unreachable_hub_and_no_cached_copy_is_one_line(tmp_path: Path) -> None:
+    env = HfEnv(hub_cache=tmp_path / "hub", endpoint=f"http://127.0.0.1:{free_port()}")  # refused
+    with pytest.raises(HubUnavailable) as err:
         plan("org/tiny", env=env)
-    assert "\n" not in str(err.value)
+    message = str(err.value)
+    assert message.startswith(
+        f"org/tiny is not in the HF cache {tmp_path / 'hub'} and the hub at {env.endpoint} cannot be reached ("
+    )
+    assert "run `hf download org/tiny`" in message
+    assert "\n" not in message
 
 
-def test_disk_check_refuses_when_the_cache_cannot_hold_what_is_left(env: HubEnv) -> None:
+def test_an_unreachable_hub_plans_from_a_complete_cached_snapshot(env: HfEnv, hub: FakeHub) -> None:
+    fetch(plan("org/tiny", env=env))
+    cut_off = dataclasses.replace(env, endpoint=f"http://127.0.0.1:{free_port()}")
+    p = plan("org/tiny", env=cut_off)
+    assert (p.commit, p.missing_bytes, p.total_bytes) == (hub.repos["org/tiny"].sha, 0, TOTAL)
+    assert fetch(p).path == env.repo_dir("org/tiny") / "snapshots" / hub.repos["org/tiny"].sha
+
+
+def test_disk_check_refuses_when_the_cache_cannot_hold_what_is_left(env: HfEnv) -> None:
     p = plan("org/tiny", env=env)
     probed: list[Path] = []
 
@@ -249,18 +244,18 @@ def test_disk_check_refuses_when_the_cache_cannot_hold_what_is_left(env: HubEnv)
         PreflightError, match=r"^org/tiny needs 12\.0 MiB more in .*hub, which has 12\.0 MiB free$"
     ):
         check_disk(p, free_space=free)
-    assert probed == [env.cache_dir]
+    assert probed == [env.hub_cache]
     check_disk(p, free_space=lambda _: p.missing_bytes)
 
 
-def test_disk_check_passes_a_cached_model_on_a_full_disk(env: HubEnv) -> None:
+def test_disk_check_passes_a_cached_model_on_a_full_disk(env: HfEnv) -> None:
     fetch(plan("org/tiny", env=env))
     check_disk(plan("org/tiny", env=env), free_space=lambda _: 0)
 
 
-def test_disk_check_default_probe_walks_up_to_an_existing_dir(env: HubEnv) -> None:
+def test_disk_check_default_probe_walks_up_to_an_existing_dir(env: HfEnv) -> None:
     p = plan("org/tiny", env=env)
-    assert not env.cache_dir.exists()
+    assert not env.hub_cache.exists()
     check_disk(p)  # the loopback repo is 12 MiB: any test machine has that free
 
 
@@ -289,7 +284,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub: FakeHub, tmp_path
         child.wait()
     kept = partial.stat().st_size
 
-    resumed_plan: HubPlan = plan("org/tiny", env=HubEnv.from_environ(env_vars))
+    resumed_plan: HubPlan = plan("org/tiny", env=HfEnv.read(env_vars))
     weights = next(f for f in resumed_plan.files if f.path == WEIGHTS)
     assert (weights.cached, weights.partial) == (False, kept)
     got = fetch(resumed_plan)

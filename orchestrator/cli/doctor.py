@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from typing import TYPE_CHECKING
 
 from orchestrator.core.errors import MMDemoError
+from orchestrator.core.hfenv import HfEnv
 from orchestrator.core.options import DEFAULTS
 from orchestrator.core.paths import cache_dir, packaged_profiles_dir
 from orchestrator.gpus.detect import PLATFORM_NAMES, ROCM, Gpu, detect
 from orchestrator.launch import checks as preflight
 from orchestrator.launch import container
+from orchestrator.launch.checks import free_space
 from orchestrator.launch.command import expand_env
 from orchestrator.profile.fit import sized_class
 from orchestrator.profile.schema import iter_profile_files, parse_profile_file
@@ -49,13 +50,20 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
         console.print(
             "GPU:         none found (NVML, nvidia-smi, amdsmi, amd-smi, rocm-smi): profiles run their cpu variant"
         )
-    token = "present" if preflight.hf_token_present(os.environ) else "not set (gated models will fail)"
-    console.print(f"HF token:    {token}")
-    hf_home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
-    for label, where in (("mmdemo cache", str(cache_dir())), ("HF cache", hf_home)):
-        probe = where if os.path.exists(where) else os.path.dirname(where.rstrip("/")) or "/"
-        free_gib = shutil.disk_usage(probe).free / 2**30 if os.path.exists(probe) else float("nan")
-        console.print(f"{label + ':':<13}{where} ({free_gib:.0f} GiB free on disk)", highlight=False)
+    hf = HfEnv.read()  # what prefetch, the container's mount and the disk check use
+    token = f"present (from {hf.token_source})" if hf.token_source else "not set (gated models will fail)"
+    console.print(f"HF token:    {escape(token)}", highlight=False)
+    offline = " (HF_HUB_OFFLINE: never asked; hub models come from the HF cache)" if hf.offline else ""
+    console.print(f"HF hub:      {escape(hf.endpoint)}{offline}", highlight=False)
+    for label, where, source in (
+        ("mmdemo cache", cache_dir(), ""),
+        ("HF cache", hf.hub_cache, f"from {hf.hub_cache_from}, "),
+    ):
+        free_gib = free_space(where) / 2**30
+        console.print(
+            f"{label + ':':<13}{escape(str(where))} ({source}{free_gib:.0f} GiB free on disk)",
+            highlight=False,
+        )
     containers(console)
     console.print(f"profiles:    {packaged_profiles_dir()}", highlight=False)
     console.print(

@@ -6,35 +6,39 @@ with huggingface_hub and reports bytes as they arrive: files the hub serves thro
 hf_xet (whose chunk cache makes a retry cheap); plain HTTP files are written to the cache's
 `blobs/<etag>.incomplete` and resumed from there with a Range request after an interruption
 (huggingface_hub 2.x downloads to a per-process temporary name it deletes or abandons, so an
-interrupted `hf_hub_download` starts again from zero). vLLM then loads from the cache. The environment (HF_TOKEN, HF_HOME,
-HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT) is read on each call, not at import.
+interrupted `hf_hub_download` starts again from zero). vLLM then loads from the cache. Where the hub and
+the cache are, offline or not, and the token: an `HfEnv` (core/hfenv.py), read on each call, not at
+import. Offline (HF_HUB_OFFLINE), or with no route to the hub, the plan is the cache's complete
+snapshot, without a request; a model not there is one line naming the cache and how to fill it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from tqdm import tqdm
 
 from orchestrator.core.atomic import replacing, write_atomic
-from orchestrator.core.errors import PreflightError
+from orchestrator.core.errors import HubUnreachable, PreflightError
+from orchestrator.core.hfenv import HfEnv
+from orchestrator.launch import checks
+from orchestrator.model.weights import HUB_TIMEOUT_S, cached_snapshot, unreachable, unreachable_why
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_TRUE = {"1", "true", "yes", "on"}
 
 Progress = Callable[[int, int], None]
 FreeSpace = Callable[[Path], int]
@@ -47,39 +51,6 @@ def needs_prefetch(model: str) -> bool:
     if Path(model).expanduser().exists():
         return False
     return bool(_HUB_ID.match(model))
-
-
-@dataclass(frozen=True)
-class HubEnv:
-    """Where the hub and the cache are, read from the environment at call time."""
-
-    endpoint: str
-    cache_dir: Path
-    offline: bool
-    token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> HubEnv:
-        """HF_ENDPOINT, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE and HF_TOKEN (else the stored login)."""
-        env = os.environ if environ is None else environ
-        if env.get("HF_HUB_CACHE"):
-            cache = Path(env["HF_HUB_CACHE"])
-        else:
-            home = env.get("HF_HOME") or os.path.join(
-                env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-            )
-            cache = Path(home) / "hub"
-        token = env.get("HF_TOKEN") or None
-        if token is None and environ is None:
-            from huggingface_hub import get_token
-
-            token = get_token()
-        return cls(
-            endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
-            cache_dir=cache.expanduser(),
-            offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
-            token=token,
-        )
 
 
 @dataclass(frozen=True)
@@ -100,13 +71,13 @@ class HubPlan:
     revision: str
     commit: str
     files: tuple[HubFile, ...]
-    env: HubEnv
+    env: HfEnv
     gated: bool = False
 
     @property
     def storage(self) -> Path:
         """The repository's folder in the HF cache."""
-        return self.env.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
+        return self.env.repo_dir(self.repo_id)
 
     @property
     def snapshot(self) -> Path:
@@ -160,16 +131,29 @@ def _shared_session() -> None:
 
 
 def plan(
-    model: str, *, revision: str | None = None, token: str | None = None, env: HubEnv | None = None
+    model: str, *, revision: str | None = None, token: str | None = None, env: HfEnv | None = None
 ) -> HubPlan:
-    """Ask the hub for the snapshot's files and sizes and compare them with the cache (offline: cache only)."""
-    env = env or HubEnv.from_environ()
+    """Ask the hub for the snapshot's files and sizes and compare them with the cache.
+
+    Offline (HF_HUB_OFFLINE), or where the hub cannot be reached, the plan is the cache's complete
+    snapshot (no request); a model not there is a one-line `HubUnavailable`.
+    """
+    env = env or HfEnv.read()
     if token is not None:
-        env = HubEnv(env.endpoint, env.cache_dir, env.offline, token)
+        env = dataclasses.replace(env, env_token=token)
     rev = revision or "main"
     if env.offline:
-        return _plan_offline(model, rev, env)
+        return _plan_cached(model, revision, env, "HF_HUB_OFFLINE is set")
+    try:
+        return _plan_hub(model, rev, env)
+    except HubUnreachable as exc:
+        cached = _plan_cached(model, revision, env, exc.why)
+        log.warning("%s: %s; using its snapshot in the HF cache %s", model, exc.why, env.hub_cache)
+        return cached
 
+
+def _plan_hub(model: str, rev: str, env: HfEnv) -> HubPlan:
+    """One model_info request, the cache compared file by file."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -182,7 +166,7 @@ def plan(
     api = HfApi(endpoint=env.endpoint, token=env.token or False)
     where = f"{model} on {env.endpoint}"
     try:
-        info = api.model_info(model, revision=rev, files_metadata=True)
+        info = api.model_info(model, revision=rev, files_metadata=True, timeout=HUB_TIMEOUT_S)
     except RevisionNotFoundError:
         raise PreflightError(f"revision {rev!r} of {where} does not exist") from None
     except GatedRepoError:
@@ -196,6 +180,8 @@ def plan(
         status = exc.response.status_code if exc.response is not None else "?"
         raise PreflightError(f"the hub answered HTTP {status} for {where}") from None
     except Exception as exc:  # transport errors differ between huggingface_hub releases
+        if unreachable(exc):
+            raise HubUnreachable(model, unreachable_why(env, exc)) from None
         raise PreflightError(f"cannot reach the hub for {where}: {type(exc).__name__}: {exc}") from None
     if not info.sha:
         raise PreflightError(f"the hub gave no commit for {where}")
@@ -203,7 +189,7 @@ def plan(
     siblings = list(info.siblings or [])
     if gated and siblings:
         _check_access(model, info.sha, siblings[0].rfilename, env)
-    storage = env.cache_dir / ("models--" + model.replace("/", "--"))
+    storage = env.repo_dir(model)
     files = []
     for s in siblings:
         size = (s.lfs.size if s.lfs else None) or s.size or 0
@@ -217,7 +203,7 @@ def plan(
     return HubPlan(model, rev, info.sha, tuple(files), env, gated)
 
 
-def _gated(model: str, env: HubEnv) -> PreflightError:
+def _gated(model: str, env: HfEnv) -> PreflightError:
     url = f"{env.endpoint}/{model}"
     if not env.token:
         return PreflightError(
@@ -229,7 +215,7 @@ def _gated(model: str, env: HubEnv) -> PreflightError:
     )
 
 
-def _check_access(model: str, commit: str, filename: str, env: HubEnv) -> None:
+def _check_access(model: str, commit: str, filename: str, env: HfEnv) -> None:
     """A gated repo lists its files to anyone; one metadata request shows whether the token may download."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
@@ -240,56 +226,33 @@ def _check_access(model: str, commit: str, filename: str, env: HubEnv) -> None:
     except GatedRepoError:
         raise _gated(model, env) from None
     except HfHubHTTPError as exc:
-        if exc.response is not None and exc.response.status_code in (401, 403):
+        status = exc.response.status_code if exc.response is not None else "?"
+        if status in (401, 403):
             raise _gated(model, env) from None
+        raise PreflightError(f"the hub answered HTTP {status} for {model} on {env.endpoint}") from None
+    except Exception as exc:
+        if unreachable(exc):
+            raise HubUnreachable(model, unreachable_why(env, exc)) from None
         raise
 
 
-def _plan_offline(model: str, rev: str, env: HubEnv) -> HubPlan:
-    """HF_HUB_OFFLINE: the cached snapshot is all there is; no request is made."""
-    storage = env.cache_dir / ("models--" + model.replace("/", "--"))
-    ref = storage / "refs" / rev
-    commit = rev if _COMMIT.match(rev) else (ref.read_text().strip() if ref.is_file() else "")
-    snapshot = storage / "snapshots" / commit if commit else None
-    if snapshot is None or not snapshot.is_dir():
-        raise PreflightError(
-            f"HF_HUB_OFFLINE is set and {model} ({rev}) is not in the cache at {env.cache_dir}",
-            hint="unset HF_HUB_OFFLINE to download it",
-        )
+def _plan_cached(model: str, revision: str | None, env: HfEnv, why: str) -> HubPlan:
+    """The hub cannot be asked: the cache's complete snapshot is all there is; no request is made."""
+    rev = revision or "main"
+    shown = f"{model}@{revision}" if revision else model
+    snapshot = cached_snapshot(env, shown, model, revision, why)
     files = tuple(
         HubFile(p.relative_to(snapshot).as_posix(), p.stat().st_size, True)
         for p in sorted(snapshot.rglob("*"))
         if p.is_file()
     )
-    return HubPlan(model, rev, commit, files, env)
+    return HubPlan(model, rev, snapshot.name, files, env)
 
 
-def _free_space(path: Path) -> int:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def check_disk(hub_plan: HubPlan, *, free_space: FreeSpace = _free_space) -> None:
+def check_disk(hub_plan: HubPlan, *, free_space: FreeSpace = checks.free_space) -> None:
     """Refuse (one line) when the cache's filesystem cannot hold the bytes still to download."""
-    need = hub_plan.missing_bytes
-    free = free_space(hub_plan.env.cache_dir)
-    if need > free:
-        raise PreflightError(
-            f"{hub_plan.repo_id} needs {human_bytes(need)} more in {hub_plan.env.cache_dir}, "
-            f"which has {human_bytes(free)} free",
-            hint="free some space, or point HF_HOME at a larger disk",
-        )
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    need = checks.DiskNeed(hub_plan.repo_id, hub_plan.missing_bytes, hub_plan.env.hub_cache)
+    checks.check_disk(need, free=free_space)
 
 
 class _Counter:
@@ -342,7 +305,13 @@ def fetch(hub_plan: HubPlan, on_progress: Progress | None = None, *, max_workers
         bar = _bar_class(counter)
 
         def one(f: HubFile) -> None:
-            _download(hub_plan, f.path, bar)
+            try:
+                _download(hub_plan, f.path, bar)
+            except Exception as exc:  # the connection lost mid-download: one line, not a bug
+                if unreachable(exc):
+                    why = unreachable_why(hub_plan.env, exc)
+                    raise PreflightError(f"{hub_plan.repo_id}: downloading {f.path} failed: {why}") from None
+                raise
 
         log.info("prefetching %d file(s) of %s", len(todo), hub_plan.repo_id)
         with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo)))) as pool:
@@ -370,14 +339,14 @@ def _download(hub_plan: HubPlan, filename: str, bar: type[tqdm[Any]]) -> None:
             hub_plan.repo_id,
             filename,
             revision=hub_plan.commit,
-            cache_dir=env.cache_dir,
+            cache_dir=env.hub_cache,
             endpoint=env.endpoint,
             token=token,
             tqdm_class=cast(Any, bar),
         )
         return
     blob = hub_plan.storage / "blobs" / meta.etag
-    lock = env.cache_dir / ".locks" / hub_plan.storage.name / f"{meta.etag}.lock"
+    lock = env.hub_cache / ".locks" / hub_plan.storage.name / f"{meta.etag}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     blob.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock)):  # the lock huggingface_hub takes for this blob
