@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 REPO = HERE.parent
 FAKE = HERE / "fake_vllm.py"
+FAKE_TASKS = HERE / "fake_tasks.py"  # the fake's routes past chat, imported by it from its directory
 FAKE_PROFILE = HERE / "profiles" / "fake-omni.yaml"
 # Every process a test starts inherits this marker, so the census finds leftovers wherever they moved.
 TEST_MARK = "MMDEMO_TEST_SESSION"
@@ -387,10 +388,9 @@ def fake_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from orchestrator.vllm import probe
 
     monkeypatch.setattr(probe, "SCRIPT", FAKE_PROBE)
-    monkeypatch.setattr("orchestrator.vllm.backend.vllm_python", lambda path: Path(sys.executable))
-    monkeypatch.setattr(
-        "orchestrator.launch.checks.vllm_version", lambda _: VllmInfo("/x/vllm", "0.32.0+cpu")
-    )
+    info = VllmInfo("/x/vllm", "0.32.0+cpu", python=sys.executable)
+    monkeypatch.setattr("orchestrator.vllm.runner.host", lambda *args, **kwargs: info)
+    monkeypatch.setattr("orchestrator.launch.checks.vllm_version", lambda *args, **kwargs: info)
     monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
     counter = tmp_path / "probe-runs.txt"
     counter.touch()
@@ -483,7 +483,8 @@ def fake_images(podman: str) -> Iterator[dict[str, str]]:
         ]
         if version != FAKE_IMAGE_VERSIONS[0]:
             changes += ["ENV FAKE_VLLM_CHAT_STATUS=500", "ENV FAKE_VLLM_CHAT_MESSAGE=regressed"]
-        import_image(podman, ref, {"opt/fake/vllm": FAKE.read_bytes()}, changes)
+        files = {"opt/fake/vllm": FAKE.read_bytes(), "opt/fake/fake_tasks.py": FAKE_TASKS.read_bytes()}
+        import_image(podman, ref, files, changes)
     try:
         yield refs
     finally:

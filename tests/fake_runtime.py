@@ -11,6 +11,11 @@ own runs the server, so killing the client leaves it running. `stop -t N`, `kill
 server listens on the published host and port (`-p HOST:PORT:8000`) and gets the `-e` variables
 (a bare `-e NAME` takes the client's value), the environment of the test session, without
 mmdemo's run tag: only the runtime finds it. Stdlib only.
+
+`run --entrypoint PROGRAM` (how vllm/runner.py runs a script in an image) runs PROGRAM in the
+foreground instead, attached to the client's stdin and stdout, found on the image's PATH
+($FAKE_IMAGE_PATH first), with the image's environment ($FAKE_IMAGE_ENV, JSON) and the `-e`
+variables; each `-v HOST:INSIDE[:ro]` maps INSIDE back to HOST in its arguments and PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FAKE_VLLM = HERE / "fake_vllm.py"
-VALUED = {"--name", "--label", "-p", "-e", "-v", "--gpus", "--device", "--network"}
+VALUED = {"--name", "--label", "-p", "-e", "-v", "--gpus", "--device", "--network", "--entrypoint"}
 POLL_S = 0.02
 
 
@@ -89,6 +95,8 @@ def cmd_run(args: list[str]) -> int:
         with open(record, "a", encoding="utf-8") as out:
             out.write(json.dumps({"argv": [sys.argv[1], "run", *args]}) + "\n")
     options, _, image, inside = parse_run(args)
+    if "--entrypoint" in options:
+        return run_entrypoint(options, inside)
     name = options["--name"][0]
     if load(name) is not None:
         print(f"Error: the container name {name!r} is already in use", file=sys.stderr)
@@ -119,6 +127,35 @@ def cmd_run(args: list[str]) -> int:
         stderr=subprocess.DEVNULL,
     )
     return attach(name, log)
+
+
+def run_entrypoint(options: dict[str, list[str]], inside: list[str]) -> int:
+    """The image's PROGRAM in the foreground: a script's run (stdin, stdout, exit code passed through)."""
+    mounts = [tuple(v.split(":")[:2]) for v in options.get("-v", [])]
+
+    def on_host(word: str) -> str:
+        for host, into in mounts:
+            if word == into or word.startswith(into + "/"):
+                return host + word[len(into) :]
+        return word
+
+    env = {k: v for k, v in os.environ.items() if k != "MMDEMO_RUN_TAG" and not k.startswith("FAKE_")}
+    env.update(json.loads(os.environ.get("FAKE_IMAGE_ENV") or "{}"))
+    for entry in options.get("-e", []):
+        key, eq, value = entry.partition("=")
+        if eq:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] = os.pathsep.join(on_host(p) for p in env["PYTHONPATH"].split(os.pathsep))
+    env["PATH"] = os.pathsep.join(p for p in (os.environ.get("FAKE_IMAGE_PATH"), env.get("PATH")) if p)
+    program = options["--entrypoint"][0]
+    found = shutil.which(program, path=env["PATH"]) if "/" not in program else program
+    if found is None:
+        print(f"Error: {program}: executable file not found in $PATH", file=sys.stderr)
+        return 127
+    return subprocess.run([found, *(on_host(w) for w in inside)], env=env, check=False).returncode
 
 
 def attach(name: str, log: Path) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from orchestrator.core.errors import PreflightError
-from orchestrator.vllm.backend import locate_vllm
+from orchestrator.vllm.backend import locate_vllm, vllm_python
 from tests.conftest import FAKE, mmdemo
 
 
@@ -136,3 +138,13 @@ def test_doctor_says_which_vllm_and_why(mmdemo_env: dict[str, str], how: str) ->
     assert done.returncode == 0, done.stderr
     line = next(line for line in done.stdout.splitlines() if line.startswith("vLLM:"))
     assert f"({os.path.abspath(FAKE)}), found by {rule}" in line
+
+
+def test_an_env_shebang_names_the_python_on_path_not_env(tmp_path: Path) -> None:
+    launcher = tmp_path / "vllm"
+    launcher.write_text("#!/usr/bin/env python3\nprint('hi')\n")
+    launcher.chmod(0o755)
+    assert vllm_python(str(launcher)) == Path(shutil.which("python3") or "")  # not /usr/bin/env
+    direct = tmp_path / "vllm2"
+    direct.write_text(f"#!{sys.executable} -E\n")
+    assert vllm_python(str(direct)) == Path(sys.executable)

@@ -21,6 +21,7 @@ from orchestrator.budget.count import Answer, Budget, BudgetRequest, Counted
 from orchestrator.core.errors import Interrupted, PreflightError
 from orchestrator.demos.chat import DemoRequest
 from orchestrator.media.store import Asset
+from orchestrator.vllm.runner import VllmInfo
 from tests.conftest import marked_pids
 
 
@@ -55,8 +56,8 @@ def test_a_demo_over_the_context_is_refused_with_a_value_that_fits_every_demo() 
     refusal = found.refusal()
     assert isinstance(refusal, PreflightError)
     assert str(refusal) == (
-        "multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion) but max_model_len is 128, "
-        "as do 1 more request(s): set serve.max_model_len: 256 in profiles/x.yaml"
+        "multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion), audio/base64 needs 136 tokens "
+        "(120 prompt + 16 completion) but max_model_len is 128: set serve.max_model_len: 256 in profiles/x.yaml"
     )
     assert "--no-budget" in str(refusal.hint)
     record = found.record()
@@ -125,7 +126,7 @@ def test_a_demo_that_fits_with_little_room_is_a_warning_not_a_refusal() -> None:
 def request(
     tmp_path: Path, *requests: DemoRequest, argv: tuple[str, ...] = ("serve", "m", "--port", "8000")
 ) -> BudgetRequest:
-    return BudgetRequest(python=Path(sys.executable), vllm_version="0.32.0", argv=argv, env={"VLLM_X": "1"},
+    return BudgetRequest(vllm=VllmInfo("/x/vllm", "0.32.0", python=sys.executable), argv=argv, env={"VLLM_X": "1"},
                          model_dir=None, requests=requests, served_model_name="m")  # fmt: skip
 
 

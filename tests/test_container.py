@@ -108,7 +108,7 @@ def test_mounts_the_caches_at_the_images_models_and_assets_read_only_then_the_im
         "img:1", "sha256:abc", None, (c.Mount("/venv", "/opt/vllm"), c.Mount("/x", "/cache/assets"))
     )
     argv = plan(
-        hf_home="/home/u/.cache/huggingface",
+        hf_hub_cache="/data/hf-hub",
         vllm_cache="/home/u/.cache/vllm",
         mounts=(
             c.Mount("/cache/models/tiny", "/cache/models/tiny"),
@@ -117,12 +117,23 @@ def test_mounts_the_caches_at_the_images_models_and_assets_read_only_then_the_im
         image_info=info,
     ).launch.argv
     assert pairs(argv, "-v") == [
-        "/home/u/.cache/huggingface:/root/.cache/huggingface",  # read-write: vLLM may download into it
+        "/data/hf-hub:/root/.cache/huggingface/hub",  # the hub cache, read-write: vLLM may download into it
         "/home/u/.cache/vllm:/root/.cache/vllm",  # vLLM's own cache: no second model inspection
         "/cache/models/tiny:/cache/models/tiny:ro",
         "/cache/assets:/cache/assets:ro",
         "/venv:/opt/vllm:ro",  # the image's own /cache/assets mount is dropped: mmdemo's wins
     ]
+
+
+def test_the_hub_cache_is_named_inside_and_an_offline_host_keeps_the_container_offline() -> None:
+    argv = plan(hf_hub_cache="/data/hf-hub", hf_offline=True).launch.argv
+    assert "HF_HUB_CACHE=/root/.cache/huggingface/hub" in pairs(argv, "-e")  # whatever HF_HOME the image sets
+    assert "HF_HUB_OFFLINE=1" in pairs(argv, "-e")
+    online = plan(hf_hub_cache="/data/hf-hub").launch.argv
+    assert [e for e in pairs(online, "-e") if e.startswith("HF_")] == [
+        "HF_HUB_CACHE=/root/.cache/huggingface/hub"
+    ]
+    assert not [e for e in pairs(plan().launch.argv, "-e") if e.startswith("HF_")]  # no cache, nothing said
 
 
 def test_secrets_go_by_name_and_never_into_the_argv() -> None:

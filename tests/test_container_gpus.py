@@ -34,10 +34,11 @@ class FakeRuntime:
     record: Path
 
     def runs(self) -> list[list[str]]:
-        """Every `run` argv, as recorded."""
+        """Every server's `run` argv, as recorded (not the short `run --rm` that asks the image's vLLM)."""
         if not self.record.exists():
             return []
-        return [json.loads(line)["argv"] for line in self.record.read_text().splitlines()]
+        argvs = [json.loads(line)["argv"] for line in self.record.read_text().splitlines()]
+        return [argv for argv in argvs if "--rm" not in argv]
 
     def containers(self) -> list[str]:
         return [p.stem for p in self.state.glob("*.json") if not p.name.endswith(".spec.json")]

@@ -45,7 +45,14 @@ def test_the_real_vllm_in_its_image_passes_every_demo(
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(next(runs.glob("*/report.json")).read_text())
     # 11 demos, their 10 media repeats, the worst case (2 images, the video, 2 audios at once)
-    assert report["summary"] == {"total": 22, "passed": 22, "failed": 0, "understood": 0, "hung": 0}
+    assert report["summary"] == {
+        "total": 22,
+        "passed": 22,
+        "failed": 0,
+        "understood": 0,
+        "hung": 0,
+        "interrupted": 0,
+    }
     assert report["vllm"]["version"].startswith("0.32")  # read from the server in the container
     assert report["container"]["digest"].startswith("sha256:")
     assert f"-v {built}:{built}:ro" in report["container"]["run_line"]
@@ -105,3 +112,75 @@ def test_sigterm_to_serve_once_ready_stops_the_container_gracefully(
     ]  # vLLM stopped on SIGTERM: no kill
     assert report["teardown"]["containers_remaining"] == 0
     assert not mmdemo_containers(podman)
+
+
+# -- the image's vLLM for every check: no vLLM on the host ------------------------------------------
+
+
+def no_host_vllm(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment with a host vLLM named that does not exist: any look at the host's vLLM is refused."""
+    return {**env, "MMDEMO_VLLM_BIN": str(tmp_path / "no-vllm-on-this-host")}
+
+
+def test_a_model_directory_derives_counts_and_passes_in_the_image_with_no_vllm_on_the_host(
+    tmp_path: Path, mmdemo_env: dict[str, str], cpu_image: str, built: Path, podman: str
+) -> None:
+    import shutil
+
+    directory = Path(shutil.copytree(built, tmp_path / "tiny-omni"))  # no profile names this copy
+    runs = tmp_path / "runs"
+    done = mmdemo(
+        "run", str(directory), "--image", cpu_image, "--container-runtime", "podman", "--gpu", "cpu",
+        "--offline", "--only", "text-only,audio", "--no-worst-case", "--grace", "15", "--runs-dir", str(runs),
+        env=no_host_vllm(tmp_path, mmdemo_env), timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"no profile for {directory}: derived one from vLLM 0.32" in done.stdout  # the image's vLLM
+    report = json.loads(next(runs.glob("*/report.json")).read_text())
+    assert report["status"] == "passed"
+    assert report["budget"]["vllm"].startswith("0.32"), report["notes"]
+    assert all(d["prompt_tokens"] for d in report["budget"]["demos"])
+    assert not [n for n in report["notes"] if "not counted" in n]
+    assert not mmdemo_containers(podman)
+    assert not mmdemo_containers(podman, "mmdemo.script")  # the probe's and the counter's containers too
+
+
+def test_a_context_too_short_is_refused_before_the_container_starts(
+    tmp_path: Path, mmdemo_env: dict[str, str], cpu_image: str, built: Path, podman: str
+) -> None:
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parent.parent / "profiles" / "cpu-tiny-omni.yaml").read_text())
+    data["serve"]["max_model_len"] = 128
+    short = tmp_path / "short-omni.yaml"
+    short.write_text(yaml.safe_dump(data, sort_keys=False))
+    runs = tmp_path / "runs"
+    done = mmdemo(
+        "run", str(short), "--image", cpu_image, "--container-runtime", "podman", "--offline", "--count-first",
+        "--only", "multi-audio", "--no-worst-case", "--runs-dir", str(runs),
+        env=no_host_vllm(tmp_path, mmdemo_env), timeout=600,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 3, out
+    assert (
+        "error: multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion) but max_model_len is 128"
+        in out
+    )
+    report = json.loads(next(runs.glob("*/report.json")).read_text())
+    assert report["server"]["pid"] is None  # the server's container never started
+    assert not list(runs.glob("*/server.log"))
+    assert not mmdemo_containers(podman)
+    assert not mmdemo_containers(podman, "mmdemo.script")
+
+
+def test_validate_against_vllm_with_image_uses_the_images_vllm(
+    tmp_path: Path, mmdemo_env: dict[str, str], cpu_image: str, built: Path, podman: str
+) -> None:
+    profile = Path(__file__).parent.parent / "profiles" / "cpu-tiny-omni.yaml"
+    done = mmdemo(
+        "validate", "--against-vllm", "--image", cpu_image, "--container-runtime", "podman", str(profile),
+        env=no_host_vllm(tmp_path, mmdemo_env), timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ok    {profile}: variant cpu: accepted by vLLM 0.32" in done.stdout
+    assert "ok    budget " in done.stdout

@@ -11,13 +11,13 @@ import pytest
 from orchestrator.core.background import background
 from orchestrator.core.errors import PreflightError
 from orchestrator.vllm.probe import ModelFacts, ProbeRequest, probe
+from orchestrator.vllm.runner import VllmInfo
 
 
 def request(model: object, **changes: Any) -> ProbeRequest:
     """A probe of `model` run by this interpreter, as if by vLLM 0.32.0+cpu."""
-    return ProbeRequest(
-        str(model), Path(sys.executable), changes.pop("vllm_version", "0.32.0+cpu"), **changes
-    )
+    version = changes.pop("vllm_version", "0.32.0+cpu")
+    return ProbeRequest(str(model), VllmInfo("/x/vllm", version, python=sys.executable), **changes)
 
 
 def count(runs: Path) -> int:
@@ -85,7 +85,9 @@ def test_an_answer_that_is_not_facts_is_one_line_with_the_last_words(
     monkeypatch.setenv("FAKE_PROBE_MODE", "garbage")
     with pytest.raises(PreflightError) as caught:
         probe(request(str(model)))
-    assert str(caught.value) == "vLLM's model probe failed (exit 1): RuntimeError: vLLM exploded"
+    assert str(caught.value) == (
+        "vLLM's model probe (fake_model_facts.py) failed (exit 1): RuntimeError: vLLM exploded"
+    )
     assert caught.value.hint is not None
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from orchestrator.cli.validate import check_against_vllm, serve_checks
 from orchestrator.core.errors import PreflightError
 from orchestrator.profile.schema import parse_profile_file
+from tests import vllm_env
 from tests.conftest import HERE, REPO, mmdemo, require_real_vllm
 
 SHIPPED = sorted((REPO / "profiles").glob("*.yaml"))
@@ -82,22 +82,14 @@ results = [
       "error": None if "--not-a-vllm-flag" not in c["argv"] else "unrecognized arguments: --not-a-vllm-flag"}}
     for c in request["checks"]
 ]
-json.dump({{"vllm": "9.9.9", "results": results, "argv0": sys.argv[1]}}, sys.stdout)
+json.dump({{"vllm": "9.9.9", "results": results, "argv0": sys.argv[0]}}, sys.stdout)
 """
 
 
 def stand_in_vllm(tmp_path: Path, *, crash: bool = False) -> Path:
-    """A `vllm` whose shebang names a Python that answers like probes/serve_args.py."""
-    script = tmp_path / "stand_in.py"
-    script.write_text(STAND_IN.format(crash=crash))
-    python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
-    python.chmod(0o755)
-    vllm = tmp_path / "bin" / "vllm"
-    vllm.write_text(f"#!{python}\n")
-    vllm.chmod(0o755)
-    return vllm
+    """A `vllm` wrapper script (the shape `module load vllm` gives) whose environment answers like
+    probes/serve_args.py: which Python runs it, only running it can tell."""
+    return vllm_env.wrapper(tmp_path, {"serve_args.py": STAND_IN.format(crash=crash)})
 
 
 def test_serve_checks_render_every_supported_variant() -> None:
@@ -129,7 +121,9 @@ def test_verdicts_come_back_per_profile_and_variant(tmp_path: Path) -> None:
 def test_a_checker_that_crashes_is_one_line_with_its_last_words(tmp_path: Path) -> None:
     with pytest.raises(PreflightError) as info:
         check_against_vllm([parse_profile_file(BOGUS_FLAG)], str(stand_in_vllm(tmp_path, crash=True)))
-    assert str(info.value) == "checking with vLLM's parser failed (exit 1): ImportError: no module named vllm"
+    assert str(info.value) == (
+        "checking with vLLM's parser (serve_args.py) failed (exit 1): ImportError: no module named vllm"
+    )
 
 
 def test_cli_exit_code_with_the_stand_in(tmp_path: Path, mmdemo_env: dict[str, str]) -> None:

@@ -1,6 +1,7 @@
 """Before launch: each demo request's prompt tokens, counted by vLLM's own renderer, against the profile.
 
-`count(request)` runs probes/demo_tokens.py with the Python of the host's vLLM: the plan's own
+`count(request)` runs probes/demo_tokens.py in vLLM's Python (the host's, or the run's image's:
+vllm/runner.py) on the plan's own
 `vllm serve` argv through vLLM's serve parser and engine config, then every demo body (the media it
 will really send, fetched and decoded as the server does; the chat template applied) through vLLM's
 GPU-less renderer. No weights are loaded. The answer is cached per model files, vLLM version, argv
@@ -13,37 +14,30 @@ encoder cache), naming the demo, its count, the limit and the profile field with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.core import filecache
 from orchestrator.core.errors import MMDemoError, PreflightError
 from orchestrator.core.options import DEFAULT_MAX_TOKENS
 from orchestrator.core.paths import assets_dir, cache_dir
 from orchestrator.demos.chat import DemoRequest, Media, build_requests, worst_case
-from orchestrator.launch import checks as preflight
 from orchestrator.launch.command import build_plan
-from orchestrator.media import AssetServer, AssetStore
+from orchestrator.media import AssetServer, AssetStore, file_url
 from orchestrator.model import tiny as models
 from orchestrator.profile.schema import Profile, ResolvedProfile
 from orchestrator.record.report import BudgetDemo, BudgetRecord
-from orchestrator.vllm.backend import vllm_python
+from orchestrator.vllm import runner
 from orchestrator.vllm.logscan import explain_demo, round_up
-from orchestrator.vllm.probe import end_group
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +56,6 @@ _UNCOUNTED = {
     "--download-dir", "--kv-cache-dtype", "--block-size", "--compilation-config", "-O",
 }  # fmt: skip
 _UNCOUNTED_SWITCHES = {"--enforce-eager", "--disable-log-stats", "--disable-log-requests"}
-_POLL_S = 0.25
 
 
 class _Frozen(BaseModel):
@@ -97,8 +90,7 @@ class Answer(_Frozen):
 class BudgetRequest:
     """What to count: the plan's argv (`serve MODEL ...`), its environment, and the demo requests."""
 
-    python: Path  # the host vLLM environment's interpreter
-    vllm_version: str
+    vllm: runner.VllmInfo  # which vLLM counts (the host's, or an image's); its version is in the cache key
     argv: tuple[str, ...]  # without the command: ("serve", MODEL, "--flag", ...)
     env: Mapping[str, str]  # what the plan adds to the user's environment
     model_dir: Path | None  # a local model directory: its small files are part of the cache key
@@ -156,10 +148,10 @@ class Budget:
                     )
                     break
         lines = []
-        if context:  # one line: the demo that needs most, and a value that holds every one
+        if context:  # one line: every request that does not fit, the largest first, and one value for all
             context.sort(key=lambda c: -c[0])
-            more = f", as do {len(context) - 1} more request(s)" if len(context) > 1 else ""
-            lines.append(f"{context[0][1]} but max_model_len is {limit}{more}: {self._fits(context[0][0])}")
+            needs = ", ".join(text for _, text in context)
+            lines.append(f"{needs} but max_model_len is {limit}: {self._fits(context[0][0])}")
         return lines + other
 
     def _fits(self, needed: int) -> str:
@@ -180,9 +172,8 @@ class Budget:
         problems = self.problems()
         if not problems:
             return None
-        more = f" (and {len(problems) - 1} more: report.json's budget)" if len(problems) > 1 else ""
         return PreflightError(
-            f"{problems[0]}{more}",
+            "; ".join(problems),
             hint="counted before launch by vLLM's own renderer on the demos' media; --no-budget skips the check",
         )
 
@@ -287,17 +278,39 @@ def count(
     return Budget(answer, request.requests, profile, time.monotonic() - start, cached is not None)
 
 
-def bodies(request: BudgetRequest) -> list[dict[str, Any]]:
-    """The chat request bodies the demos will send (the openai SDK's, less the streaming options)."""
+def bodies(request: BudgetRequest, *, local_files: bool = False) -> list[dict[str, Any]]:
+    """The chat request bodies the demos will send (the openai SDK's, less the streaming options).
+
+    `local_files`: each medium sent by URL as its file:// URL instead (the same bytes, so the same
+    count): an image's renderer has no network, and the file is mounted at the same path."""
     out = []
     for r in request.requests:
         body = {
             "model": request.served_model_name,
-            "messages": r.messages,
+            "messages": _by_file(r) if local_files and r.delivery == "url" else r.messages,
             "max_completion_tokens": r.max_completion_tokens,
         }
         out.append({"id": r.name, "body": body})
     return out
+
+
+def _by_file(request: DemoRequest) -> list[dict[str, Any]]:
+    """The request's messages with each URL medium (in the order of its assets) as a file:// URL."""
+    assets = iter(request.assets)
+    messages = []
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type", "") if isinstance(part, dict) else ""
+                url = part.get(kind, {}).get("url") if kind.endswith("_url") else None
+                asset = next(assets, None) if isinstance(url, str) and not url.startswith("data:") else None
+                parts.append({**part, kind: {**part[kind], "url": file_url(asset)}} if asset else part)
+            messages.append({**message, "content": parts})
+        else:
+            messages.append(message)
+    return messages
 
 
 def counted_argv(argv: Sequence[str]) -> list[str]:
@@ -332,7 +345,7 @@ def cache_path(request: BudgetRequest) -> Path:
     ]
     key = {
         "budget": BUDGET_VERSION,
-        "vllm": request.vllm_version,
+        "vllm": request.vllm.version,
         "argv": counted_argv(request.argv),
         "env": {k: v for k, v in sorted(request.env.items()) if k.startswith("VLLM_")},
         "files": filecache.model_digest(request.model_dir),
@@ -344,27 +357,15 @@ def cache_path(request: BudgetRequest) -> Path:
 
 class Counter:
     """The counting script's process, started ahead of the counts so its ~10 s of imports (vLLM, its
-    serve parser, its renderer) overlap what comes before them; leaving it ends the process group."""
+    serve parser, its renderer) overlap what comes before them; leaving it ends the process group (and,
+    in an image, the container). `mounts`: what an image's renderer reads (the model, the media)."""
 
-    def __init__(self, python: Path, env: Mapping[str, str]) -> None:
-        self.python = python
-        self.env = dict(os.environ) | dict(env)
-        self._proc: subprocess.Popen[str] | None = None
-        self._error: PreflightError | None = None
+    def __init__(self, vllm: runner.VllmInfo, env: Mapping[str, str], mounts: Sequence[Path] = ()) -> None:
+        self.vllm = vllm
+        self._process = runner.Process(vllm, runner.Script(SCRIPT, "vLLM's renderer"), env=env, mounts=mounts)
 
     def __enter__(self) -> Counter:
-        try:
-            self._proc = subprocess.Popen(
-                [str(self.python), str(SCRIPT)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=self.env,
-                start_new_session=True,  # its children (vLLM's model inspection) end with its group
-            )
-        except OSError as exc:
-            self._error = PreflightError(f"cannot run {self.python}: {exc.strerror or exc}")
+        self._process.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -372,73 +373,32 @@ class Counter:
 
     def close(self) -> None:
         """End the process group and reap the script (it is not needed, or it has answered)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            end_group(proc)
+        self._process.close()
 
     def answer(self, request: BudgetRequest, check: Callable[[], None]) -> Answer:
         """Send the requests, wait for the counts (calling `check` meanwhile), end the process."""
-        if self._error is not None:
-            raise self._error
-        proc = self._proc
-        assert proc is not None, "a Counter answers once, inside its `with`"
-        payload = json.dumps({"argv": counted_argv(request.argv), "requests": bodies(request)})
-        # Threads, not communicate(): the script reads its input only once its imports are done, and
-        # communicate() retried after a timeout never writes the rest of an input that did not fit the
-        # pipe at once (the demos' base64 media are megabytes).
-        out: list[str] = []
-        err: list[str] = []
-        pipes = [
-            threading.Thread(target=_write_all, args=(proc.stdin, payload), daemon=True),
-            threading.Thread(target=_read_all, args=(proc.stdout, out), daemon=True),
-            threading.Thread(target=_read_all, args=(proc.stderr, err), daemon=True),
-        ]
-        for thread in pipes:
-            thread.start()
-        deadline = time.monotonic() + request.timeout_s
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=_POLL_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    check()
-                    if time.monotonic() > deadline:
-                        raise PreflightError(
-                            f"vLLM's renderer ({self.python}) did not count the demos within "
-                            f"{request.timeout_s:.0f} s"
-                        ) from None
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # what it started ends with it: the pipes close
-            for thread in pipes:
-                thread.join(timeout=10)
-            self.close()
-        try:
-            return Answer.model_validate_json("".join(out))
-        except ValidationError:
-            last = ("".join(err).strip().splitlines() or ["(no output)"])[-1]
-            raise PreflightError(f"vLLM's renderer failed (exit {proc.returncode}): {last[:300]}") from None
-
-
-def _write_all(stream: IO[str] | None, text: str) -> None:
-    if stream is None:
-        return
-    with contextlib.suppress(OSError, ValueError):  # the script ended early (a stop, a crash)
-        stream.write(text)
-        stream.close()
-
-
-def _read_all(stream: IO[str] | None, into: list[str]) -> None:
-    if stream is not None:
-        with contextlib.suppress(OSError, ValueError):
-            into.append(stream.read())
+        in_image = self.vllm.image is not None
+        payload = json.dumps(
+            {"argv": counted_argv(request.argv), "requests": bodies(request, local_files=in_image)}
+        )
+        return self._process.answer(Answer, payload, timeout_s=request.timeout_s, check=check)
 
 
 def run_script(request: BudgetRequest, check: Callable[[], None] = lambda: None) -> Answer:
     """Run the script once, calling `check` while it runs; its process group ends with it, whatever happens."""
-    with Counter(request.python, request.env) as counter:
+    with Counter(request.vllm, request.env, mounts=mounts(request)) as counter:
         return counter.answer(request, check)
+
+
+def mounts(request: BudgetRequest) -> list[Path]:
+    """What the renderer reads from disk: the model's files and the media (file:// URLs)."""
+    found = [request.model_dir] if request.model_dir is not None else []
+    argv = list(request.argv)
+    for index, arg in enumerate(argv[:-1]):
+        if arg == "--allowed-local-media-path":
+            found.append(Path(argv[index + 1]))
+    found += [a.path.resolve().parent for r in request.requests for a in r.assets]
+    return list(dict.fromkeys(found))
 
 
 # -- validate --against-vllm: every profile whose model files are at hand ----------------------------
@@ -492,15 +452,19 @@ def _why(exc: BaseException) -> str:
 
 
 def check_profiles(
-    profiles: Sequence[Profile], vllm_bin: str | None = None, *, use_cache: bool = True
+    profiles: Sequence[Profile],
+    vllm_bin: str | None = None,
+    *,
+    use_cache: bool = True,
+    vllm: runner.VllmInfo | None = None,
 ) -> list[ProfileBudget]:
-    """Each profile x supported variant's demos counted by the installed vLLM, on the cached (or, offline,
-    synthetic) media; one line each, or one per profile whose model files are not here."""
+    """Each profile x supported variant's demos counted by the installed vLLM (or `vllm`, an image's), on
+    the cached (or, offline, synthetic) media; one line each, or one per profile whose model files are
+    not here."""
     try:
-        info = preflight.vllm_version(vllm_bin)
+        info = vllm or runner.host(vllm_bin)
     except MMDemoError as exc:  # the parser check above has its own verdict; the counts just cannot run
         return [ProfileBudget(p.label, "note", f"demos not counted: {exc}") for p in profiles]
-    vllm = (vllm_python(info.path), info.version)
     store = AssetStore(assets_dir(), offline=True)
     out: list[ProfileBudget] = []
     with AssetServer(store.root) as server:
@@ -514,12 +478,12 @@ def check_profiles(
                 resolved = profile.resolve(variant)
                 if not resolved.unsupported:
                     key = f"{profile.label}::{variant}"
-                    out.append(_check_one(key, resolved, files, media, vllm, use_cache=use_cache))
+                    out.append(_check_one(key, resolved, files, media, info, use_cache=use_cache))
     return out
 
 
 def _check_one(
-    key: str, resolved: ResolvedProfile, files: Path, media: Media, vllm: tuple[Path, str], *, use_cache: bool
+    key: str, resolved: ResolvedProfile, files: Path, media: Media, vllm: runner.VllmInfo, *, use_cache: bool
 ) -> ProfileBudget:
     plan = build_plan(resolved, vllm_bin="vllm", media_dir=str(media.store.root))
     argv = list(plan.argv[1:])
@@ -528,8 +492,7 @@ def _check_one(
     limits = resolved.serve.limit_mm_per_prompt
     worst = worst_case(requests, None if limits is None else {str(k): v for k, v in limits.items()})
     request = BudgetRequest(
-        python=vllm[0],
-        vllm_version=vllm[1],
+        vllm=vllm,
         argv=tuple(argv),
         env=plan.env,
         model_dir=files,

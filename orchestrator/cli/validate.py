@@ -1,24 +1,40 @@
 """`mmdemo validate --against-vllm`: every profile x variant checked by the installed vLLM's own parser.
 
-One subprocess in vLLM's Python (probes/serve_args.py) checks every command line: the serve
-parser, vLLM's serve-argument checks and its engine-argument conversion. No server, no GPU.
+One run of probes/serve_args.py in vLLM's Python (vllm/runner.py: the host's vLLM, however
+`--vllm-bin` reaches it, or with --image the image's) checks every command line: the serve parser,
+vLLM's serve-argument checks and its engine-argument conversion. No server, no GPU.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from orchestrator.core.errors import PreflightError
 from orchestrator.core.paths import assets_dir
 from orchestrator.launch.command import build_plan
 from orchestrator.profile.schema import Profile
-from orchestrator.vllm.backend import locate_vllm, vllm_python
+from orchestrator.vllm import runner
 
 PROBE = Path(__file__).resolve().parents[1] / "probes" / "serve_args.py"
+
+
+class _Result(BaseModel):
+    id: str
+    ok: bool
+    stage: str = ""
+    error: str | None = None
+
+
+class _Answer(BaseModel):
+    """What probes/serve_args.py writes."""
+
+    vllm: str = "?"
+    results: list[_Result]
 
 
 @dataclass(frozen=True)
@@ -76,39 +92,23 @@ def serve_checks(profiles: Sequence[Profile]) -> list[ServeCheck]:
 
 
 def check_against_vllm(
-    profiles: Sequence[Profile], vllm_bin: str | None = None, timeout_s: float = 600.0
+    profiles: Sequence[Profile],
+    vllm_bin: str | None = None,
+    timeout_s: float = 600.0,
+    *,
+    vllm: runner.VllmInfo | None = None,
 ) -> Report:
-    """Run every check through the installed vLLM in one subprocess."""
-    path, _ = locate_vllm(vllm_bin)
-    python = vllm_python(path)
+    """Run every check through the installed vLLM (or `vllm`, an image's) in one script."""
+    info = vllm or runner.host(vllm_bin)
     checks = serve_checks(profiles)
     request = {"checks": [{"id": c.key, "argv": list(c.argv)} for c in checks]}
-    try:
-        done = subprocess.run(
-            [str(python), str(PROBE)],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise PreflightError(f"vLLM's parser ({python}) did not answer within {timeout_s:.0f} s") from None
-    except OSError as exc:
-        raise PreflightError(f"cannot run {python}: {exc.strerror or exc}") from None
-    try:
-        answer = json.loads(done.stdout)
-        by_id = {r["id"]: r for r in answer["results"]}
-        verdicts = tuple(
-            Verdict(
-                check=c, ok=bool(by_id[c.key]["ok"]), stage=by_id[c.key]["stage"], error=by_id[c.key]["error"]
-            )
-            for c in checks
-        )
-    except (ValueError, KeyError, TypeError):
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise PreflightError(
-            f"checking with vLLM's parser failed (exit {done.returncode}): {last[:300]}",
-            hint=f"run `{python} {PROBE}` by hand to see vLLM's own error",
-        ) from None
-    return Report(vllm_path=path, version=str(answer.get("vllm", "?")), verdicts=verdicts)
+    script = runner.Script(PROBE, "checking with vLLM's parser")
+    answer = runner.run(info, script, _Answer, json.dumps(request), timeout_s=timeout_s)
+    by_id = {r.id: r for r in answer.results}
+    if missing := [c.key for c in checks if c.key not in by_id]:
+        raise PreflightError(f"{script.what} ({PROBE.name}) gave no verdict on {missing[0]}")
+    verdicts = tuple(
+        Verdict(check=c, ok=by_id[c.key].ok, stage=by_id[c.key].stage, error=by_id[c.key].error)
+        for c in checks
+    )
+    return Report(vllm_path=info.name, version=answer.vllm, verdicts=verdicts)

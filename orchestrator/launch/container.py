@@ -4,7 +4,9 @@ few questions (which runtime, is the image here, pull it, its digest).
 The image's entrypoint is `vllm serve`, as in vLLM's official image (`vllm/vllm-openai:<tag>`): the
 container is given the plan's own argv after `vllm serve`, the server bound inside on 0.0.0.0:8000
 and published on the host's `--host` and port only (`-p 127.0.0.1:PORT:8000`). It gets the
-Hugging Face cache (the host's HF_HOME at the image's) and vLLM's (VLLM_CACHE_ROOT), mmdemo's models
+Hugging Face hub cache (the host's, as HfEnv resolves it, at the image's HF_HOME/hub, and HF_HUB_CACHE
+pointing there whatever HF_HOME the image sets; HF_HUB_OFFLINE when the host is offline) and vLLM's
+(VLLM_CACHE_ROOT), mmdemo's models
 and assets read-only at the same paths (so `--allowed-local-media-path` and a tiny model's directory
 mean the same inside), the GPUs of its cell, `--ipc=host`, the profile's environment, and secrets by name only (`-e HF_TOKEN`,
 the value in the client's environment, never in an argv). `--init` gives it a PID 1 that passes
@@ -32,6 +34,7 @@ from typing import Literal
 from orchestrator.core.errors import PreflightError, UsageError
 from orchestrator.launch import watchdog
 from orchestrator.launch.command import LaunchPlan, is_secret_name
+from orchestrator.vllm import runner
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ RUNTIMES: tuple[RuntimeName, ...] = ("docker", "podman")
 CONTAINER_PORT = 8000
 CONTAINER_HOST = "0.0.0.0"  # inside its own network namespace; the host side is published on --host only
 CONTAINER_HF_HOME = "/root/.cache/huggingface"  # the official image runs as root with no HF_HOME set
+CONTAINER_HF_HUB_CACHE = f"{CONTAINER_HF_HOME}/hub"  # the host's hub cache goes here, HF_HUB_CACHE says so
 # vLLM's own cache (VLLM_CACHE_ROOT): model inspection results, compiled graphs. Keyed by content
 # hashes, so the host's serves every image; without it each container re-inspects the model in a
 # subprocess of its own (10 s of imports on 2 cores) before it loads anything.
@@ -101,7 +105,10 @@ class ContainerPlan:
     name: str
     labels: Mapping[str, str]
     gpus: tuple[int, ...] | None = None  # host GPU indices; None: no GPU (a cpu variant)
-    hf_home: str | None = None  # the host's Hugging Face cache, mounted at the image's
+    hf_hub_cache: str | None = (
+        None  # the host's Hugging Face hub cache (HfEnv.hub_cache), mounted at the image's
+    )
+    hf_offline: bool = False  # the host's HF_HUB_OFFLINE: vLLM inside asks no hub either
     vllm_cache: str | None = None  # the host's vLLM cache (VLLM_CACHE_ROOT), mounted at the image's
     mounts: tuple[Mount, ...] = ()  # mmdemo's models and assets, read-only at the same paths
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # handed on by name
@@ -176,7 +183,7 @@ def run_plan(plan: ContainerPlan) -> LaunchPlan:
     argv += ["--init", "--ipc=host", "--pull=never", "-p", publish_flag(serve.host, serve.port)]
     if runtime.name == "podman":
         argv += ["--network", PODMAN_NETWORK]
-    mounts = [*([Mount(plan.hf_home, CONTAINER_HF_HOME, read_only=False)] if plan.hf_home else [])]
+    mounts = [Mount(plan.hf_hub_cache, CONTAINER_HF_HUB_CACHE, read_only=False)] if plan.hf_hub_cache else []
     mounts += [Mount(plan.vllm_cache, CONTAINER_VLLM_CACHE, read_only=False)] if plan.vllm_cache else []
     mounts += [*plan.mounts, *(plan.image_info.mounts if plan.image_info else ())]
     seen: set[str] = set()
@@ -193,6 +200,10 @@ def run_plan(plan: ContainerPlan) -> LaunchPlan:
             by_name[key] = value
         else:
             argv += ["-e", f"{key}={value}"]
+    if plan.hf_hub_cache:  # after the profile's: the mount is where it is
+        argv += ["-e", f"HF_HUB_CACHE={CONTAINER_HF_HUB_CACHE}"]
+    if plan.hf_offline:
+        argv += ["-e", "HF_HUB_OFFLINE=1"]
     by_name.update(plan.secret_env)
     for key in [*by_name, "VLLM_API_KEY"]:
         argv += ["-e", key]  # by name: the value comes from the client's environment
@@ -376,3 +387,15 @@ def local_images(runtime: Runtime, contains: str = "vllm") -> list[str]:
         if contains in ref:
             shown.append(f"{ref} ({image_id[:12]})")
     return shown
+
+
+def script_image(runtime: Runtime, info: ImageInfo, hub_cache: str | None) -> runner.Image:
+    """The image as vllm/runner.py runs vLLM's scripts in it: its id, the host directories it borrows,
+    the host's HF hub cache (read-only there)."""
+    borrowed = tuple((m.host, m.container) for m in info.mounts)
+    return runner.Image(runtime.path, runtime.name, info.ref, info.id, borrowed, hf_hub_cache=hub_cache)
+
+
+def vllm_in_image(runtime: Runtime, image: str, hub_cache: str | None) -> runner.VllmInfo:
+    """The image's vLLM (pulled first if need be), for the model probe, the budget and validate."""
+    return runner.in_image(script_image(runtime, ensure_image(runtime, image), hub_cache))

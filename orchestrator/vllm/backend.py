@@ -74,9 +74,16 @@ def vllm_python(vllm_path: str) -> Path:
     except OSError:
         first = ""
     if first.startswith("#!") and "python" in first:
-        python = Path(first[2:].strip().split()[0])
-        if python.is_absolute() and os.access(python, os.X_OK):
-            return python
+        words = first[2:].split()
+        if words and Path(words[0]).name == "env":  # `#!/usr/bin/env [-S] python3`: the PATH's python3
+            named = next((w for w in words[1:] if not w.startswith("-") and "=" not in w), None)
+            found = shutil.which(named) if named else None
+            if found:
+                return Path(found)
+        elif words:
+            python = Path(words[0])
+            if python.is_absolute() and os.access(python, os.X_OK):
+                return python
     python = Path(vllm_path).parent / "python"
     if not python.exists():
         raise PreflightError(f"no python next to {vllm_path}: mmdemo needs the environment vLLM runs in")

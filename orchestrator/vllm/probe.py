@@ -1,7 +1,8 @@
 """The model probe: what the installed vLLM says about a model (no weights), typed, and cached.
 
-`probe(request)` runs probes/model_facts.py with the Python of the vLLM environment (~7-15 s, mostly
-imports) and returns `ModelFacts`; `autoprofile.probe_request` fills in that Python and the version. The answer is cached under `cache_dir()/probes/`, keyed by the
+`probe(request)` runs probes/model_facts.py in vLLM's Python through runner.py (on the host, or in
+the run's image; ~7-15 s, mostly imports) and returns `ModelFacts`; `autoprofile.probe_request` fills
+in which vLLM (`runner.VllmInfo`). The answer is cached under `cache_dir()/probes/`, keyed by the
 model (a local directory's small files hashed), its revision (the hub commit where known), the
 vLLM version, trust_remote_code and the demo media, so a second call reads a file. `probe` takes
 one argument, so a caller can start it with `orchestrator.core.background.background(probe, request)`
@@ -10,23 +11,19 @@ and collect it when it is needed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.core import filecache
-from orchestrator.core.errors import PreflightError
 from orchestrator.core.paths import cache_dir
+from orchestrator.vllm import runner
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +79,11 @@ class ModelFacts(_Frozen):
     num_hidden_layers: int | None = None
     head_dim: int | None = None
     vocab_size: int | None = None
+    runner: str | None = None  # the runner vLLM resolves `--runner auto` to: generate, pooling
+    convert: str | None = None  # the convert it resolves `--convert auto` to: none, embed, classify
+    tasks: tuple[str, ...] = ()  # chat, responses, transcription, ... (probes/model_facts.task_facts)
+    labels: tuple[str, ...] = ()  # a classifier's labels (config id2label)
+    tasks_error: str | None = None  # why the tasks could not be read (the chat facts stand)
     timings: dict[str, float] = {}
 
 
@@ -90,8 +92,7 @@ class ProbeRequest:
     """What to probe (a local directory or hub id), with which vLLM, and what changes its answer."""
 
     model: str
-    python: Path  # the vLLM environment's interpreter (backend.vllm_python)
-    vllm_version: str  # part of the cache key (preflight.vllm_version)
+    vllm: runner.VllmInfo  # which vLLM answers (the host's, or an image's); its version is in the cache key
     revision: str | None = None
     commit: str | None = None  # the hub commit `revision` resolved to: a new commit is a new entry
     trust_remote_code: bool = False
@@ -119,7 +120,7 @@ def cache_path(request: ProbeRequest) -> Path:
         "model": request.model,
         "revision": request.commit or request.revision,
         "trust_remote_code": request.trust_remote_code,
-        "vllm": request.vllm_version,
+        "vllm": request.vllm.version,
         "media": request.media.model_dump(mode="json"),
         "files": filecache.model_digest(Path(request.model)),
     }
@@ -128,53 +129,23 @@ def cache_path(request: ProbeRequest) -> Path:
 
 
 def run_script(request: ProbeRequest, env: Mapping[str, str] | None = None) -> ModelFacts:
-    """Run the probe script once (no cache); its process group ends with it, whatever happens."""
-    python = request.python
+    """Run the probe script once (no cache), through the runner: its process group ends with it."""
     payload = {
         "model": request.model,
         "revision": request.revision,
         "trust_remote_code": request.trust_remote_code,
         "media": request.media.model_dump(mode="json"),
     }
-    argv = [str(python), str(SCRIPT)]
+    model = Path(request.model)
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,  # vLLM inspects model classes in a child of its own
-        )
-    except OSError as exc:
-        raise PreflightError(f"cannot run {python}: {exc.strerror or exc}") from None
-    try:
-        out, err = proc.communicate(json.dumps(payload), timeout=request.timeout_s)
-    except subprocess.TimeoutExpired:
-        raise PreflightError(
-            f"vLLM's model probe ({python}) did not answer within {request.timeout_s:.0f} s"
-        ) from None
-    finally:
-        end_group(proc)
-    try:
-        facts = ModelFacts.model_validate_json(out)
-    except ValidationError:
-        last = (err.strip().splitlines() or ["(no output)"])[-1]
-        raise PreflightError(
-            f"vLLM's model probe failed (exit {proc.returncode}): {last[:300]}",
-            hint=f"run `echo '{json.dumps(payload)}' | {python} {SCRIPT}` to see vLLM's own error",
-        ) from None
+    facts = runner.run(
+        request.vllm,
+        runner.Script(SCRIPT, "vLLM's model probe"),
+        ModelFacts,
+        json.dumps(payload),
+        timeout_s=request.timeout_s,
+        env=env,
+        mounts=[model] if model.is_dir() else [],
+    )
     log.info("model facts for %s in %.1f s", request.model, time.monotonic() - start)
     return facts
-
-
-def end_group(proc: subprocess.Popen[str]) -> None:
-    """Kill what is left of the probe's process group and reap the probe."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()

@@ -1,0 +1,80 @@
+"""`--vllm-bin` as HPC and conda users have it, on the real CPU vLLM (marker `vllm`): a wrapper shell script
+(`exec /path/to/vllm "$@"`) and a `#!/usr/bin/env python3` launcher. Which Python runs vLLM is asked of
+the command (vllm/runner.py), so the tiny model builds, a model directory derives its profile, the
+budget counts every demo, the run passes, and `validate --against-vllm` parses and counts.
+
+Before: the wrapper was refused by `validate --against-vllm` (`no python next to VLLM_BIN`), and the
+launcher was taken for an interpreter named /usr/bin/env (`budget not counted: ... (exit 126)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import marked_pids, mmdemo
+
+pytestmark = pytest.mark.vllm
+
+
+def reach(kind: str, real: str, where: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The real vLLM behind a command of this kind, and the environment that command needs."""
+    where.mkdir(parents=True, exist_ok=True)
+    command = where / "vllm"
+    if kind == "wrapper":
+        command.write_text(f'#!/bin/sh\n# what `module load vllm` leaves behind\nexec {real} "$@"\n')
+    else:  # `env` finds the environment's python3 first on PATH
+        command.write_text(
+            "#!/usr/bin/env python3\nimport sys\n\nfrom vllm.entrypoints.cli.main import main\n\n"
+            'if __name__ == "__main__":\n    sys.exit(main())\n'
+        )
+        env = {**env, "PATH": f"{Path(real).parent}{os.pathsep}{env.get('PATH', os.defpath)}"}
+    command.chmod(0o755)
+    return str(command), env
+
+
+@pytest.mark.parametrize("kind", ["wrapper", "env-launcher"])
+def test_a_wrapper_or_env_launcher_builds_derives_counts_runs_and_validates(
+    kind: str, tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
+) -> None:
+    command, env = reach(kind, vllm_bin, tmp_path / "bin", mmdemo_env)
+    built = mmdemo("models", "build", "tiny-omni", "--vllm-bin", command, env=env, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    directory = Path(
+        shutil.copytree(Path(env["MMDEMO_CACHE_DIR"]) / "models" / "tiny-omni", tmp_path / "tiny-omni")
+    )
+    runs = tmp_path / "runs"
+    ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--vllm-bin", command, "--only",
+                 "text-only,audio", "--no-worst-case", "--grace", "15", "--runs-dir", str(runs),
+                 env=env, timeout=900)  # fmt: skip
+    out = ran.stdout + ran.stderr
+    # The tiny model's weights are random: whether an answer names the known medium's word is chance,
+    # so the verdicts may fail; every request must have been answered, by the server the wrapper started.
+    assert ran.returncode in (0, 1), out
+    assert f"no profile for {directory}: derived one from vLLM 0.32" in ran.stdout
+    report = json.loads(next(runs.glob("*/report.json")).read_text())
+    assert report["status"] in ("passed", "failed"), out
+    assert report["vllm"]["path"] == command
+    assert report["profile_path"]  # the derived profile's file
+    budget = report["budget"]
+    assert budget is not None, report["notes"]
+    assert budget["vllm"].startswith("0.32")
+    assert {d["name"] for d in budget["demos"]} >= {"text-only/text", "audio/input_audio"}
+    assert all(d["prompt_tokens"] and d["error"] is None for d in budget["demos"])
+    assert not [n for n in report["notes"] if "not counted" in n]
+    # Counted before launch through the wrapper, exactly what the server it launched then reported.
+    for demo in report["demos"]:
+        assert demo["prompt_tokens"] is not None, demo
+        assert demo["prompt_tokens"] == demo["prompt_tokens_counted"], demo
+    assert marked_pids() == set()
+
+    checked = mmdemo(
+        "validate", "--against-vllm", report["profile_path"], "--vllm-bin", command, env=env, timeout=600
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "accepted by vLLM 0.32" in checked.stdout
+    assert "ok    budget " in checked.stdout, checked.stdout
