@@ -10,7 +10,7 @@ HERE = Path(__file__).parent
 
 
 def test_plan_phi_on_h100(mmdemo_env: dict[str, str]) -> None:
-    done = mmdemo("plan", "phi-3.5-vision", "--gpu", "H100", env=mmdemo_env)
+    done = mmdemo("plan", "phi-3.5-vision", "--gpu", "H100", "--no-prefetch", env=mmdemo_env)
     assert done.returncode == 0, done.stderr
     command = next(line for line in done.stdout.splitlines() if " serve " in line)
     assert command.split()[1:3] == ["serve", "microsoft/Phi-3.5-vision-instruct"]
@@ -22,7 +22,7 @@ def test_plan_phi_on_h100(mmdemo_env: dict[str, str]) -> None:
 
 def test_plan_never_prints_the_token(mmdemo_env: dict[str, str]) -> None:
     env = {**mmdemo_env, "HF_TOKEN": "hf_do_not_print_me"}
-    done = mmdemo("plan", "ultravox-0.5-1b", "--gpu", "L4", env=env)
+    done = mmdemo("plan", "ultravox-0.5-1b", "--gpu", "L4", "--no-prefetch", env=env)
     assert done.returncode == 0, done.stderr
     assert "export HF_TOKEN='${HF_TOKEN}'" in done.stdout
     assert "hf_do_not_print_me" not in done.stdout + done.stderr

@@ -46,6 +46,11 @@ def test_nothing_survives(
         report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
         assert report["status"] == "interrupted"
         assert report["teardown"]["remaining"] == 0
+    if command == "run" and sig is not signal.SIGKILL:  # while loading and while serving: the same words
+        assert f"interrupted by {sig.name}" in output
+        assert report["error"]["message"] == f"interrupted by {sig.name}"
+    if state == "serving" and sig is not signal.SIGKILL:  # the request in flight is counted, not lost
+        assert report["summary"]["interrupted"] == 1, report["summary"]
 
 
 def test_the_census_sees_what_tests_start() -> None:

@@ -1,8 +1,8 @@
 """`mmdemo init MODEL [-o FILE] [--trust-remote-code] [--gpu ...]`: write a model's derived profile as YAML.
 
 The file carries a comment on every derived value saying where it came from; it validates, passes
-`validate --against-vllm`, and runs as the derivation would. Registered by cli.build_parser, which
-hands it the console (like doctor: nothing below the CLI imports the terminal).
+`validate --against-vllm`, and runs as the derivation would. Its options are rows of cli/options.py;
+cli.main hands it the console (like doctor: nothing below the CLI imports the terminal).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.core.atomic import write_atomic
@@ -21,25 +20,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 _CLASS_COUNT = re.compile(r"^(?P<cls>[A-Za-z0-9-]+?)(?:x(?P<n>\d+))?$")
-
-
-def add_init_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `init` subcommand to the CLI's subparsers."""
-    p = sub.add_parser("init", help="derive a profile for a model (hub id or directory) and write it as YAML")
-    p.add_argument("model", help="a hub id (org/name, optionally @revision) or a local model directory")
-    p.add_argument("-o", "--output", type=Path, help="the file to write (default: print it)")
-    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow a model's own code to run (never added silently)",
-    )
-    p.add_argument(
-        "--gpu",
-        default="auto",
-        help="size it for: auto (the GPUs found), cpu, or GPU classes with counts, e.g. H100,L4x2",
-    )
-    p.add_argument("--vllm-bin", help="the vLLM whose facts to use (default: as `run` finds it)")
 
 
 def gpus_for(spec: str) -> tuple[list[Gpu], bool | None]:
@@ -65,10 +45,17 @@ def cmd_init(args: argparse.Namespace, err: Console) -> int:
     """Derive the model's profile and write it (YAML to stdout without -o; notes to `err`); 0 on success."""
     from orchestrator.model.autoprofile import DeriveRequest, derive_for
     from orchestrator.model.profilegen import to_yaml
-    from orchestrator.model.ref import ProfileRef, matching_profile, parse_ref
+    from orchestrator.model.recipe import is_recipe_ref
+    from orchestrator.model.ref import ProfileRef, RecipeRef, matching_profile, parse_ref
 
+    if getattr(args, "recipe", None) or (args.model and is_recipe_ref(args.model)):  # a vLLM recipe's profile
+        from orchestrator.cli.recipes import init_recipe
+
+        return init_recipe(args, err, *gpus_for(args.gpu))
+    if args.model is None:
+        raise UsageError("init: name a model (a hub id or a model directory), or a recipe with --recipe FILE")
     ref = parse_ref(args.model)
-    if isinstance(ref, ProfileRef):
+    if isinstance(ref, (ProfileRef, RecipeRef)):
         raise UsageError(
             f"{args.model}: a profile, not a model: init derives a profile from a hub id or a model directory"
         )

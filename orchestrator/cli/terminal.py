@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.errors import MMDemoError, ServerError
@@ -18,6 +18,7 @@ from orchestrator.core.errors import MMDemoError, ServerError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from orchestrator.core.tasks import Task
     from orchestrator.record.report import RunRecord
     from orchestrator.session.context import Endpoint
     from orchestrator.session.run import Outcome
@@ -111,6 +112,7 @@ class TerminalEvents:
 def finish(console: Console, outcome: Outcome) -> int:
     from rich.table import Table
 
+    from orchestrator.render.markdown import failed_line
     from orchestrator.render.text import one_line
 
     record = outcome.record
@@ -129,7 +131,9 @@ def finish(console: Console, outcome: Outcome) -> int:
                 f"{d.latency_s:.2f} s",
                 f"{d.ttft_s:.2f} s" if d.ttft_s is not None else "–",
                 f"{_n(d.prompt_tokens)}/{_n(d.completion_tokens)}",
-                esc(one_line(d.answer if ok else d.error, 70)),
+                esc(
+                    failed_line(d, 70) if d.verdict == "failed" else one_line(d.answer if ok else d.error, 70)
+                ),
             )
         console.print(table)
         for d in record.demos:
@@ -154,6 +158,7 @@ def finish(console: Console, outcome: Outcome) -> int:
     verdict = "[green]PASSED[/]" if outcome.exit_code == 0 else f"[red]{record.status.upper()}[/]"
     understood = f", {summary.understood} understood" if summary.understood else ""
     hung = f", {summary.hung} hung" if summary.hung else ""
+    hung += f", {summary.interrupted} in flight when interrupted" if summary.interrupted else ""
     page = outcome.run_dir / "report.html"
     where = page if page.exists() else outcome.run_dir
     console.print(
@@ -190,29 +195,70 @@ def _n(value: object) -> str:
 EXAMPLE = "openai_chat_completion_client_for_multimodal.py"
 
 
-def serve_banner(endpoint: Endpoint) -> str:
-    """What `mmdemo serve` prints once ready: the endpoint, a curl line, and the upstream example's runs."""
+def serve_banner(endpoint: Endpoint, *, chats: bool = True, tasks: Sequence[Task] = ()) -> str:
+    """What `mmdemo serve` prints once ready: the endpoint, a curl line, and how to run vLLM's example
+    client of each chat type (when the profile runs any) and of each task past chat it runs."""
     model, key = endpoint.model, endpoint.api_key
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"base URL: {endpoint.base_url}",
         f"model:    {model}",
         f"API key:  {key}",
-        "try:",
-        "  curl -s "
-        + shlex.quote(f"{endpoint.base_url}/chat/completions")
-        + f" -H {shlex.quote('Authorization: Bearer ' + key)} -H 'Content-Type: application/json' -d "
-        + shlex.quote(body),
     ]
-    if endpoint.base_url.endswith(":8000/v1") and key == "EMPTY":
+    if chats:
+        lines += [
+            "try:",
+            "  curl -s "
+            + shlex.quote(f"{endpoint.base_url}/chat/completions")
+            + f" -H {shlex.quote('Authorization: Bearer ' + key)} -H 'Content-Type: application/json' -d "
+            + shlex.quote(body),
+        ]
+    unmodified = endpoint.base_url.endswith(":8000/v1") and key == "EMPTY"
+    if chats and unmodified:
         lines.append(f"vLLM's example client ({EXAMPLE}, unmodified) works against this server:")
         lines += [f"  python {EXAMPLE} -c {c}" for c in CHAT_TYPES]
-    else:
+    elif chats:
         lines.append(
             f"vLLM's example client ({EXAMPLE}) expects http://localhost:8000/v1 and the key EMPTY: "
             "serve with --port 8000 --api-key EMPTY to run it unmodified"
         )
+    if tasks:
+        lines += task_clients(endpoint, tasks, unmodified)
     return "\n".join(lines)
+
+
+# How each task's example client (core/tasks.py ROUTES[task].example, in vLLM's repository) is run:
+# its arguments, and whether it reaches any server (--host/--port, a route vLLM does not guard with the
+# key: only /v1, /v2, /inference and /cohere are, vllm/entrypoints/serve/middleware/authenticate.py)
+# or only http://localhost:8000/v1 with the key EMPTY, hard-coded.
+TASK_CLIENT_ARGS: dict[str, tuple[str, bool]] = {
+    "transcription": ("--audio_path CLIP.wav", False),
+    "translation": ("--audio_path CLIP.wav", False),
+    "realtime": ("--audio_path CLIP.wav", False),
+    "embedding": ("--model clip  # or siglip, vlm2vec, ...: the run_* of your model", False),
+    "score": ("--host {host} --port {port}", True),
+    "rerank": ("--host {host} --port {port}", True),
+    "classify": ("--host {host} --port {port}", True),
+    "responses": ("", False),
+}
+
+
+def task_clients(endpoint: Endpoint, tasks: Sequence[Task], unmodified: bool) -> list[str]:
+    """The lines that run each task's example client against this server, or say what it needs."""
+    from urllib.parse import urlsplit
+
+    from orchestrator.core.tasks import ROUTES
+
+    url = urlsplit(endpoint.base_url)
+    lines = ["vLLM's example client of each task (in vLLM's repository):"]
+    for task in dict.fromkeys(tasks):
+        args, anywhere = TASK_CLIENT_ARGS[task.value]
+        args = args.format(host=url.hostname or "localhost", port=url.port or 80)
+        line = f"  python {ROUTES[task].example} {args}".rstrip()
+        if not (anywhere or unmodified):
+            line += "  # needs --port 8000 --api-key EMPTY"
+        lines.append(line)
+    return lines
 
 
 CHAT_TYPES = ("text-only", "single-image", "multi-image", "video", "audio", "multi-audio")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.core.atomic import write_atomic
 from orchestrator.core.errors import ServerError
+from orchestrator.launch.runtime_failures import diagnose_runtime
 from orchestrator.vllm.logscan import LogFollower, diagnose
 
 
@@ -22,7 +24,7 @@ def server_error(
 ) -> ServerError:
     """A ServerError carrying the evidence: argv, how it ended, the redacted log tail and a diagnosis."""
     tail = [redact(line) for line in follower.tail()]
-    found = diagnose(tail)
+    found = diagnose_runtime(tail, os.environ) or diagnose(tail)  # the runtime's own failure comes first
     return ServerError(
         reason=reason,
         argv=list(argv),
