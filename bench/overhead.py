@@ -180,14 +180,15 @@ def run(settings: Settings) -> Scenario:
     offline = [command_to_launch(settings, vllm, None) for _ in range(n)]
     cli = cli_start(max(n, 5))
     python = median(cli["python -c pass"])
+    floor = median(cli[IMPORT_OPENAI]) - python  # no demo goes out before the SDK is imported
     rows = [
         Row(
             NAME,
             "whole `mmdemo run` vs the fake's own time",
             median(runs),
             median(own),
-            target=f"delta <= {RUN_TARGET_S:g} s",
-            met=median(runs) - median(own) <= RUN_TARGET_S,
+            target=f"delta <= floor ({floor:.2f} s) + {RUN_TARGET_S:g} s",
+            met=median(runs) - median(own) <= floor + RUN_TARGET_S,
             note=f"zero-latency fake, {len(requests)} requests, {n} runs" + AIOHTTP_NOTE,
         ),
         Row(

@@ -52,28 +52,36 @@ def test_a_context_too_short_for_the_media_is_refused_before_launch_with_a_value
     tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
 ) -> None:
     # The issue's own measurement: cpu-tiny-omni cut to max_model_len 128 started (32 s), then
-    # multi-audio failed. Now it never starts.
+    # multi-audio failed. Now the count (cold: this session's fresh cache) refuses it: beside the start
+    # by default (the starting server is ended at once, no demo sent), before it with --count-first.
     short = profile_with(tmp_path, "short-omni", max_model_len=128)
     args = ("--only", "multi-audio", "--no-worst-case", "--vllm-bin", vllm_bin, "--grace", "15")
-    started = time.monotonic()
-    done = mmdemo(
-        "run", str(short), *args, "--runs-dir", str(tmp_path / "short"), env=mmdemo_env, timeout=600
-    )
-    refused_s = time.monotonic() - started
-    out = done.stdout + done.stderr
-    assert done.returncode == 3, out
-    line = next(x for x in out.splitlines() if x.startswith("error: "))
-    assert line == (
+    expected = (
         "error: multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion) but max_model_len is "
         f"128: set serve.max_model_len: 256 in {short}"
-    ), out
-    report = json.loads(next((tmp_path / "short").glob("*/report.json")).read_text())
-    assert report["status"] == "error"
-    assert report["server"]["pid"] is None  # no vllm serve was started
-    assert not list((tmp_path / "short").glob("*/server.log"))
-    assert report["budget"]["demos"][0]["prompt_tokens"] == 175
-    assert report["budget"]["max_model_len"] == 128
-    assert not vllm_serve_running()
+    )
+    for order in ("beside", "first"):
+        runs = tmp_path / f"short-{order}"
+        started = time.monotonic()
+        extra = ("--count-first",) if order == "first" else ()
+        done = mmdemo("run", str(short), *args, *extra, "--runs-dir", str(runs), env=mmdemo_env, timeout=600)
+        refused_s = time.monotonic() - started
+        out = done.stdout + done.stderr
+        assert done.returncode == 3, out
+        line = next(x for x in out.splitlines() if x.startswith("error: "))
+        assert line == expected, out
+        report = json.loads(next(runs.glob("*/report.json")).read_text())
+        assert report["status"] == "error"
+        assert report["demos"] == []  # no request reached a server
+        if order == "first":
+            assert report["server"]["pid"] is None  # no vllm serve was started
+            assert not list(runs.glob("*/server.log"))
+        else:
+            assert report["teardown"]["remaining"] == 0
+        assert report["budget"]["demos"][0]["prompt_tokens"] == 175
+        assert report["budget"]["max_model_len"] == 128
+        assert not vllm_serve_running()
+        print(f"refused ({order}) in {refused_s:.1f} s")
 
     # The value it named, written into the profile: the same demo passes on the real server.
     found = re.search(r"serve\.max_model_len: (\d+)", line)
@@ -90,7 +98,6 @@ def test_a_context_too_short_for_the_media_is_refused_before_launch_with_a_value
     # 191 of 256 tokens: 75% of the context, under the warning's 80%
     assert not [w for w in report["warnings"] if "of max_model_len" in w]
     assert report["teardown"]["remaining"] == 0
-    print(f"refused before launch in {refused_s:.1f} s")
 
 
 def test_a_demo_over_the_servers_limit_mm_per_prompt_gets_the_diagnosis(
@@ -163,8 +170,8 @@ def test_validate_counts_every_profile_whose_files_are_here_a_gpu_profile_throug
     )
     assert by_key[f"{short}::cpu"] == (
         "error",
-        "worst-case/all-media needs 258 tokens (242 prompt + 16 completion) but max_model_len is 128, as do 1 "
-        f"more request(s): set serve.max_model_len: 512 in {short}",
+        "worst-case/all-media needs 258 tokens (242 prompt + 16 completion), multi-audio/input_audio needs 191 "
+        f"tokens (175 prompt + 16 completion) but max_model_len is 128: set serve.max_model_len: 512 in {short}",
     )
     variants = [k for k in by_key if k.startswith(f"{llava}::")]
     assert len(variants) == 8  # every supported variant (T4 is not), one count: GPU placement changes none

@@ -257,7 +257,7 @@ def test_doctor_and_plan_on_an_mi300x_box(tmp_path: Path, mmdemo_env: dict[str, 
         in out
     )
     assert "platform: ROCm" in out
-    plan = mmdemo("plan", "llava-1.5-7b", env=env)
+    plan = mmdemo("plan", "llava-1.5-7b", "--no-prefetch", env=env)
     assert plan.returncode == 0, plan.stderr
     assert "# llava-1.5-7b: llava-hf/llava-1.5-7b-hf on MI300X" in plan.stdout
     assert "export VLLM_ENGINE_ITERATION_TIMEOUT_S=300" in plan.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,9 +23,15 @@ class FakeTarget:
     """A target whose launch does what the test says, and records the steps it went through."""
 
     def __init__(
-        self, *, refuse: bool = False, fail: Exception | None = None, stop_inside: bool = False
+        self,
+        *,
+        refuse: bool = False,
+        fail: Exception | None = None,
+        stop_inside: bool = False,
+        refuse_count: bool = False,
     ) -> None:
         self.refuse, self.fail, self.stop_inside = refuse, fail, stop_inside
+        self.refuse_count = refuse_count
         self.left = False
         self.hurried = 0
         self.steps: list[str] = []
@@ -43,13 +50,13 @@ class FakeTarget:
         )
         return Prepared(record, (), Reach(loopback=True, files=True), "spec")
 
-    def preflight(self, session: Session, spec: str) -> str:
-        self.steps.append(f"preflight {spec}")
-        return "checked"
-
-    def plan(self, session: Session, checked: str, media_root: Path | None) -> str:
-        self.steps.append(f"plan {checked} {'with' if media_root else 'without'} media root")
+    def plan(self, session: Session, spec: str, media_root: Path | None) -> str:
+        self.steps.append(f"plan {spec} {'with' if media_root else 'without'} media root")
         return "plan"
+
+    def check(self, session: Session, plan: str) -> str:
+        self.steps.append(f"check {plan}")
+        return "checked"
 
     def prepare_model(self, session: Session, plan: str) -> str:
         self.steps.append(f"model {plan}")
@@ -65,9 +72,11 @@ class FakeTarget:
 
     def budget(
         self, session: Session, plan: str, counter: object, requests: Callable[[], Sequence[DemoRequest]]
-    ) -> str:
+    ) -> dict[str, int | None]:
         self.steps.append(f"budget {plan} of {len(requests())} requests")
-        return plan
+        if self.refuse_count:
+            raise PreflightError("single-image/image_url needs 300 tokens but max_model_len is 128")
+        return {}
 
     @contextlib.contextmanager
     def launch(self, session: Session, plan: str) -> Iterator[Remote]:
@@ -157,22 +166,48 @@ def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
     target = FakeTarget()
     run_session(target, options)
     assert target.steps == [
-        "preflight spec",
-        "plan checked with media root",
-        "counter plan",
-        "model plan",
-        "prefetch plan",
-        "budget plan of 0 requests",
-        "launch plan",
-        "ready",
+        "plan spec with media root",
+        "check plan",
+        "counter checked",
+        "model checked",
+        "prefetch checked",
+        "launch checked",
+        *target.steps[-2:],
     ]
+    # beside the start, at once: media and the count never hold vLLM back, nor eat its ready timeout
+    assert sorted(target.steps[-2:]) == ["budget checked of 0 requests", "ready"]
+
+
+def test_count_first_counts_before_the_start(options: Options) -> None:
+    target = FakeTarget()
+    run_session(target, dataclasses.replace(options, count_first=True))
+    assert target.steps.index("budget checked of 0 requests") < target.steps.index("launch checked")
+
+
+def test_a_count_that_refuses_ends_the_start_at_once_and_sends_no_demo(options: Options) -> None:
+    target = FakeTarget(refuse_count=True)
+    outcome = run_session(target, options)
+    assert outcome.exit_code == 3
+    assert target.left  # torn down
+    assert target.hurried == 1  # no grace: the server that was starting serves nothing
+    report = report_of(outcome.run_dir)
+    assert report["status"] == "error"
+    assert "max_model_len is 128" in report["error"]["message"]
+    assert report["demos"] == []
 
 
 def test_no_demos_is_a_pass_with_a_complete_record(options: Options) -> None:
     outcome = run_session(FakeTarget(), options)
     assert outcome.exit_code == 0
     report = report_of(outcome.run_dir)
-    assert report["summary"] == {"total": 0, "passed": 0, "failed": 0, "understood": 0, "hung": 0}
+    assert report["summary"] == {
+        "total": 0,
+        "passed": 0,
+        "failed": 0,
+        "understood": 0,
+        "hung": 0,
+        "interrupted": 0,
+    }
     assert report["finished_at"]
 
 

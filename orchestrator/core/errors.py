@@ -34,6 +34,38 @@ class PreflightError(MMDemoError):
     exit_code = 3
 
 
+class HubUnreachable(PreflightError):
+    """The hub cannot be asked: HF_HUB_OFFLINE is set, or no connection (refused, no route, a timeout).
+
+    `why` says which, for the caller that falls back to the HF cache and for `HubUnavailable`.
+    """
+
+    def __init__(self, what: str, why: str) -> None:
+        self.why = why
+        super().__init__(f"{what}: the hub cannot be asked: {why}")
+
+
+class HubUnavailable(PreflightError):
+    """A hub model the hub cannot be asked about (HF_HUB_OFFLINE, or no route to it) and the HF cache lacks.
+
+    One line: the model, the cache searched, why the hub was not asked, and how to fill the cache.
+    """
+
+    def __init__(self, model: str, hub_cache: str, why: str, gap: str | None = None) -> None:
+        self.model, self.hub_cache, self.why, self.gap = model, hub_cache, why, gap
+        repo, _, revision = model.partition("@")
+        args = f"{repo} --revision {revision}" if revision else repo
+        state = (
+            f"is incomplete in the HF cache {hub_cache} ({gap})"
+            if gap
+            else f"is not in the HF cache {hub_cache}"
+        )
+        super().__init__(
+            f"{model} {state} and {why}: run `hf download {args}` (or `huggingface-cli download {args}`) "
+            f"on a machine with access, then copy its models--{repo.replace('/', '--')} folder into {hub_cache}"
+        )
+
+
 class AssetError(MMDemoError):
     """A demo asset could not be fetched, generated or verified."""
 

@@ -1,143 +1,36 @@
-"""Checks before launch, each a one-line refusal: vLLM present and new enough, port, GPU, token."""
+"""The checks before a launch: each a one-line refusal, all of them in one list (`CHECKS`, at the end)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
-import subprocess
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.core.atomic import write_atomic
 from orchestrator.core.errors import PreflightError
-from orchestrator.core.paths import cache_dir
+from orchestrator.core.hfenv import HfEnv
+from orchestrator.core.units import human_bytes
 from orchestrator.gpus.detect import Gpu
 from orchestrator.profile import fit as gpufit
 from orchestrator.profile.schema import Profile, ResolvedProfile
-from orchestrator.vllm.backend import locate_vllm, vllm_python
+from orchestrator.vllm import runner
+from orchestrator.vllm.backend import locate_vllm
 
 log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_VERSION_LINE = re.compile(r"^v?\d+\.\d+(\.\d+)?\S*$")
-
-
-@dataclass(frozen=True)
-class VllmInfo:
-    """The vLLM command that will run, its version, the rule that found it, and its environment."""
-
-    path: str
-    version: str
-    found_by: str = ""
-    torch: str | None = None
-    transformers: str | None = None
-    decoders: tuple[str, ...] = ()  # the audio/video decoders vLLM's environment has
-
-
-# Run by the backend's Python: versions from package metadata and decoders found, nothing imported.
-_FACTS = """
-import importlib.metadata as m, importlib.util as u, json, shutil
-def version(name):
-    try:
-        return m.version(name)
-    except m.PackageNotFoundError:
-        return None
-found = [n for n in ("soundfile", "librosa", "av", "cv2", "torchaudio", "torchcodec", "decord") if u.find_spec(n)]
-print(json.dumps({"vllm": version("vllm"), "torch": version("torch"), "transformers": version("transformers"),
-                  "decoders": found + (["ffmpeg"] if shutil.which("ffmpeg") else [])}))
-"""
+# The host's vLLM (its command, version, interpreter and environment) is vllm/runner.py's; these names stay
+# here for the checks and their callers.
+VllmInfo = runner.VllmInfo
+vllm_version = runner.vllm_version
 
 
 def find_vllm(vllm_bin: str | None) -> str:
     """The absolute path of the vLLM command (None: discover it), or a refusal saying how to get one."""
     return locate_vllm(vllm_bin)[0]
-
-
-def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
-    """The installed vLLM's version: read from its package metadata, else `vllm --version`."""
-    path, found_by = locate_vllm(vllm_bin)
-    # `vllm --version` imports torch and vLLM (~7 s on a small CPU); the metadata answers in ~50 ms.
-    facts = backend_facts(path)
-    version = facts.get("vllm")
-    if isinstance(version, str) and _VERSION_LINE.match(version):
-        decoders = facts.get("decoders")
-        return VllmInfo(
-            path=path,
-            version=version,
-            found_by=found_by,
-            torch=_text(facts.get("torch")),
-            transformers=_text(facts.get("transformers")),
-            decoders=tuple(str(d) for d in decoders) if isinstance(decoders, list) else (),
-        )
-    try:
-        done = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise PreflightError(f"`{path} --version` did not answer within {timeout_s:.0f} s") from None
-    except OSError as exc:
-        raise PreflightError(f"cannot run {path}: {exc.strerror or exc}") from None
-    # The version is stdout's last line; stderr carries torch's and vLLM's warnings.
-    lines = done.stdout.strip().splitlines()
-    match = _VERSION_LINE.match(lines[-1].strip()) if lines else None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or lines or ["(no output)"])[-1]
-        raise PreflightError(f"`{path} --version` failed (exit {done.returncode}): {last}")
-    if match is None:
-        shown = lines[-1][:60] if lines else "nothing"
-        raise PreflightError(f"`{path} --version` printed {shown!r}, not a version: is it vLLM?")
-    return VllmInfo(path=path, version=match.group(0), found_by=found_by)
-
-
-def backend_facts(path: str) -> dict[str, object]:
-    """vLLM's, torch's and transformers' versions and the media decoders of the command's environment.
-
-    Read from package metadata by that environment's Python (no import), once per environment: the
-    answer is kept in the cache until its site-packages change.
-    """
-    try:
-        python = str(vllm_python(path))
-    except PreflightError:
-        return {}
-    key = _facts_key(python)
-    cached = cache_dir() / "backends" / f"{key}.json" if key else None
-    if cached is not None:
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(cached.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                return data
-    try:
-        done = subprocess.run([python, "-c", _FACTS], capture_output=True, text=True, timeout=30, check=False)
-        data = json.loads(done.stdout) if done.returncode == 0 else {}
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    if cached is not None:
-        with contextlib.suppress(OSError):
-            write_atomic(cached, json.dumps(data))
-    return data
-
-
-def _facts_key(python: str) -> str | None:
-    """A key that changes when the environment's packages do (site-packages' mtime), or None."""
-    venv = Path(python).parent.parent
-    try:
-        stamps = [f"{p}:{p.stat().st_mtime_ns}" for p in sorted(venv.glob("lib/python*/site-packages"))]
-    except OSError:
-        return None
-    if not stamps:
-        return None
-    return hashlib.sha256("|".join([os.path.realpath(python), *stamps]).encode()).hexdigest()[:24]
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -194,14 +87,9 @@ def check_gpus(resolved: ResolvedProfile, gpus: Sequence[Gpu]) -> None:
 
 
 def hf_token(env: Mapping[str, str]) -> str | None:
-    """The Hugging Face token: from the environment, else from `huggingface-cli login`'s token file."""
-    if token := env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"):
-        return token
-    home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    try:
-        return (home / "token").read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
+    """The Hugging Face token: from the environment, else from `hf auth login`'s token file (as HfEnv finds it:
+    HF_TOKEN_PATH, else the token file in HF_HOME, itself under XDG_CACHE_HOME when unset)."""
+    return HfEnv.read(env).token
 
 
 def hf_token_present(env: Mapping[str, str]) -> bool:
@@ -233,10 +121,14 @@ def check_env(resolved: ResolvedProfile, missing: Sequence[str], env: Mapping[st
 
 
 def check_model(resolved: ResolvedProfile) -> None:
-    """A local model path must exist (hub ids are vLLM's to fetch)."""
+    """A local model path must exist (hub ids are vLLM's to fetch; a tiny model is built next)."""
     model = resolved.profile.model_path
-    looks_local = model.startswith(("/", "./", "../", "~")) or resolved.profile.local_model is not None
-    if looks_local and not (Path(os.path.expanduser(model)) / "config.json").is_file():
+    if resolved.profile.local_model is not None:
+        return
+    if (
+        model.startswith(("/", "./", "../", "~"))
+        and not (Path(os.path.expanduser(model)) / "config.json").is_file()
+    ):
         raise PreflightError(
             f"model directory {model} has no config.json",
             hint=(
@@ -244,4 +136,106 @@ def check_model(resolved: ResolvedProfile) -> None:
                 if resolved.profile.local_model
                 else "check the profile's model path"
             ),
+        )
+
+
+# -- the one refusal step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskNeed:
+    """Bytes still to download into a directory (the HF hub cache), and what they are."""
+
+    what: str
+    need_bytes: int
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the checks look at, all known before anything starts (nothing here waits on a network)."""
+
+    resolved: ResolvedProfile
+    gpus: Sequence[Gpu]
+    vllm: VllmInfo | PreflightError | None  # the host's vLLM, or why there is none; None: the image's
+    env: Mapping[str, str]  # what `${VAR}`s and the token resolve against
+    missing_env: Sequence[str]  # `${VAR}`s the plan could not fill
+    host: str
+    port: int | None  # the port asked for (None: a free one was picked)
+    disk: DiskNeed | None = None  # None: nothing to download
+
+
+def _vllm(facts: Facts) -> None:
+    if isinstance(facts.vllm, PreflightError):
+        raise facts.vllm
+    if facts.vllm is not None:
+        check_version(facts.vllm, facts.resolved)
+
+
+def _port(facts: Facts) -> None:
+    from orchestrator.launch.ports import check_port  # the port's owner needs psutil: only when asked
+
+    if facts.port:
+        check_port(facts.host, facts.port)
+
+
+def _disk(facts: Facts) -> None:
+    if facts.disk is not None:
+        check_disk(facts.disk)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One reason not to start, checked in order; `run` raises the one-line refusal."""
+
+    name: str
+    what: str
+    run: Callable[[Facts], None]
+
+
+# Every check that can refuse a launch, in the order they run, before `vllm serve` (or its container)
+# starts. The profile itself (schema, remote code, a derivation vLLM refuses) is refused earlier, where
+# it is read; the budget (each demo's tokens) runs beside the launch, or before it with --count-first.
+CHECKS: tuple[Check, ...] = (
+    Check("variant", "the profile supports this GPU class", lambda f: check_variant(f.resolved)),
+    Check(
+        "gpus",
+        "enough GPUs, each with the memory the variant needs free",
+        lambda f: check_gpus(f.resolved, f.gpus),
+    ),
+    Check("vllm", "vLLM is there, and as new as the profile needs", _vllm),
+    Check(
+        "environment",
+        "the HF token and every ${VAR} the profile names",
+        lambda f: check_env(f.resolved, f.missing_env, f.env),
+    ),
+    Check("port", "the port asked for is not held", _port),
+    Check("model", "a local model directory holds a config.json", lambda f: check_model(f.resolved)),
+    Check("disk", "the weights still to download fit on the HF cache's disk", _disk),
+)
+
+
+def run_checks(facts: Facts, checks: Sequence[Check] = CHECKS) -> tuple[str, ...]:
+    """Every check, in order: the first refusal raises; the names of those passed otherwise."""
+    for check in checks:
+        check.run(facts)
+    return tuple(check.name for check in checks)
+
+
+def free_space(directory: Path) -> int:
+    """Free bytes on the filesystem that holds `directory` (its nearest existing parent)."""
+    path = directory
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_disk(need: DiskNeed, *, free: Callable[[Path], int] = free_space) -> None:
+    """Refuse when the directory's filesystem cannot hold the bytes still to download."""
+    available = free(need.directory)
+    if need.need_bytes > available:
+        raise PreflightError(
+            f"{need.what} needs {human_bytes(need.need_bytes)} more in {need.directory}, "
+            f"which has {human_bytes(available)} free",
+            hint="free some space, or point HF_HUB_CACHE (or HF_HOME) at a larger disk",
         )

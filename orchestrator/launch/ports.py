@@ -48,16 +48,27 @@ def port_owner(port: int) -> str | None:
 def choose_port(host: str, port: int | None) -> int:
     """The given port if nothing holds it (else refuse, naming the owner), or a free one."""
     if not port:  # None or 0: pick one
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, 0))
-            except OSError as exc:
-                raise PreflightError(
-                    f"cannot bind a port on --host {host}: {exc.strerror or exc}",
-                    hint="--host must be an address of this machine (default 127.0.0.1)",
-                ) from None
-            return int(sock.getsockname()[1])
+        return free_port(host)
+    check_port(host, port)
+    return port
+
+
+def free_port(host: str) -> int:
+    """A port nothing holds on `host`, picked by the kernel; refused when `host` is not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot bind a port on --host {host}: {exc.strerror or exc}",
+                hint="--host must be an address of this machine (default 127.0.0.1)",
+            ) from None
+        return int(sock.getsockname()[1])
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, naming the owner, when `port` on `host` is held or cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     held = _answers(connect_host(host), port)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -77,7 +88,6 @@ def choose_port(host: str, port: int | None) -> int:
             f"port {port} on {host} is already held by {owner}",
             hint="stop it, pass another --port, or leave --port out to pick a free one",
         )
-    return port
 
 
 def _answers(host: str, port: int) -> bool:

@@ -59,6 +59,10 @@ def profile_resolver(
         trust_remote_code=opts.trust_remote_code,
         vllm_bin=opts.vllm_bin,
         cpu=True if CPU in classes or not wanted else None,
+        variant=opts.recipe_variant,  # a vLLM recipe's choices: one variant on every class
+        features=opts.recipe_features,
+        without=opts.recipe_without,
+        offline=opts.offline,
     )
 
     def resolve(name: str) -> Profile:

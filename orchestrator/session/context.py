@@ -91,6 +91,11 @@ class Stop:
                 hurry()
         self._event.set()
 
+    def hurry(self) -> None:
+        """Skip teardown's grace without stopping the session (a start that a refusal ends serves nothing)."""
+        for hurry in list(self._hurry):
+            hurry()
+
     def is_set(self) -> bool:
         return self._event.is_set()
 

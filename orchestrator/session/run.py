@@ -1,18 +1,8 @@
 """A session: the run, on one screen. `run`, `attach` (`demo`), `serve` and each matrix cell go through it.
 
-`run_session` lists every step in order; each takes what the one before returned (targets.py has
-the launch steps, one method each). The steps the next capabilities plug into:
-
-    prepare        resolve the profile (a profile file; a model's derived profile goes here)
-    preflight      refusals before anything starts
-    plan           the exact `vllm serve` command line
-    counter        vLLM's renderer starts importing (~10 s, hidden behind the next two steps)
-    prepare_model  prefetch
-    budget         each demo's tokens counted by that renderer: a demo that cannot fit refuses the run
-    launch (a container launcher goes here)  ready  demos  record  teardown
-
-A report is written whenever a run directory exists. Signals never raise inside arbitrary code:
-they set `Stop`, which every wait polls; a second signal hurries teardown.
+`run_session` lists every step in order, each taking what the one before returned; read the order
+there, not in a copy. A report is written whenever a run directory exists. Signals never raise inside
+arbitrary code: they set `Stop`, which every wait polls; a second signal hurries teardown.
 """
 
 from __future__ import annotations
@@ -22,6 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +20,14 @@ from typing import Any
 
 from orchestrator import render
 from orchestrator.core.background import background
-from orchestrator.core.errors import DemoFailed, InternalError, Interrupted, MMDemoError, ServerError
+from orchestrator.core.errors import (
+    DemoFailed,
+    InternalError,
+    Interrupted,
+    MMDemoError,
+    PreflightError,
+    ServerError,
+)
 from orchestrator.core.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.core.paths import assets_dir
 from orchestrator.demos.chat import (
@@ -40,17 +38,18 @@ from orchestrator.demos.chat import (
     build_requests,
     plain_http_client,
     repeats,
-    run_demos,
-    to_record,
     worst_case,
 )
+from orchestrator.demos.taskcore import TaskRequest
+from orchestrator.demos.tasks import build_task_requests, run_all, to_record
 from orchestrator.launch.command import Redactor
 from orchestrator.media import Asset, AssetServer, AssetStore
-from orchestrator.profile.schema import Demo
+from orchestrator.media import known as known_media
+from orchestrator.profile.schema import Demo, TaskDemo
 from orchestrator.record.report import DemoRecord, ErrorRecord, RunRecord, Status, TimelineEvent
 from orchestrator.record.rundir import make_run_dir, now_iso
-from orchestrator.session.context import Endpoint, Events, QuietEvents, Session, Stop, signals_to
-from orchestrator.session.targets import C, P, Prepared, R, Reach, S, Target
+from orchestrator.session.context import POLL_S, Endpoint, Events, QuietEvents, Session, Stop, signals_to
+from orchestrator.session.targets import P, Prepared, R, Reach, S, Target
 from orchestrator.vllm.logscan import explain_demo
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ Serve = Callable[[Endpoint, Session], None]
 
 
 def run_session(
-    target: Target[S, C, P, R],
+    target: Target[S, P, R],
     options: Options,
     events: Events | None = None,
     *,
@@ -89,30 +88,59 @@ def run_session(
                 # `serve` sends no demos, but the budget counts them: the example client's chat types
                 demos = serve is None or options.budget
                 media = teardown.enter_context(start_media(session, prepared, options, demos))
-                checked = target.preflight(session, prepared.spec)
-                plan = target.plan(session, checked, media.root)
+                plan = target.plan(session, prepared.spec, media.root)
+                plan = target.check(session, plan)  # every refusal before the start, in one list
                 counter = teardown.enter_context(target.counter(session, plan))  # vLLM's renderer, importing
                 plan = target.prepare_model(session, plan)
                 plan = target.prefetch(session, plan)
-                plan = target.budget(
-                    session, plan, counter, lambda: demo_requests(media, options, prepared.limits)
-                )
+
+                def budget() -> Mapping[str, int | None]:  # each demo's tokens: one that cannot fit refuses
+                    return target.budget(
+                        session, plan, counter, lambda: demo_requests(media, options, prepared.limits)
+                    )
+
+                counted = budget() if options.count_first else {}
                 running = teardown.enter_context(target.launch(session, plan))
                 redact = running.redact
-                endpoint = target.ready(session, running)
+                if options.count_first:
+                    endpoint = target.ready(session, running)
+                else:  # counted while vLLM loads: a refusal ends its start at once
+                    endpoint, counted = ready_beside_the_count(
+                        session, lambda: target.ready(session, running), budget
+                    )
                 gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
                 if serve is not None:
                     serve(endpoint, session)
                 else:
-                    send_demos(session, endpoint, media.requests(), options, prepared.limits)
+                    send_demos(session, endpoint, media.requests(), options, prepared.limits, counted=counted)
         except MMDemoError as exc:
             error = exc
         except Exception as exc:  # a bug: teardown has run, and the record is still written
             log.debug("unexpected error", exc_info=True)
             error = InternalError(exc)
-        if stop.received and not isinstance(error, Interrupted):
-            error = Interrupted(stop.received[0])
+        if stop.received and not (isinstance(error, Interrupted) and error.signame == stop.received[0]):
+            error = Interrupted(stop.received[0])  # the signal's name, wherever the stop was noticed
         return close_record(session, error, redact)  # still under the handlers: a signal cannot cut it short
+
+
+def ready_beside_the_count(
+    session: Session, ready: Callable[[], Endpoint], count: Callable[[], Mapping[str, int | None]]
+) -> tuple[Endpoint, Mapping[str, int | None]]:
+    """Wait for readiness and the budget's count at once (neither's wait eats the other's deadline): the
+    first failure wins; a refusal of the count ends the starting server without grace (it serves nothing
+    yet), and no demo is sent. Both are needed before the demos."""
+    counting = background(count, name="budget")
+    readying = background(ready, name="ready")
+    pending: set[Future[Any]] = {counting, readying}
+    while pending:
+        done, pending = futures.wait(pending, timeout=POLL_S, return_when=futures.FIRST_COMPLETED)
+        session.stop.check()
+        for future in done:
+            if (error := future.exception()) is not None:
+                if future is counting and isinstance(error, PreflightError):
+                    session.stop.hurry()
+                raise error
+    return readying.result(), counting.result()
 
 
 def open_session(prepared: Prepared[Any], options: Options, events: Events, stop: Stop, t0: float) -> Session:
@@ -132,13 +160,15 @@ def send_demos(
     requests: list[DemoRequest],
     options: Options,
     limits: Mapping[str, int] | None,
+    *,
+    counted: Mapping[str, int | None] | None = None,
 ) -> None:
-    """The demos, then each media demo once more, then the worst case; the server must survive each."""
+    """The demos, then each media demo once more, then the worst case; the server must survive each.
+    `counted`: each request's prompt tokens as the budget counted them, kept beside the server's."""
     rounds = [("during the demos", requests), ("during the repeats", repeats(requests))]
-    worst = worst_case(requests, limits) if options.worst_case else None
+    worst = worst_case(chat_only(requests), limits) if options.worst_case else None
     if worst is not None:
         rounds.append((WORST_CASE_DEATH, [worst]))
-    counted = {d.name: d.prompt_tokens for d in session.record.budget.demos} if session.record.budget else {}
     then = f", {len(rounds[1][1])} repeats" + (", the worst case" if worst else "")
     session.events.stage("demos", f"{len(requests)} requests to {endpoint.model}{then}")
     started = time.monotonic()
@@ -146,7 +176,7 @@ def send_demos(
         if not batch:
             continue
         mark = endpoint.log_mark()
-        results = run_demos(
+        results = run_all(  # chat demos through the chat runner, tasks past chat through theirs
             batch,
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,
@@ -156,12 +186,12 @@ def send_demos(
             on_result=session.events.demo_done,
             cancelled=session.stop.is_set,
         )
-        session.stop.check()
         firsts = {d.name: d for d in session.record.demos if d.kind == "demo"}
         session.record.demos += [
             explained(r, started, firsts, endpoint, mark, counted=counted) for r in results
         ]
         session.record.demos_wall_s = round(time.monotonic() - started, 3)
+        session.stop.check()  # after the record: the summary counts what finished and what was in flight
         endpoint.check(when)  # a dead server fails the run with its own evidence
     session.mark("demos done")
 
@@ -183,9 +213,14 @@ def demo_requests(media: MediaStep, options: Options, limits: Mapping[str, int] 
     are the demos again); none in serve mode."""
     if media.future is None:
         return []
-    requests = media.requests()
+    requests = chat_only(media.requests())  # vLLM's renderer counts chat prompts, not a task's upload
     worst = worst_case(requests, limits) if options.worst_case else None
     return requests + ([worst] if worst is not None else [])
+
+
+def chat_only(requests: Sequence[DemoRequest]) -> list[DemoRequest]:
+    """The chat demos: the worst case and the budget are about chat prompts, not the tasks past chat."""
+    return [r for r in requests if not isinstance(r, TaskRequest)]
 
 
 def explained(
@@ -201,7 +236,7 @@ def explained(
     it means; a hang with the server's log."""
     record = to_record(result, started)
     record.prompt_tokens_counted = (counted or {}).get(result.name.removesuffix(" (repeat)"))
-    if result.passed:
+    if result.passed or result.status == "interrupted":  # cut short by us: nothing to explain
         return record
     first = firsts.get(result.name.removesuffix(" (repeat)"))
     if result.kind == "repeat" and first is not None and first.status == "passed":
@@ -259,9 +294,15 @@ class MediaStep:
     """The demo requests and their media, built in the background while vLLM loads."""
 
     def __init__(
-        self, session: Session, future: Future[list[DemoRequest]] | None, reach: Reach, root: Path | None
+        self,
+        session: Session,
+        future: Future[list[DemoRequest]] | None,
+        reach: Reach,
+        root: Path | None,
+        seed: int = known_media.DEFAULT_SEED,
     ) -> None:
         self.session = session
+        self.seed = seed
         self.future = future
         self.reach = reach
         self.root = root  # the directory file:// media come from, for --allowed-local-media-path
@@ -284,6 +325,7 @@ class MediaStep:
             )
         chosen = [r for r in built if r.name not in skipped]
         self.session.events.stage("assets", provenance_summary(chosen))
+        self.session.record.notes += media_notes(chosen, self.seed)
         return chosen
 
     def _reachable(self, request: DemoRequest) -> bool:
@@ -310,8 +352,8 @@ def start_media(
         budget_s=options.media_budget_s,
     )
     demos = prepared.demos
-    if not prepared.check_expectations:  # random weights: an answer is all there is to expect
-        demos = tuple(d.model_copy(update={"expect": ()}) for d in demos)
+    # random weights: an answer is all there is to expect
+    unchecked = None if prepared.check_expectations else RANDOM_WEIGHTS_UNCHECKED
     with AssetServer(store.root) as assets:
         # A server on this machine fetches URL media from our loopback asset server; a remote one (another
         # host, a container behind docker's bridge) cannot reach it, so it gets the upstream URLs, where
@@ -323,31 +365,83 @@ def start_media(
                 return assets.url_for(asset, host=reach.loopback_host)
             return asset.source_url or assets.url_for(asset)
 
-        future = background(_warm_then_build, demos, Media(store=store, url=url), name="media")
+        media = Media(
+            store=store, url=url, choice=options.media, seed=options.asset_seed, unchecked=unchecked
+        )
+        future = background(_warm_then_build, demos, media, prepared.tasks, name="media")
         future.add_done_callback(
             lambda done: None if done.cancelled() or done.exception() else session.mark("media ready")
         )
         try:
-            yield MediaStep(session, future, prepared.reach, store.root if prepared.reach.files else None)
+            root = store.root if prepared.reach.files else None
+            yield MediaStep(session, future, prepared.reach, root, options.asset_seed)
         finally:
             future.cancel()
             session.record.asset_server_requests = assets.requests_served
 
 
-def _warm_then_build(demos: Sequence[Demo], media: Media) -> list[DemoRequest]:
+def _warm_then_build(
+    demos: Sequence[Demo], media: Media, tasks: Sequence[TaskDemo] = ()
+) -> list[DemoRequest]:
     """Import the openai SDK and its HTTP transport (~0.6 s on 2 slow cores) while vLLM starts, fetch the
     media in parallel, build the requests."""
     with contextlib.suppress(Exception):
         plain_http_client().close()  # the SDK, and its transport's modules that load on first use
-    media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
-    return build_requests(demos, media, DEFAULT_MAX_TOKENS)
+    if media.choice != "known":
+        media.store.prefetch(key for d in demos if not d.media for key in DEFAULT_ASSETS[d.chat_type])
+    return [*build_requests(demos, media, DEFAULT_MAX_TOKENS), *build_task_requests(tasks, media)]
+
+
+RANDOM_WEIGHTS_UNCHECKED = "a model with random weights: its answers mean nothing, so none is checked"
 
 
 def provenance_summary(requests: Sequence[DemoRequest]) -> str:
-    """'6 media: 4 cached, 2 synthetic' for the terminal."""
-    seen = {a.key: a.provenance for r in requests for a in r.assets}
+    """'6 media: 4 cached, 2 known (offline)' for the terminal: one line, the reasons in the report."""
+    seen = {a.key: a for r in requests for a in r.assets}
     counts: dict[str, int] = {}
-    for provenance in seen.values():
-        counts[provenance] = counts.get(provenance, 0) + 1
-    detail = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    why: dict[str, dict[str, None]] = {}
+    for asset in seen.values():
+        counts[asset.provenance] = counts.get(asset.provenance, 0) + 1
+        if asset.reason:
+            why.setdefault(asset.provenance, {})[_short(asset.reason)] = None
+    detail = ", ".join(
+        f"{n} {p}" + (f" ({', '.join(why[p])})" if p in why else "") for p, n in sorted(counts.items())
+    )
     return f"{len(seen)} media: {detail}" if seen else "no media"
+
+
+def _short(reason: str) -> str:
+    """A substitute's reason in a word or two, for the terminal's one line."""
+    if reason == "offline mode":
+        return "offline"
+    if reason.startswith("download of"):
+        return "download failed"
+    if reason.startswith("known media could not be made"):
+        return "known media could not be made"
+    return reason
+
+
+def media_notes(requests: Sequence[DemoRequest], seed: int) -> list[str]:
+    """What the record says about the media sent: known-answer media and their seed, a stand-in
+    with no truth, eSpeak NG missing."""
+    seen = {a.key: a for r in requests for a in r.assets}
+    notes = []
+    known = [a for a in seen.values() if a.provenance == "known"]
+    if known:
+        reasons = ", ".join(dict.fromkeys(a.reason or "" for a in known))
+        notes.append(
+            f"Known-answer media (--asset-seed {seed}; {reasons}): generated media whose truth is "
+            f"known, and the words a right answer names: "
+            + "; ".join(f"{a.key}: {a.truth}" for a in known)
+            + "."
+        )
+        if any(dict(a.fact).get("beeps") for a in known):
+            notes.append((known_media.espeak_missing() or "eSpeak NG failed") + ".")
+    synthetic = [a for a in seen.values() if a.provenance == "synthetic"]
+    if synthetic:
+        notes.append(
+            "Synthetic stand-ins with no truth (their demos are 'answered', never checked): "
+            + "; ".join(f"{a.key} ({a.reason})" for a in synthetic)
+            + "."
+        )
+    return notes

@@ -1,19 +1,16 @@
 """Targets of a session: a server mmdemo launches, or one already running.
 
-A target is the launch path cut into the steps `session.run_session` lists, each taking what the
-one before returned:
-
-    prepare (resolve the profile, the variant, the demos) -> preflight -> plan -> prepare the model
-    -> prefetch -> launch (a context: leaving it tears down) -> ready (an Endpoint)
-
-`Launched` does each; `Attached` (a server already up) has nothing to check, plan, build, fetch or
-launch, so each of its steps hands the server on. Refusals in `prepare` leave no run directory.
+A target is the launch path cut into the steps `session.run.run_session` lists (read it there: the
+order lives in that one place). `Launched` does each; `Attached` (a server already up) has nothing to
+check, plan, build, fetch or launch, so each of its steps hands the server on. Refusals in `prepare`
+leave no run directory; every other refusal before the start is one list, `launch.checks.CHECKS`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -25,26 +22,27 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from orchestrator.budget import count as budgets
 from orchestrator.core.background import background
 from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.core.errors import PreflightError, ServerError, UsageError
+from orchestrator.core.hfenv import HfEnv
 from orchestrator.core.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.core.paths import models_dir
-from orchestrator.demos.chat import DemoRequest
+from orchestrator.core.units import human_bytes
 from orchestrator.gpus import detect as gpu_mod
-from orchestrator.launch import checks as preflight
+from orchestrator.launch import checks, ports
 from orchestrator.launch import container as containers
-from orchestrator.launch import ports
 from orchestrator.launch.api import list_models
 from orchestrator.launch.command import LaunchPlan, Redactor, build_plan, quick_start, with_dummy_weights
 from orchestrator.launch.server import Server
 from orchestrator.model import autoprofile
 from orchestrator.model import tiny as models
+from orchestrator.model.capabilities import capabilities
+from orchestrator.model.recipe import record_of as recipe_record
 from orchestrator.profile import fit as gpufit
-from orchestrator.profile.schema import Demo, Profile, ResolvedProfile, load_profile
+from orchestrator.profile.schema import Demo, Profile, ResolvedProfile, TaskDemo, load_profile
 from orchestrator.record.report import (
     ContainerRecord,
     DerivationRecord,
@@ -57,7 +55,11 @@ from orchestrator.record.report import (
 )
 from orchestrator.record.rundir import mmdemo_version
 from orchestrator.session.context import Endpoint, Session
-from orchestrator.vllm.backend import vllm_python
+from orchestrator.vllm import runner
+
+if TYPE_CHECKING:  # the budget and the demos load when a run counts or sends (plan needs neither)
+    from orchestrator.budget import count as budgets
+    from orchestrator.demos.chat import DemoRequest
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,8 @@ DUMMY_WEIGHTS_NOTE = (
     "checks memory fit, context budget and start-up; its answers mean nothing, so the verdict is 'answered'."
 )
 
-S = TypeVar("S")  # what `prepare` resolved, handed to preflight
-C = TypeVar("C")  # what preflight checked, handed to plan
-P = TypeVar("P")  # the plan, handed to the model, the prefetch and the launch
+S = TypeVar("S")  # what `prepare` resolved, handed to plan
+P = TypeVar("P")  # the plan, handed to the checks, the model, the prefetch, the budget and the launch
 R = TypeVar("R", bound="Running")  # what is running, handed to `ready`
 
 
@@ -96,6 +97,7 @@ class Prepared(Generic[S]):
     spec: S
     check_expectations: bool = True
     limits: Mapping[str, int] | None = None  # limit_mm_per_prompt, where known: the worst case's size
+    tasks: tuple[TaskDemo, ...] = ()  # the tasks past chat (demos/tasks.py); none with --only
 
 
 class Running(Protocol):
@@ -105,12 +107,12 @@ class Running(Protocol):
     def redact(self) -> Redactor: ...
 
 
-class Target(Protocol[S, C, P, R]):
+class Target(Protocol[S, P, R]):
     """A launched or an attached server, as the steps of a session."""
 
     def prepare(self, started_at: str) -> Prepared[S]: ...
-    def preflight(self, session: Session, spec: S) -> C: ...
-    def plan(self, session: Session, checked: C, media_root: Path | None) -> P: ...
+    def plan(self, session: Session, spec: S, media_root: Path | None) -> P: ...
+    def check(self, session: Session, plan: P) -> P: ...
     def prepare_model(self, session: Session, plan: P) -> P: ...
     def prefetch(self, session: Session, plan: P) -> P: ...
     def counter(
@@ -122,7 +124,7 @@ class Target(Protocol[S, C, P, R]):
         plan: P,
         counter: budgets.Counter | None,
         requests: Callable[[], Sequence[DemoRequest]],
-    ) -> P: ...
+    ) -> Mapping[str, int | None]: ...
     def launch(self, session: Session, plan: P) -> contextlib.AbstractContextManager[R]: ...
     def ready(self, session: Session, running: R) -> Endpoint: ...
 
@@ -197,8 +199,29 @@ def resolve_profile(
         vllm_bin=opts.vllm_bin,
         cpu=True if opts.gpu == gpu_mod.CPU else None,
         env=environ,
+        variant=opts.recipe_variant,
+        features=opts.recipe_features,
+        without=opts.recipe_without,
+        offline=opts.offline,
+        vllm=image_vllm(opts, environ),
     )
     return autoprofile.resolve(opts.profile, gpus, request, opts.profiles_dir)
+
+
+def image_vllm(
+    opts: Options, environ: Mapping[str, str] | None = None
+) -> Callable[[], runner.VllmInfo] | None:
+    """With --image: how to ask the image's vLLM (pulled if need be; derivation, validate); None: the host's."""
+    image = opts.image
+    if not image:
+        return None
+
+    @functools.cache
+    def ask() -> runner.VllmInfo:
+        runtime = containers.find_runtime(opts.container_runtime)
+        return containers.vllm_in_image(runtime, image, str(HfEnv.read(environ).hub_cache))
+
+    return ask
 
 
 def derivation_record(found: autoprofile.Resolved) -> DerivationRecord | None:
@@ -217,20 +240,11 @@ class LaunchSpec:
 
     resolved: ResolvedProfile
     gpus: tuple[gpu_mod.Gpu, ...]
-    # The host's vLLM: read in the background, checked once the server is launched. In a container
-    # (`runtime` and `image` set) the version is the running server's own (GET /version).
-    version: Future[preflight.VllmInfo] | None
+    # The host's vLLM: its package metadata, read in the background (~50 ms), checked before the start.
+    # In a container (`runtime` and `image` set) the version is the running server's own (GET /version).
+    version: Future[checks.VllmInfo] | None
     runtime: containers.Runtime | None = None
     image: str | None = None
-
-
-@dataclass(frozen=True)
-class Checked:
-    """What preflight found: the spec, the vLLM command, the environment `${VAR}`s resolve against."""
-
-    spec: LaunchSpec
-    vllm_path: str | None  # None: vLLM runs in a container, and none is needed on the host
-    user_env: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -240,8 +254,11 @@ class Planned:
 
     spec: LaunchSpec
     command: LaunchPlan
-    vllm_path: str | None
+    vllm_path: str | None  # None: vLLM runs in a container (or is missing: the checks say so)
+    user_env: Mapping[str, str]  # what `${VAR}`s and the token resolved against
     container: containers.ContainerPlan | None = None
+    hub: Any = None  # the weights still to fetch (prefetch.HubPlan), found by the checks' disk check
+    model_dir: Path | None = None  # the model's config and processor files, once there (for the budget)
 
     @property
     def launched(self) -> LaunchPlan:
@@ -259,6 +276,14 @@ class Launch:
     @property
     def redact(self) -> Redactor:
         return self.server.redact
+
+
+def _random_weights(profile: Profile) -> bool:
+    """A tiny model mmdemo built with random weights (by name or by path): its answers are not graded."""
+    if profile.local_model is not None:
+        return models.random_weights(models_dir() / profile.local_model)
+    path = Path(profile.model_path)
+    return path.is_dir() and models.random_weights(path)
 
 
 def _model_files(resolved: ResolvedProfile, download: DownloadRecord | None) -> Path | None:
@@ -296,8 +321,8 @@ class Launched:
         resolved, quick_flags = self._adjusted(profile.resolve(variant))
         image = opts.image or resolved.image
         runtime = containers.find_runtime(opts.container_runtime) if image else None
-        # Reading vLLM's version takes a subprocess (seconds): start it now, check it after launch.
-        version = None if image else background(preflight.vllm_version, opts.vllm_bin)
+        # vLLM's version, from its package metadata (a subprocess): started now, checked before the start.
+        version = None if image else background(checks.vllm_version, opts.vllm_bin)
         demos = with_max_tokens(select_demos(profile, opts.only, resolved.serve.limit_mm_per_prompt), opts)
         flags = [
             name
@@ -310,6 +335,7 @@ class Launched:
             profile_path=profile.path,
             profile_source=found.line,
             derivation=derivation_record(found),
+            recipe=recipe_record(profile),
             variant=variant,
             model=profile.model,
             model_path=profile.model_path,
@@ -322,13 +348,16 @@ class Launched:
             record.notes.append(choice.reason + ".")
         if image and runtime:
             record.container = ContainerRecord(runtime=runtime.name, image=image)
-        if profile.local_model is not None:
+        if _random_weights(profile):
             record.notes.append(RANDOM_MODEL_NOTE)
         if opts.dummy_weights:
             record.notes.append(DUMMY_WEIGHTS_NOTE)
         if quick_flags:
             record.notes.append(f"--quick-start added {', '.join(quick_flags)}.")
-        random_weights = profile.local_model is not None or opts.dummy_weights
+        random_weights = opts.dummy_weights or _random_weights(profile)
+        tasks = () if opts.only else profile.tasks
+        facts = found.derivation.facts if found.derivation else None
+        record.capabilities = capabilities(facts, [d.chat_type for d in demos], [t.task for t in tasks])
         return Prepared(
             record,
             demos,
@@ -336,6 +365,7 @@ class Launched:
             LaunchSpec(resolved, gpus, version, runtime, image),
             check_expectations=not random_weights,
             limits=_limits(resolved),
+            tasks=tasks,
         )
 
     def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
@@ -348,34 +378,91 @@ class Launched:
             serve, added = quick_start(serve)
         return dataclasses.replace(resolved, serve=serve), added
 
-    def preflight(self, session: Session, spec: LaunchSpec) -> Checked:
-        """Refuse what cannot run here (the variant, the GPUs, vLLM itself) before anything starts."""
-        session.events.stage("preflight", "vLLM, port, GPU memory, tokens")
-        preflight.check_variant(spec.resolved)
-        preflight.check_gpus(spec.resolved, spec.gpus)
-        # vLLM on the host (its version is read meanwhile); in a container, the image brings its own.
-        vllm_path = None if spec.image else preflight.find_vllm(self.options.vllm_bin)
-        return Checked(spec, vllm_path, preflight.user_env(self._environ))
-
-    def plan(self, session: Session, checked: Checked, media_root: Path | None) -> Planned:
-        """The exact command line: a free (or the asked, unheld) port; refused if it needs unset `${VAR}`s."""
-        opts, resolved = self.options, checked.spec.resolved
+    def plan(self, session: Session, spec: LaunchSpec, media_root: Path | None) -> Planned:
+        """The exact command line, on a free port or the one asked for (the checks see that it is free)."""
+        opts, resolved = self.options, spec.resolved
+        vllm_path = None if spec.image else self._vllm_path()
+        user_env = checks.user_env(self._environ)
         command = build_plan(
             resolved,
-            vllm_bin=checked.vllm_path or "vllm",  # in a container: the image's `vllm serve`
+            vllm_bin=vllm_path or "vllm",  # in a container: the image's `vllm serve`
             host=opts.host,
-            port=ports.choose_port(opts.host, opts.port),
+            port=opts.port or ports.free_port(opts.host),
             media_dir=str(media_root.resolve()) if media_root else None,
-            user_env=checked.user_env,
+            user_env=user_env,
             extra_env=opts.server_env,
         )
-        preflight.check_env(resolved, command.missing_env, checked.user_env)
-        in_container = self._container(session, checked, command) if checked.spec.image else None
-        return Planned(checked.spec, command, checked.vllm_path, in_container)
+        in_container = self._container(session, spec, user_env, command) if spec.image else None
+        return Planned(spec, command, vllm_path, user_env, in_container)
 
-    def _container(self, session: Session, checked: Checked, command: LaunchPlan) -> containers.ContainerPlan:
+    def _vllm_path(self) -> str | None:
+        """The host's vLLM command, or None: the `vllm` check refuses then, with the reason."""
+        try:
+            return checks.find_vllm(self.options.vllm_bin)
+        except PreflightError:
+            return None
+
+    def check(self, session: Session, plan: Planned) -> Planned:
+        """The one refusal step: every check of `launch.checks.CHECKS`, in order, before anything starts."""
+        spec, record = plan.spec, session.record
+        session.events.stage("checks", ", ".join(check.name for check in checks.CHECKS))
+        info: checks.VllmInfo | PreflightError | None = None
+        if spec.version is not None:  # the host's, from its package metadata
+            try:
+                info = session.wait(spec.version)
+            except PreflightError as exc:
+                info = exc
+        elif plan.container is not None and plan.container.image_info is not None:  # the image's, asked
+            try:  # in a container with no network, once per image id
+                info = session.wait(background(self._image_vllm(spec), name="image vllm"))
+            except PreflightError as exc:  # an image that cannot be asked: its server says, once it serves
+                record.notes.append(f"The image's vLLM version was read once it served: before, {exc}")
+        hub = self._hub(plan)
+        facts = checks.Facts(
+            resolved=spec.resolved,
+            gpus=spec.gpus,
+            vllm=info,
+            env=plan.user_env,
+            missing_env=plan.command.missing_env,
+            host=self.options.host,
+            port=self.options.port,
+            disk=checks.DiskNeed(hub.repo_id, hub.missing_bytes, hub.env.hub_cache) if hub else None,
+        )
+        checks.run_checks(facts)
+        if isinstance(info, checks.VllmInfo):
+            where = f"{spec.image} ({spec.runtime.name})" if spec.image and spec.runtime else info.path
+            record.vllm = VllmRecord(
+                version=info.version,
+                path=where,
+                torch=info.torch,
+                transformers=info.transformers,
+                decoders=list(info.decoders),
+            )
+        session.mark("checks done")
+        return dataclasses.replace(plan, hub=hub)
+
+    def _image_vllm(self, spec: LaunchSpec) -> Callable[[], checks.VllmInfo]:
+        """How to ask the image's vLLM (a container with no network, cached per image id)."""
+        runtime, image = spec.runtime, spec.image
+        assert runtime is not None, "only for a run in a container"
+        assert image is not None, "only for a run in a container"
+        hub_cache = str(HfEnv.read(self._environ).hub_cache)
+        return lambda: containers.vllm_in_image(runtime, image, hub_cache)
+
+    def _hub(self, plan: Planned) -> Any:
+        """The hub snapshot still to fetch (files and sizes, the cache compared), or None: nothing to fetch."""
+        from orchestrator.model import prefetch  # deferred: huggingface_hub, for hub models only
+
+        model = plan.spec.resolved.profile.model_path
+        if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
+            return None
+        return prefetch.plan(model, env=HfEnv.read(self._environ))
+
+    def _container(
+        self, session: Session, spec: LaunchSpec, user_env: Mapping[str, str], command: LaunchPlan
+    ) -> containers.ContainerPlan:
         """The run line around `vllm serve`: named after the run, labelled, its mounts, GPUs and secrets."""
-        spec, resolved = checked.spec, checked.spec.resolved
+        resolved = spec.resolved
         assert spec.runtime is not None
         assert spec.image is not None
         info = containers.inspect_image(spec.runtime, spec.image)  # None: not here yet, pulled by prefetch
@@ -397,8 +484,8 @@ class Launched:
         if (media := _option_value(command.argv, "--allowed-local-media-path")) is not None:
             Path(media).mkdir(parents=True, exist_ok=True)  # the media step fills it meanwhile
             mounts.append(containers.Mount(media, media))
-        hf_home = Path(self._environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-        hf_home.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
+        hf = HfEnv.read(self._environ)  # the hub cache prefetch fills, at the image's HF_HOME/hub
+        hf.hub_cache.mkdir(parents=True, exist_ok=True)  # else the runtime would create it, owned by root
         cache_home = Path(self._environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         vllm_cache = Path(self._environ.get("VLLM_CACHE_ROOT") or cache_home / "vllm")
         vllm_cache.mkdir(parents=True, exist_ok=True)
@@ -406,7 +493,7 @@ class Launched:
             containers.GPU_SELECTION
         )
         gpus = None if resolved.is_cpu else containers.gpu_indices(devices, [g.index for g in spec.gpus])
-        token = checked.user_env.get("HF_TOKEN")
+        token = user_env.get("HF_TOKEN")
         return containers.ContainerPlan(
             serve=command,
             runtime=spec.runtime,
@@ -414,7 +501,8 @@ class Launched:
             name=name,
             labels=labels,
             gpus=gpus,
-            hf_home=str(hf_home),
+            hf_hub_cache=str(hf.hub_cache),
+            hf_offline=hf.offline,
             vllm_cache=str(vllm_cache),
             mounts=tuple(mounts),
             secret_env={"HF_TOKEN": token} if token else {},
@@ -427,22 +515,18 @@ class Launched:
         if local_model and not models.is_built(local_model):
             session.events.stage("model", f"building tiny model {local_model}")
             models.build(local_model, plan.vllm_path)
-        preflight.check_model(plan.spec.resolved)
-        session.mark("preflight done")
-        return plan
+        return dataclasses.replace(plan, model_dir=_model_files(plan.spec.resolved, None))
 
     def prefetch(self, session: Session, plan: Planned) -> Planned:
         """Download a hub model's snapshot before launch, with progress; refuse what cannot fit."""
         from orchestrator.model import prefetch  # deferred: tqdm and huggingface_hub, for hub models only
 
         plan = self._pull(session, plan)
-        model = plan.spec.resolved.profile.model_path
-        if not (self.options.prefetch and not self.options.dummy_weights and prefetch.needs_prefetch(model)):
+        model, hub = plan.spec.resolved.profile.model_path, plan.hub
+        if hub is None:  # nothing to fetch (a local or tiny model, --no-prefetch, --dummy-weights)
             return plan
-        hub = prefetch.plan(model)
-        prefetch.check_disk(hub)
         if hub.missing_bytes:
-            session.events.stage("weights", f"{model}: {prefetch.human_bytes(hub.missing_bytes)} to download")
+            session.events.stage("weights", f"{model}: {human_bytes(hub.missing_bytes)} to download")
         with session.events.download_bar(model) as bar:
             fetched = session.wait(background(prefetch.fetch, hub, bar))
         session.record.download = DownloadRecord(
@@ -451,18 +535,27 @@ class Launched:
             bytes_downloaded=fetched.bytes_downloaded,
             seconds=round(fetched.seconds, 3),
             path=str(fetched.path),
+            hf_cache=str(hub.env.hub_cache),
         )
         session.mark("weights ready")
-        return plan
+        return dataclasses.replace(plan, model_dir=Path(fetched.path))
 
     def counter(
         self, session: Session, plan: Planned
     ) -> contextlib.AbstractContextManager[budgets.Counter | None]:
         """vLLM's renderer, importing ahead of the budget step (~10 s that the model's preparation and the
         prefetch hide); None where the budget is not counted on this host."""
-        if not self.options.budget or plan.vllm_path is None or plan.spec.version is None:
+        if (
+            not self.options.budget or plan.spec.version is None
+        ):  # vLLM in an image: the budget step starts it
             return contextlib.nullcontext(None)
-        return budgets.Counter(vllm_python(plan.vllm_path), plan.command.env)
+        try:
+            info = session.wait(plan.spec.version)
+        except PreflightError:  # no vLLM here: the checks said so; the budget step notes it
+            return contextlib.nullcontext(None)
+        from orchestrator.budget import count as budgets
+
+        return budgets.Counter(info, plan.command.env)
 
     def budget(
         self,
@@ -470,42 +563,45 @@ class Launched:
         plan: Planned,
         counter: budgets.Counter | None,
         requests: Callable[[], Sequence[DemoRequest]],
-    ) -> Planned:
-        """Each demo's prompt tokens, counted by the host vLLM's renderer on the media it will send (the
-        chat template applied, no weights): a demo that cannot fit refuses the run before launch."""
+    ) -> Mapping[str, int | None]:
+        """Each demo's prompt tokens, counted by vLLM's renderer (the host's, or in the run's image: no
+        network, the model and the media mounted read-only) on the media it will send (the chat template
+        applied, no weights): a demo that cannot fit refuses the run. Each request's count, by its name
+        (none when not counted)."""
+        from orchestrator.budget import count as budgets
+
         record, label = session.record, plan.spec.resolved.profile.label
         if not self.options.budget:
             record.notes.append("--no-budget: the demos' tokens were not counted before launch.")
-            return plan
-        if counter is None or plan.vllm_path is None or plan.spec.version is None:  # vLLM is in the image
-            record.notes.append(
-                f"The demos' tokens were not counted before launch: that needs vLLM on this host, and this "
-                f"run's vLLM is in {plan.spec.image}."
-            )
-            return plan
+            return {}
         chosen = tuple(requests())
         if not chosen:  # nothing to count
-            return plan
-        info = session.wait(plan.spec.version)
-        session.events.stage(
-            "budget", f"counting {len(chosen)} requests with vLLM {info.version}'s renderer (no weights)"
-        )
-        request = budgets.BudgetRequest(
-            python=counter.python,
-            vllm_version=info.version,
-            argv=plan.command.argv[1:],
-            env=plan.command.env,
-            model_dir=_model_files(plan.spec.resolved, record.download),
-            requests=chosen,
-            served_model_name=plan.command.served_model_name,
-        )
-        try:
-            found = budgets.count(request, label, check=session.stop.check, counter=counter)
-        except PreflightError as exc:  # vLLM cannot build its renderer here: the run goes on without it
-            record.notes.append(f"The demos' tokens were not counted before launch: {exc}")
-            session.events.stage("budget", f"not counted: {exc}")
-            return plan
-        record.budget = found.record()
+            return {}
+        with contextlib.ExitStack() as stack:
+            try:
+                info = counter.vllm if counter is not None else self._budget_vllm(plan)
+                where = f" in {plan.spec.image}" if info.image is not None else ""
+                session.events.stage(
+                    "budget",
+                    f"counting {len(chosen)} requests with vLLM {info.version}'s renderer{where} (no weights)",
+                )
+                request = budgets.BudgetRequest(
+                    vllm=info,
+                    argv=plan.command.argv[1:],
+                    env=plan.command.env,
+                    model_dir=plan.model_dir or _model_files(plan.spec.resolved, None),
+                    requests=chosen,
+                    served_model_name=plan.command.served_model_name,
+                )
+                if counter is None:  # in an image: started now, the image pulled and the model fetched
+                    counter = stack.enter_context(budgets.Counter(info, request.env, budgets.mounts(request)))
+                found = budgets.count(request, label, check=session.stop.check, counter=counter)
+            except PreflightError as exc:  # vLLM cannot build its renderer here: the run goes on without it
+                record.notes.append(f"The demos' tokens were not counted before launch: {exc}")
+                session.events.stage("budget", f"not counted: {exc}")
+                return {}
+        counts = found.record()
+        record.budget = counts
         if (refusal := found.refusal()) is not None:
             raise refusal
         for warning in found.warnings():
@@ -513,7 +609,15 @@ class Launched:
             session.events.stage("warning", warning)
         session.events.stage("budget", found.summary())
         session.mark("budget done")
-        return plan
+        return {demo.name: demo.prompt_tokens for demo in counts.demos}
+
+    def _budget_vllm(self, plan: Planned) -> runner.VllmInfo:
+        """The vLLM that counts when none was started ahead: the image's (asked once per image id)."""
+        container = plan.container
+        if container is None:
+            raise PreflightError("no vLLM to count with: neither on this host nor in an image")
+        image = container.image_info or containers.ensure_image(container.runtime, container.image)
+        return runner.in_image(containers.script_image(container.runtime, image, container.hf_hub_cache))
 
     def _pull(self, session: Session, plan: Planned) -> Planned:
         """The container image, pulled when the runtime does not have it yet (with its digest)."""
@@ -566,18 +670,8 @@ class Launched:
             session.mark("teardown done")
 
     def ready(self, session: Session, running: Launch) -> Endpoint:
-        """vLLM's version checked (a refused one tears down at once), then wait until it serves."""
+        """Wait until it serves; in a container, the image's vLLM is then checked (a refused one tears down)."""
         server, spec, record = running.server, running.planned.spec, session.record
-        if spec.version is not None:
-            info = session.wait(spec.version)
-            record.vllm = VllmRecord(
-                version=info.version,
-                path=info.path,
-                torch=info.torch,
-                transformers=info.transformers,
-                decoders=list(info.decoders),
-            )
-            preflight.check_version(info, spec.resolved)
         ready = server.wait_ready(
             self.options.timeout_s or spec.resolved.ready_timeout_s,
             on_tick=session.events.waiting,
@@ -591,11 +685,11 @@ class Launched:
         record.warnings += started
         for warning in started:
             session.events.stage("warning", warning)
-        if spec.image is not None and spec.runtime is not None:  # the image's vLLM says which it is
-            version = server.version() or "unknown"
+        if spec.image is not None and spec.runtime is not None and record.vllm is None:  # pulled at prefetch:
+            version = server.version() or "unknown"  # the image's vLLM says which it is once it serves
             record.vllm = VllmRecord(version=version, path=f"{spec.image} ({spec.runtime.name})")
             if version != "unknown":
-                preflight.check_version(preflight.VllmInfo(spec.image, version), spec.resolved)
+                checks.check_version(checks.VllmInfo(spec.image, version), spec.resolved)
 
         def check(when: str) -> None:
             if (death := server.health_problem()) is not None:
@@ -722,15 +816,16 @@ class Attached:
             Reach(loopback=is_loopback(base_url), files=False),
             Remote(base_url, api_key, model),
             check_expectations=profile is not None and profile.local_model is None,
+            tasks=profile.tasks if profile and not opts.only else (),
         )
 
     # The server is up already: nothing to check, plan, build, fetch or launch; each step hands it on.
 
-    def preflight(self, session: Session, spec: Remote) -> Remote:
+    def plan(self, session: Session, spec: Remote, media_root: Path | None) -> Remote:
         return spec
 
-    def plan(self, session: Session, checked: Remote, media_root: Path | None) -> Remote:
-        return checked
+    def check(self, session: Session, plan: Remote) -> Remote:
+        return plan
 
     def prepare_model(self, session: Session, plan: Remote) -> Remote:
         return plan
@@ -749,8 +844,8 @@ class Attached:
         plan: Remote,
         counter: budgets.Counter | None,
         requests: Callable[[], Sequence[DemoRequest]],
-    ) -> Remote:
-        return plan  # the server is up already: its own answers count the tokens
+    ) -> Mapping[str, int | None]:
+        return {}  # the server is up already: its own answers count the tokens
 
     def launch(self, session: Session, plan: Remote) -> contextlib.AbstractContextManager[Remote]:
         return contextlib.nullcontext(plan)
