@@ -34,11 +34,16 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.vllm
 
 
+CHAT = ("chat", "responses")
+
+
 @dataclass(frozen=True)
 class Tiny:
     model: str
-    profile: str | None  # the shipped profile whose chat types the derivation must equal
+    profile: str | None  # the shipped profile whose chat types and tasks the derivation must equal
     trust_remote_code: bool = False
+    tasks: tuple[str, ...] = CHAT  # what the probe must say the model serves
+    runner: str = "generate"
 
     def __str__(self) -> str:
         return self.model
@@ -50,6 +55,8 @@ TINY = [
     Tiny("tiny-qwen2vl", "cpu-tiny-qwen2vl"),
     Tiny("tiny-ultravox", "cpu-tiny-ultravox", trust_remote_code=True),
     Tiny("tiny-phi3v", "cpu-tiny-phi3v", trust_remote_code=True),
+    Tiny("tiny-whisper", "cpu-tiny-whisper", tasks=("transcription", "translation")),
+    Tiny("tiny-clip", "cpu-tiny-clip", tasks=("embedding", "score", "rerank"), runner="pooling"),
 ]
 
 
@@ -89,13 +96,23 @@ def test_a_tiny_model_derives_its_shipped_profiles_chat_types(
     cached = time.monotonic() - start
     assert facts.error is None, facts.error
     assert facts.vllm.startswith("0.32")
+    # What vLLM's model class serves: a chat model no transcription, Whisper no chat, CLIP pooling.
+    assert (facts.tasks, facts.runner, facts.convert) == (tiny.tasks, tiny.runner, "none")
     options = DeriveOptions(random_weights=True, trust_remote_code=tiny.trust_remote_code)
     derived = derive(facts, local_weights(directory), [], options)
     if tiny.profile is None:  # the text-only model
         assert derived.profile.chat_types == (ChatType.TEXT,)
         assert any("text-only" in note for note in derived.notes)
     else:
-        assert derived.profile.chat_types == load_profile(tiny.profile).chat_types
+        shipped = load_profile(tiny.profile)
+        assert derived.profile.chat_types == shipped.chat_types
+        assert derived.profile.tasks == shipped.tasks
+        assert (derived.profile.serve.runner == "pooling") == (shipped.serve.runner == "pooling")
+    speech = {"transcription", "translation"} & {t.task.value for t in derived.profile.tasks}
+    if "chat" in tiny.tasks:
+        assert not speech  # a chat model derives no transcription
+    else:
+        assert derived.profile.chat_types == ()  # Whisper and CLIP derive no chat type
     # the facts the fast tests derive from are what this vLLM says
     canned = ModelFacts.model_validate_json((HERE / "models" / "facts" / f"{tiny.model}.json").read_text())
     for key in (
@@ -105,6 +122,9 @@ def test_a_tiny_model_derives_its_shipped_profiles_chat_types(
         "video_tokens",
         "max_model_len",
         "needs_remote_code",
+        "tasks",
+        "runner",
+        "convert",
     ):
         assert getattr(facts, key) == getattr(canned, key), key
     assert cached < 1.0
@@ -163,9 +183,18 @@ def test_a_tiny_model_run_by_path_derives_its_profile_and_every_demo_passes(
     # It ran exactly what `mmdemo init` wrote: the derived file the report names is init's file.
     assert Path(report["profile_path"]).read_text() == out.read_text()
     assert tiny.profile is not None
-    shipped = {c.value for c in load_profile(tiny.profile).chat_types}
-    assert {d["chat_type"] for d in report["demos"] if d["kind"] == "demo"} == shipped
+    profile = load_profile(tiny.profile)
+    demos = [d for d in report["demos"] if d["kind"] == "demo"]
+    assert {d["chat_type"] for d in demos if not d["task"]} == {c.value for c in profile.chat_types}
+    assert {d["task"] for d in demos if d["task"]} == {t.task.value for t in profile.tasks}
     assert all(d["status"] == "passed" for d in report["demos"])
+    for demo in (d for d in report["demos"] if d["task"]):  # random weights: the answer's shape only
+        assert demo["verdict"] == "answered", demo
+        assert demo["checks"], demo
+        assert all(c["shape_only"] and c["passed"] for c in demo["checks"]), demo
+    capabilities = report["capabilities"]
+    assert capabilities["tasks"]["served"] == [t for t in tiny.tasks if t != "chat"]
+    assert capabilities["tasks"]["run"] == [t.task.value for t in profile.tasks]
     assert report["teardown"]["remaining"] == 0
     assert marked_pids() == set()
 

@@ -212,6 +212,36 @@ def test_exit_code_is_the_worst_cells() -> None:
     assert record_mod.worst_exit_code([cell("error", 4), cell("error", 3)]) == 4
 
 
+def test_the_markdown_has_a_column_per_task_a_cell_ran() -> None:
+    from orchestrator.matrix.cell import task_statuses
+
+    whisper = task_statuses([
+        {"name": "transcription/plain", "task": "transcription", "status": "passed"},
+        {"name": "translation/plain", "task": "translation", "status": "passed"},
+        {"name": "translation/stream", "task": "translation", "status": "failed"},
+    ])  # fmt: skip
+    assert whisper == {"transcription": "passed", "translation": "failed"}
+    omni = task_statuses([{"name": "text-only/text", "task": None, "status": "passed"}])
+    cells = [
+        CellRecord(profile="w", gpu_class="CPU", status="failed", exit_code=1, task_statuses=whisper),
+        CellRecord(profile="o", gpu_class="CPU", status="passed", exit_code=0, task_statuses=omni),
+    ]
+    record = record_mod.MatrixRecord(
+        mmdemo_version="0", engine="local", status="failed", exit_code=1, profiles=["w", "o"],
+        gpu_classes=["CPU"], started_at="t", finished_at="t", wall_s=1.0, cells=cells,
+    )  # fmt: skip
+    lines = record_mod.to_markdown(record).splitlines()
+    start = lines.index("## Tasks")
+    assert lines[start + 2 : start + 6] == [
+        "| profile | GPU | chat | transcription | translation |",
+        "|---|---|---|---|---|",
+        "| w | CPU | – | ✅ | ❌ |",
+        "| o | CPU | ✅ | – | – |",
+    ]
+    chat_only = record.model_copy(update={"cells": [cells[1]]})
+    assert "## Tasks" not in record_mod.to_markdown(chat_only)  # chat alone: the grid says it all
+
+
 # -- interrupting ---------------------------------------------------------------------------------
 
 

@@ -63,3 +63,26 @@ def test_serve_prints_the_example_commands_on_port_8000() -> None:
     other = serve_banner(Endpoint("http://127.0.0.1:9000/v1", "abc123", "tiny"))
     assert "--port 8000 --api-key EMPTY" in other
     assert "-c video" not in other
+
+
+def test_serve_prints_how_to_run_each_tasks_example_client() -> None:
+    from orchestrator.cli.terminal import serve_banner
+    from orchestrator.core.tasks import ROUTES, Task
+    from orchestrator.session.context import Endpoint
+
+    tasks = [Task.EMBEDDING, Task.SCORE, Task.RERANK]
+    banner = serve_banner(Endpoint("http://127.0.0.1:9000/v1", "abc123", "clip"), chats=False, tasks=tasks)
+    lines = banner.splitlines()
+    assert "openai_chat_completion_client_for_multimodal.py" not in banner  # a pooling model: no chat
+    assert "chat/completions" not in banner
+    # /score and /rerank are not guarded by the key: their clients reach any port
+    assert f"  python {ROUTES[Task.SCORE].example} --host 127.0.0.1 --port 9000" in lines
+    assert f"  python {ROUTES[Task.RERANK].example} --host 127.0.0.1 --port 9000" in lines
+    # the embedding client has localhost:8000 and EMPTY written in
+    [embedding] = [line for line in lines if ROUTES[Task.EMBEDDING].example in line]
+    assert "--model clip" in embedding
+    assert embedding.endswith("# needs --port 8000 --api-key EMPTY")
+    speech = serve_banner(Endpoint("http://127.0.0.1:8000/v1", "EMPTY", "w"), chats=False,
+                          tasks=[Task.TRANSCRIPTION, Task.TRANSLATION])  # fmt: skip
+    assert f"  python {ROUTES[Task.TRANSCRIPTION].example} --audio_path CLIP.wav" in speech.splitlines()
+    assert "needs --port 8000" not in speech

@@ -138,6 +138,7 @@ def _from_report(
         image_digest=container.get("digest"),
         vllm_version=(rep.get("vllm") or {}).get("version"),
         demo_statuses={d["name"]: d["status"] for d in demos},
+        task_statuses=task_statuses(demos),
         median_ttft_s=ttfts[len(ttfts) // 2] if ttfts else None,
         containers_remaining=teardown.get("containers_remaining"),
     )
@@ -150,3 +151,13 @@ def _port(base_url: str | None) -> int | None:
         return urllib.parse.urlsplit(base_url).port if base_url else None
     except ValueError:
         return None
+
+
+def task_statuses(demos: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each task past chat, and chat (every chat demo): passed when all its demos passed, else failed."""
+    out: dict[str, str] = {}
+    for demo in demos:
+        kind = demo.get("task") or "chat"
+        passed = demo.get("status") == "passed" and out.get(kind, "passed") == "passed"
+        out[kind] = "passed" if passed else "failed"
+    return out

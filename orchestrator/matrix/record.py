@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.core.atomic import write_atomic
+from orchestrator.core.tasks import Task
 from orchestrator.matrix.cells import cell_key
 from orchestrator.render.html import Comparison, MatrixCell, to_matrix_html
 from orchestrator.render.text import markdown_cell
@@ -57,6 +58,8 @@ class CellRecord(_Model):
     image_digest: str | None = None
     vllm_version: str | None = None  # as the server reported it
     demo_statuses: dict[str, str] = {}  # demo name -> passed / failed: what a version comparison names
+    # "chat" and each task past chat the cell ran -> passed (all its demos passed) / failed
+    task_statuses: dict[str, str] = {}
     median_ttft_s: float | None = None
     containers_remaining: int | None = None  # after teardown, with the run's label; must be 0
 
@@ -266,6 +269,7 @@ def to_markdown(record: MatrixRecord) -> str:
             ]
             label = f"{profile} on {image}" if image else profile
             lines.append(f"| {_md(label)} | " + " | ".join(row) + " |")
+    lines += _task_table(record)
     if comparisons := compare_images(record):
         lines += ["", "## vLLM versions side by side", ""]
         lines.append(
@@ -279,6 +283,27 @@ def to_markdown(record: MatrixRecord) -> str:
             changed = _md("; ".join(compared.changes), 300)
             lines.append(f"| {_md(compared.profile)} | {compared.gpu} | {results} | {changed} |")
     return "\n".join(lines) + "\n"
+
+
+def task_columns(record: MatrixRecord) -> list[str]:
+    """Chat and each task past chat some cell ran, in core/tasks.py's order: the task table's columns."""
+    ran = {t for c in record.cells for t in c.task_statuses}
+    return [t for t in ("chat", *(t.value for t in Task)) if t in ran]
+
+
+def _task_table(record: MatrixRecord) -> list[str]:
+    """Per cell, a column per task: whether its demos passed; only where a cell ran a task past chat."""
+    columns = task_columns(record)
+    if columns in ([], ["chat"]):
+        return []
+    marks = {"passed": "✅", "failed": "❌"}
+    lines = ["", "## Tasks", "", "| profile | GPU | " + " | ".join(columns) + " |"]
+    lines.append("|---|---|" + "---|" * len(columns))
+    for cell in record.cells:
+        if cell.task_statuses:
+            row = [marks.get(cell.task_statuses.get(t, ""), "–") for t in columns]
+            lines.append(f"| {_md(cell.profile)} | {cell.gpu_class} | " + " | ".join(row) + " |")
+    return lines
 
 
 # -- junit.xml ----------------------------------------------------------------------------------

@@ -1,19 +1,19 @@
 """Locally built tiny models (`model: mmdemo:NAME` in a profile): where they live and how to build them.
 
 The builders need torch and transformers, which live in the vLLM environment, not mmdemo's; so a
-builder is a standalone script run with the Python that sits next to the `vllm` command.
+builder is a standalone script run in vLLM's Python by vllm/runner.py (the interpreter the `vllm`
+command itself names, in the environment it sets up: a wrapper script works too).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 from orchestrator.core.errors import PreflightError, UsageError
 from orchestrator.core.paths import models_dir
-from orchestrator.vllm.backend import locate_vllm
+from orchestrator.vllm import runner
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,11 @@ BUILDERS = {
     "tiny-ultravox": "ultravox.py",
     "tiny-qwen2vl": "qwen2vl.py",
     "tiny-text": "text.py",  # text only: what a derived profile of a text model runs
+    "tiny-whisper": "whisper.py",  # transcription and translation, no chat
+    "tiny-clip": "clip.py",  # embeddings, score and rerank with --runner pooling, no chat
 }
 MARKER = "mmdemo-model.json"
+BUILD_TIMEOUT_S = 1800.0
 
 
 def model_dir(name: str) -> Path:
@@ -33,18 +36,22 @@ def model_dir(name: str) -> Path:
     return models_dir() / name
 
 
+def random_weights(directory: Path) -> bool:
+    """Whether a model directory holds a tiny model mmdemo built with random weights: its marker says so
+    (`"weights": "trained"` marks a model trained to read the known-answer media). Any other directory:
+    False (mmdemo cannot tell, and grades the answers)."""
+    import json
+
+    try:
+        marker = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return not (isinstance(marker, dict) and marker.get("weights") == "trained")
+
+
 def is_built(name: str) -> bool:
     """True once a build finished (the builder writes its marker last)."""
     return (model_dir(name) / MARKER).is_file()
-
-
-def builder_python(vllm_bin: str | None) -> Path:
-    """The Python of the environment that holds the `vllm` command."""
-    found = locate_vllm(vllm_bin)[0]
-    python = Path(found).parent / "python"
-    if not python.exists():
-        raise PreflightError(f"no python next to {found}: cannot build tiny models with that vLLM")
-    return python
 
 
 def build(name: str, vllm_bin: str | None, *, force: bool = False, seed: int = 0) -> Path:
@@ -56,17 +63,17 @@ def build(name: str, vllm_bin: str | None, *, force: bool = False, seed: int = 0
         log.info("tiny model %s already built at %s", name, out)
         return out
     script = Path(__file__).resolve().parents[1] / "tinymodels" / BUILDERS[name]
-    python = builder_python(vllm_bin)
+    vllm = runner.host(vllm_bin)
     if force and out.exists():
         shutil.rmtree(out)
     log.info("building tiny model %s into %s", name, out)
-    done = subprocess.run(
-        [str(python), str(script), "--out", str(out), "--seed", str(seed)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not is_built(name):
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise PreflightError(f"building tiny model {name} failed (exit {done.returncode}): {last[0]}")
+    job = runner.Script(script, f"building tiny model {name}", args=("--out", str(out), "--seed", str(seed)))
+    with runner.Process(vllm, job) as process:
+        done = process.finish(timeout_s=BUILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise done.error()
+    if not is_built(name):
+        raise PreflightError(
+            f"building tiny model {name} ended without its marker {out / MARKER}: {done.tail()}"
+        )
     return out
