@@ -26,14 +26,22 @@ BAD = [
     ("bad-variant-misspelled-key", ":4: unknown key 'variants.H100.serv' (did you mean 'serve'?)"),
     ("bad-demo-misspelled-key", ":4: unknown key 'demos.0.expected' (did you mean 'expect'?)"),
     ("bad-missing-model", ": missing required key 'model'"),
-    ("bad-unknown-chat-type", ":2: demos.1: 'single-imge' is neither a chat type (text-only, single-image, "
-     "multi-image, video, audio, multi-audio) nor a task (transcription, translation, realtime, embedding, "
-     "score, rerank, classify, responses) (did you mean 'single-image'?)"),
-    ("bad-task-and-chat-type", ":4: demos.0: names both chat_type 'audio' and task 'transcription': one of "
-     "the two per demo"),
+    (
+        "bad-unknown-chat-type",
+        ":2: demos.1: 'single-imge' is neither a chat type (text-only, single-image, "
+        "multi-image, video, audio, multi-audio) nor a task (transcription, translation, realtime, embedding, "
+        "score, rerank, classify, responses) (did you mean 'single-image'?)",
+    ),
+    (
+        "bad-task-and-chat-type",
+        ":4: demos.0: names both chat_type 'audio' and task 'transcription': one of the two per demo",
+    ),
     ("bad-task-name", ":3: demos.1.task: 'embed': Input should be 'transcription'"),
-    ("bad-task-media", ":3: demos.0: media: only transcription, translation, realtime "
-     "take the profile's own media (one clip); embedding sends the known-answer images"),
+    (
+        "bad-task-media",
+        ":3: demos.0: media: only transcription, translation, realtime "
+        "take the profile's own media (one clip); embedding sends the known-answer images",
+    ),
     ("bad-tasks-key", ":4: tasks: unknown key: tasks are named under demos (e.g. `demos: [transcription]`)"),
     (
         "bad-limit-forbids-demo",

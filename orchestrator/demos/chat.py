@@ -467,12 +467,17 @@ class _Progress:
 
 
 def _stream(client: OpenAI, request: DemoRequest, model: str, deadline: float, got: _Progress) -> None:
+    from openai import omit
+
     stream = client.chat.completions.create(
         model=model,
         messages=cast(Any, request.messages),
         max_completion_tokens=request.max_completion_tokens,
         stream=True,
         stream_options={"include_usage": True},
+        # A known truth is graded: the model's likeliest answer, not a sample (the example client's own
+        # prompts keep the server's default sampling, as the example sends them).
+        temperature=0.0 if request.expect_source == "known" else omit,
     )
     with stream:
         got.http_status = stream.response.status_code

@@ -156,6 +156,7 @@ def to_html(record: MatrixRecord) -> str:
             href=f"{c.directory}/report.html" if c.directory else None,
             note=c.reason,
             image=c.image,
+            tasks=tuple((task, status) for task, status in c.task_statuses.items() if task != "chat"),
         )
         for c in record.cells
     ]

@@ -54,10 +54,5 @@ def capabilities(facts: ModelFacts | None, chats: Sequence[ChatType], tasks: Seq
 
 
 def line(names: Sequence[str] | None, run: Sequence[str]) -> str:
-    """`a, b (run), c` for one row of the table: each served name, marked where it is run; a name run
-    but not served (the profile's choice) is shown too."""
-    if names is None:
-        return ", ".join(f"{n} (run)" for n in run) + ("; served: not probed" if run else "not probed")
-    shown = [f"{n} (run)" if n in run else n for n in names]
-    shown += [f"{n} (run, not served)" for n in run if n not in names]
-    return ", ".join(shown) or "none"
+    """`a, b (run), c` for one row of the table (record.report.Offered.shown says how)."""
+    return Offered(served=None if names is None else list(names), run=list(run)).shown()

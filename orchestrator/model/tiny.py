@@ -50,8 +50,20 @@ def random_weights(directory: Path) -> bool:
 
 
 def is_built(name: str) -> bool:
-    """True once a build finished (the builder writes its marker last)."""
-    return (model_dir(name) / MARKER).is_file()
+    """True once a build of the builder's current VERSION finished (the builder writes its marker last):
+    a model an older builder made (tiny-omni's random weights before it was trained) is built again."""
+    import json
+    import re
+
+    try:
+        marker = json.loads((model_dir(name) / MARKER).read_text(encoding="utf-8"))
+        script = (Path(__file__).resolve().parents[1] / "tinymodels" / BUILDERS[name]).read_text(
+            encoding="utf-8"
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+    found = re.search(r"^VERSION = (\d+)$", script, re.MULTILINE)
+    return not found or (isinstance(marker, dict) and marker.get("version") == int(found.group(1)))
 
 
 def build(name: str, vllm_bin: str | None, *, force: bool = False, seed: int = 0) -> Path:
@@ -64,7 +76,7 @@ def build(name: str, vllm_bin: str | None, *, force: bool = False, seed: int = 0
         return out
     script = Path(__file__).resolve().parents[1] / "tinymodels" / BUILDERS[name]
     vllm = runner.host(vllm_bin)
-    if force and out.exists():
+    if out.exists():  # forced, or an older builder's model (its marker's version is not this builder's)
         shutil.rmtree(out)
     log.info("building tiny model %s into %s", name, out)
     job = runner.Script(script, f"building tiny model {name}", args=("--out", str(out), "--seed", str(seed)))

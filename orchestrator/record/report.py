@@ -138,6 +138,15 @@ class Offered(_Model):
     served: list[str] | None = None
     run: list[str] = Field(default_factory=list)
 
+    def shown(self) -> str:
+        """`a, b (run), c`: each served name, marked where it was run; one run but not served too."""
+        if self.served is None:
+            ran = ", ".join(f"{n} (run)" for n in self.run)
+            return ran + ("; served: not probed" if ran else "not probed")
+        shown = [f"{n} (run)" if n in self.run else n for n in self.served]
+        shown += [f"{n} (run, not served)" for n in self.run if n not in self.served]
+        return ", ".join(shown) or "none"
+
 
 class Capabilities(_Model):
     """Per model: which chat types and which tasks past chat it serves, and which this run ran."""

@@ -158,6 +158,7 @@ class MatrixCell:
     href: str | None = None  # relative to matrix.html, e.g. "phi-3.5-vision/H100/report.html"
     note: str | None = None
     image: str | None = None  # the container image it ran in (a matrix over images: one row each)
+    tasks: tuple[tuple[str, str], ...] = ()  # each task past chat the cell ran, and its status
 
 
 @dataclass(frozen=True)

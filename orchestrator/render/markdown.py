@@ -93,6 +93,11 @@ def to_markdown(record: RunRecord) -> str:
         + (f", {summary.understood} understood" if any(d.expected for d in record.demos) else "")
         + (f", {summary.hung} hung" if summary.hung else ""),
     ]
+    if (caps := record.capabilities) is not None and (caps.chat_types.run or caps.tasks.run):
+        lines.append(
+            f"- chat types: {markdown_cell(caps.chat_types.shown(), None)}; "
+            f"tasks: {markdown_cell(caps.tasks.shown(), None)}"
+        )
     if record.flags:
         lines.append(f"- options: {', '.join(markdown_cell(f, None) for f in record.flags)}")
     if teardown:

