@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def server_log(runs: Path) -> str:
     return logs[0].read_text(errors="replace") if logs else ""
 
 
+@pytest.mark.timeout(900)  # the image's vLLM asked, the demos counted in the image, then the server's start
 def test_the_real_vllm_in_its_image_passes_every_demo(
     tmp_path: Path, mmdemo_env: dict[str, str], cpu_image: str, built: Path, podman: str
 ) -> None:
@@ -44,12 +46,13 @@ def test_the_real_vllm_in_its_image_passes_every_demo(
     done = mmdemo(*args(cpu_image, runs, "--grace", "15"), env=mmdemo_env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(next(runs.glob("*/report.json")).read_text())
-    # 11 demos, their 10 media repeats, the worst case (2 images, the video, 2 audios at once)
+    # 11 demos, their 10 media repeats, the worst case (2 images, the video, 2 audios at once); the trained
+    # tiny-omni names every known-answer medium's truth (the worst case has none to check)
     assert report["summary"] == {
         "total": 22,
         "passed": 22,
         "failed": 0,
-        "understood": 0,
+        "understood": 21,
         "hung": 0,
         "interrupted": 0,
     }
@@ -162,10 +165,11 @@ def test_a_context_too_short_is_refused_before_the_container_starts(
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 3, out
-    assert (
-        "error: multi-audio/input_audio needs 191 tokens (175 prompt + 16 completion) but max_model_len is 128"
-        in out
-    )
+    assert re.search(
+        r"^error: multi-audio/input_audio needs (\d+) tokens \(\d+ prompt \+ 16 completion\) but max_model_len is 128: ",
+        out,
+        re.MULTILINE,
+    ), out
     report = json.loads(next(runs.glob("*/report.json")).read_text())
     assert report["server"]["pid"] is None  # the server's container never started
     assert not list(runs.glob("*/server.log"))

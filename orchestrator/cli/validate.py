@@ -103,7 +103,10 @@ def check_against_vllm(
     checks = serve_checks(profiles)
     request = {"checks": [{"id": c.key, "argv": list(c.argv)} for c in checks]}
     script = runner.Script(PROBE, "checking with vLLM's parser")
-    answer = runner.run(info, script, _Answer, json.dumps(request), timeout_s=timeout_s)
+    # In an image, the model directories (and any other local directory a command line names) are
+    # mounted read-only at the same paths; on the host the mounts change nothing.
+    local = sorted({Path(w) for c in checks for w in c.argv if w.startswith("/") and Path(w).is_dir()})
+    answer = runner.run(info, script, _Answer, json.dumps(request), timeout_s=timeout_s, mounts=local)
     by_id = {r.id: r for r in answer.results}
     if missing := [c.key for c in checks if c.key not in by_id]:
         raise PreflightError(f"{script.what} ({PROBE.name}) gave no verdict on {missing[0]}")

@@ -184,10 +184,14 @@ def save_weights(config, path: Path, seed: int) -> None:
 
 
 def sources_key() -> str:
-    """sha256 over the scripts and media module the trained weights come from."""
+    """sha256 over the code (its syntax tree: not its layout or comments) of the scripts and the media
+    module the trained weights come from, so a reformat does not retrain."""
+    import ast
+
     digest = hashlib.sha256()
     for path in SOURCES:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        tree = ast.dump(ast.parse(path.read_text(encoding="utf-8")), include_attributes=False)
+        digest.update(path.name.encode() + b"\0" + tree.encode() + b"\0")
     return digest.hexdigest()
 
 
