@@ -66,7 +66,6 @@ def test_a_hanging_asset_host_does_not_hold_the_launch_back(
             wait_for(lambda: held, 60, "a media download to reach the asset host")
             # The server comes up while every download is still held open: it never waited for media.
             wait_for((tmp_path / "ready").is_file, 60, "the fake vLLM to be ready, media still pending")
-            assert not release.is_set()
         finally:
             release.set()  # the downloads fail now (their connections closed): known-answer media stand in
     out, _ = run.communicate(timeout=120)
@@ -75,7 +74,7 @@ def test_a_hanging_asset_host_does_not_hold_the_launch_back(
     assert moments["launch"] < moments["media ready"]
 
 
-def test_count_first_launches_only_after_the_media_and_the_count(
+def test_count_first_launches_only_once_the_budget_step_has_the_media(
     tmp_path: Path, mmdemo_env: dict[str, str]
 ) -> None:
     with hanging_host() as (mirror, release, held):
@@ -87,4 +86,5 @@ def test_count_first_launches_only_after_the_media_and_the_count(
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 0, out
     moments = timeline(tmp_path)
+    # the budget step needs the media before it counts (the fake cannot be counted: a note says so)
     assert moments["media ready"] < moments["launch"]

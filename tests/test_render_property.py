@@ -168,7 +168,7 @@ def test_report_html_text_cannot_leave_its_element(text: Outside) -> None:
 def test_terminal_text_carries_no_control_byte_and_no_markup(answer: str) -> None:
     buffer = io.StringIO()
     # The CLI's console, forced to be a terminal so rich writes its own escape codes too. emoji=False:
-    # with rich's default, an answer saying ":smile:" would print as an emoji (cli.py must set it).
+    # with rich's default, an answer saying ":smile:" would print as an emoji (cli/terminal.py must set it).
     console = Console(
         file=buffer, force_terminal=True, highlight=False, soft_wrap=True, emoji=False, record=True
     )

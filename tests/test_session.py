@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,17 @@ from orchestrator.record.report import MachineRecord, RunRecord
 from orchestrator.session.context import Endpoint, Session, Stop
 from orchestrator.session.run import run_session
 from orchestrator.session.targets import Prepared, Reach, Remote
+
+
+@dataclasses.dataclass(frozen=True)
+class Started(Remote):
+    """The fake's running server: hurrying its teardown is counted by the target."""
+
+    target: FakeTarget | None = None
+
+    def hurry(self) -> None:
+        if self.target is not None:
+            self.target.hurry()
 
 
 class FakeTarget:
@@ -32,6 +44,7 @@ class FakeTarget:
     ) -> None:
         self.refuse, self.fail, self.stop_inside = refuse, fail, stop_inside
         self.refuse_count = refuse_count
+        self.ready_entered = threading.Event()
         self.left = False
         self.hurried = 0
         self.steps: list[str] = []
@@ -75,6 +88,7 @@ class FakeTarget:
     ) -> dict[str, int | None]:
         self.steps.append(f"budget {plan} of {len(requests())} requests")
         if self.refuse_count:
+            self.ready_entered.wait(30)  # readiness is being waited for when the refusal comes
             raise PreflightError("single-image/image_url needs 300 tokens but max_model_len is 128")
         return {}
 
@@ -90,13 +104,18 @@ class FakeTarget:
                 session.stop.request("SIGTERM")
                 session.stop.request("SIGINT")  # a second one hurries teardown
                 session.stop.check()
-            yield Remote("http://127.0.0.1:9/v1", "k", "m")
+            yield Started("http://127.0.0.1:9/v1", "k", "m", self)
         finally:
             self.left = True
             session.mark("teardown done")
 
     def ready(self, session: Session, running: Remote) -> Endpoint:
         self.steps.append("ready")
+        if self.refuse_count:  # a server still loading when the count refuses: the wait must end
+            while not session.stop.is_set():
+                self.ready_entered.set()
+                session.stop.sleep(0.05)  # raises Interrupted once this run's waits are halted
+            self.steps.append("never here")
         return Endpoint(running.base_url, running.api_key, running.model)
 
     def hurry(self) -> None:
@@ -167,8 +186,7 @@ def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
     run_session(target, options)
     assert target.steps == [
         "plan spec with media root",
-        "check plan",
-        "counter checked",
+        "check plan",  # no counter: a run with no chat demo starts no renderer
         "model checked",
         "prefetch checked",
         "launch checked",
@@ -189,6 +207,8 @@ def test_a_count_that_refuses_ends_the_start_at_once_and_sends_no_demo(options: 
     outcome = run_session(target, options)
     assert outcome.exit_code == 3
     assert target.left  # torn down
+    assert "ready" in target.steps  # it was waiting for the server when the refusal came,
+    assert "never here" not in target.steps  # and its wait was cut short: no endpoint, no demo
     assert target.hurried == 1  # no grace: the server that was starting serves nothing
     report = report_of(outcome.run_dir)
     assert report["status"] == "error"

@@ -69,7 +69,7 @@ def doctor(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"defaults:    host {DEFAULTS.host}, grace {DEFAULTS.grace_s:g} s, request timeout "
         f"{DEFAULTS.request_timeout_s:g} s, media budget {DEFAULTS.media_budget_s:g} s "
-        "(orchestrator/options.py)",
+        "(orchestrator/core/options.py)",
         highlight=False,
     )
 

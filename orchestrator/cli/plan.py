@@ -127,7 +127,9 @@ def plan_run(
     if not opts.budget:
         show("budget: not counted (--no-budget)")
     elif planned.vllm_path is None:
-        show(f"budget: not counted before launch: vLLM is in {spec.image}, not on this host")
+        show(
+            f"budget: `run` counts each demo's tokens with the vLLM in {spec.image} (a container, no network)"
+        )
     else:
         when = "before the launch (--count-first)" if opts.count_first else "beside vLLM's start"
         show(f"budget: `run` counts each demo's tokens with vLLM's renderer, {when}")

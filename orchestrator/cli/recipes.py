@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli.terminal import esc
 from orchestrator.core.errors import MMDemoError, UsageError
 from orchestrator.gpus.classes import CPU, Gpu
 from orchestrator.launch.checks import version_tuple
@@ -61,12 +62,12 @@ def init_recipe(args: argparse.Namespace, err: Console, gpus: Sequence[Gpu], cpu
     assert found.derivation is not None
     text = to_yaml(found.derivation)
     for note in found.derivation.notes:
-        err.print(f"note: {note}", markup=False, highlight=False)
+        err.print(f"note: {esc(note)}", markup=False, highlight=False)
     if args.output is None:
         sys.stdout.write(text)
         return 0
     write_atomic(args.output, text)
-    err.print(f"wrote {args.output}: {found.line}", markup=False, highlight=False)
+    err.print(f"wrote {esc(args.output)}: {esc(found.line)}", markup=False, highlight=False)
     return 0
 
 
@@ -165,8 +166,6 @@ def can_run(recipe: recipes.Recipe, here: Here) -> str:
 def cmd_recipes(args: argparse.Namespace, out: Console) -> int:
     """List the recipes under a directory, their tasks and whether this machine can run each; 2 on a bad one."""
     from rich.table import Table
-
-    from orchestrator.cli.terminal import esc
 
     directory = Path(args.directory).expanduser()
     if not directory.is_dir():
@@ -275,7 +274,7 @@ def recipe_patch(path: Path, err: Console) -> int:
     recipe = recipes.load(Path(origin.path))
     if recipe.sha256 != origin.sha256:
         err.print(
-            f"note: {origin.path} changed since the run; the patch is against the file as it is now",
+            f"note: {esc(origin.path)} changed since the run; the patch is against the file as it is now",
             markup=False,
         )
     marks: dict[str, str] = {}
@@ -285,15 +284,22 @@ def recipe_patch(path: Path, err: Console) -> int:
         key = recipes.hardware_key(gpu)
         if run.why_not is not None:
             failed.add(key)
-            err.print(f"{gpu}: not verified: {run.why_not} ({run.report})", markup=False, highlight=False)
+            err.print(
+                f"{esc(gpu)}: not verified: {esc(run.why_not)} ({esc(run.report)})",
+                markup=False,
+                highlight=False,
+            )
             continue
-        version = run.record.vllm.version if run.record.vllm else "?"
-        marks[key] = f"mmdemo {run.record.started_at[:10]}: vLLM {version}, {run.report}"
-        err.print(f"{gpu}: verified ({key}; vLLM {version}; {run.report})", markup=False, highlight=False)
+        # the version is the server's own text, and the report's path is the user's: one line, no controls
+        version = esc(run.record.vllm.version) if run.record.vllm else "?"
+        marks[key] = f"mmdemo {esc(run.record.started_at[:10])}: vLLM {version}, {esc(run.report)}"
+        err.print(
+            f"{esc(gpu)}: verified ({key}; vLLM {version}; {esc(run.report)})", markup=False, highlight=False
+        )
     marks = {k: c for k, c in marks.items() if k not in failed}  # one failing run of a class is enough
     patch = hardware_patch(recipe, marks)
     if not patch:
-        err.print(f"nothing to mark verified in {origin.path}", markup=False)
+        err.print(f"nothing to mark verified in {esc(origin.path)}", markup=False)
         return 1
     sys.stdout.write(patch)
     return 0

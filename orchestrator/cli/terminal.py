@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shlex
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,15 @@ class TerminalEvents:
         self.every_s = every_s
         self._last_plain = -1e9
         self._status: Any = None
+        # Readiness and the budget report from two threads at once (session.run.ready_beside_the_count):
+        # one lock around the spinner and each line, so neither sees the other's half-done state.
+        self._lock = threading.RLock()
 
     def stage(self, name: str, detail: str = "") -> None:
+        with self._lock:
+            self._stage(name, detail)
+
+    def _stage(self, name: str, detail: str) -> None:
         self._stop_status()
         if name == "launch":
             self.console.print(f"[bold]launch[/]  {esc(detail)}", markup=True, highlight=False)
@@ -53,6 +61,10 @@ class TerminalEvents:
         self.console.print(f"[bold]{name:<8}[/] {esc(detail)}", highlight=False)
 
     def waiting(self, elapsed_s: float, phase: str) -> None:
+        with self._lock:
+            self._waiting(elapsed_s, phase)
+
+    def _waiting(self, elapsed_s: float, phase: str) -> None:
         text = f"waiting for vLLM: {elapsed_s:5.1f} s, {phase}"
         if self.tty:
             if self._status is None:
@@ -67,6 +79,10 @@ class TerminalEvents:
     def log_line(self, line: str) -> None:
         if not self.follow_logs:
             return
+        with self._lock:
+            self._log_line(line)
+
+    def _log_line(self, line: str) -> None:
         if self.tty:
             self.console.print(f"[dim]  | {esc(line)}[/]", highlight=False)
         else:
@@ -75,10 +91,15 @@ class TerminalEvents:
             print(f"  | {visible(line)}", flush=True)
 
     def ready(self, endpoint: Endpoint, elapsed_s: float) -> None:
-        self._stop_status()
-        self.console.print(f"[green]ready[/]    in {elapsed_s:.1f} s at {esc(endpoint.base_url)}")
+        with self._lock:
+            self._stop_status()
+            self.console.print(f"[green]ready[/]    in {elapsed_s:.1f} s at {esc(endpoint.base_url)}")
 
     def download(self, key: str, done: int, total: int | None) -> None:
+        with self._lock:
+            self._download(key, done, total)
+
+    def _download(self, key: str, done: int, total: int | None) -> None:
         size = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MB"
         if self.tty:
             text = f"downloading {esc(key)}: {size}"
@@ -95,12 +116,16 @@ class TerminalEvents:
         detail = f"{result.latency_s:.2f} s" if result.passed else (result.error or "failed")
         from orchestrator.render.text import one_line
 
-        self.console.print(f"  {mark} {esc(result.name):<26} {esc(one_line(detail, 200))}", highlight=False)
+        with self._lock:
+            self.console.print(
+                f"  {mark} {esc(result.name):<26} {esc(one_line(detail, 200))}", highlight=False
+            )
 
     def download_bar(self, label: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
         from orchestrator.cli.progress import DownloadProgress
 
-        self._stop_status()
+        with self._lock:
+            self._stop_status()
         return DownloadProgress(self.console, label)
 
     def _stop_status(self) -> None:

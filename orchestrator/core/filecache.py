@@ -1,6 +1,6 @@
 """Answers of vLLM's probes kept as JSON files: one read, one atomic write, a model directory's digest.
 
-The model probe (probe.py) and the budget (budget.py) key their caches on a local model's small
+The model probe (vllm/probe.py) and the budget (budget/count.py) key their caches on a local model's small
 files: `model_digest` hashes those (config, tokenizer, processor, chat template, remote code), never
 the weights.
 """

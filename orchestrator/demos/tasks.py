@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from orchestrator.core.background import background
 from orchestrator.core.errors import AssetError
 from orchestrator.core.tasks import ROUTES, Task
 from orchestrator.demos import pooling, responses, speech
-from orchestrator.demos.chat import DemoRequest, DemoResult, Media, run_demos
+from orchestrator.demos.chat import DemoRequest, DemoResult, Media, interrupted, run_demos
 from orchestrator.demos.chat import to_record as chat_record
 from orchestrator.demos.taskcore import Conn, Outcome, TaskFailed, TaskRequest, TaskResult
 from orchestrator.media import Asset, data_url
@@ -213,11 +214,29 @@ def run_all(
             continue
         if cancelled():
             break
-        result = run_task(request, conn)
+        result = run_task_until(request, conn, cancelled)
         results.append(result)
         if on_result is not None and not cancelled():
             on_result(result)
     return results
+
+
+def run_task_until(request: TaskRequest, conn: Conn, cancelled: Callable[[], bool]) -> TaskResult:
+    """`run_task`, in a thread of its own: a stop ends the wait at once, the task then `interrupted` (in
+    flight, as a chat demo would be), its connection left to the request timeout in the background."""
+    sent = time.monotonic()
+    future = background(run_task, request, conn, name=f"task {request.name}")
+    while True:
+        try:
+            return future.result(timeout=POLL_S)
+        except TimeoutError:
+            if cancelled():
+                base = interrupted(request, sent)
+                fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(DemoResult)}
+                return TaskResult(**fields, task=request.task.value, endpoint=request.endpoint)
+
+
+POLL_S = 0.05  # how often a task's wait looks at the stop
 
 
 def run_task(request: TaskRequest, conn: Conn) -> TaskResult:

@@ -1,7 +1,7 @@
 """GPU detection: NVIDIA's (NVML, then nvidia-smi) and AMD's (rocm.py), and who holds GPU memory.
 
 Detection is injected: callers take a probe function so tests pass a fake and nothing here needs a GPU.
-The classes and the Gpu record live in gpuclass.py (re-exported here for the callers that import them).
+The classes and the Gpu record live in gpus/classes.py (re-exported here for the callers that import them).
 """
 
 from __future__ import annotations

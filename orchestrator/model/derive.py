@@ -130,7 +130,9 @@ def derive(
     if options.served_model_name:
         draft.set("served_model_name", options.served_model_name, "the model's name")
     draft.data["description"] = f"Derived by mmdemo from what vLLM {vllm} says about {facts.model}."
-    draft.data["source"] = f"mmdemo's derivation (orchestrator/derive.py) from vLLM {vllm}'s model probe"
+    draft.data["source"] = (
+        f"mmdemo's derivation (orchestrator/model/derive.py) from vLLM {vllm}'s model probe"
+    )
     answer = RANDOM_ANSWER_TOKENS if options.random_weights else options.max_completion_tokens
     if chats_served(facts):
         chats, context, why = _chat_types(draft, answer)

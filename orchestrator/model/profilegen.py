@@ -35,7 +35,7 @@ def to_yaml(derivation: Derivation) -> str:
     data = _tidy(profile.model_dump(mode="json", exclude_unset=True, exclude={"name", "path"}))
     lines = [
         f"# Derived by mmdemo from what vLLM {derivation.facts.vllm} says about {profile.model}",
-        "# (orchestrator/derive.py); each derived value says where it came from. Edit freely.",
+        "# (orchestrator/model/derive.py); each derived value says where it came from. Edit freely.",
     ]
     if origin is not None:
         lines = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import http.client
 import re
 import urllib.error
 import urllib.request
@@ -232,7 +233,7 @@ def fetch(slug: str, offline: bool = False) -> Path:
             text = answer.read(MAX_RECIPE_BYTES + 1).decode("utf-8")
     except urllib.error.HTTPError as exc:
         raise PreflightError(f"recipe:{slug}: {url} answered {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, UnicodeDecodeError) as exc:
+    except (urllib.error.URLError, OSError, UnicodeDecodeError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise PreflightError(
             f"recipe:{slug}: cannot fetch {url} ({reason})", hint="download the file and pass its path"

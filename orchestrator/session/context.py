@@ -1,7 +1,7 @@
 """What every step of a session shares: the record it fills, where it writes, what it shows, the stop.
 
 A leaf under the steps: targets, demos and the matrix take a `Session`, `Stop` or `Events` from here,
-never from `session.py`, which composes them.
+never from `session/run.py`, which composes them.
 """
 
 from __future__ import annotations
@@ -91,11 +91,6 @@ class Stop:
                 hurry()
         self._event.set()
 
-    def hurry(self) -> None:
-        """Skip teardown's grace without stopping the session (a start that a refusal ends serves nothing)."""
-        for hurry in list(self._hurry):
-            hurry()
-
     def is_set(self) -> bool:
         return self._event.is_set()
 
@@ -111,6 +106,40 @@ class Stop:
 
     def on_hurry(self, callback: Callable[[], None]) -> None:
         self._hurry.append(callback)
+
+
+class Halting(Stop):
+    """One session's own stop over a shared one (a matrix's, a signal's): it stops when the shared one
+    does, and `halt()` ends its own waits alone, no signal received, the other cells untouched."""
+
+    def __init__(self, shared: Stop) -> None:
+        super().__init__()
+        self.shared = shared
+        self.received = shared.received  # the signals are the shared stop's
+
+    def request(self, reason: str) -> None:
+        self.shared.request(reason)
+
+    def on_hurry(self, callback: Callable[[], None]) -> None:
+        self.shared.on_hurry(callback)
+
+    def halt(self) -> None:
+        """End this stop's waits (they raise Interrupted): the run ends on an error of its own, which
+        stays its verdict (run_session turns only a received signal into `interrupted`)."""
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set() or self.shared.is_set()
+
+    def check(self) -> None:
+        self.shared.check()
+        super().check()
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._event.wait(min(left, POLL_S))
+        self.check()
 
 
 @contextlib.contextmanager

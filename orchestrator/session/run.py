@@ -8,6 +8,7 @@ arbitrary code: they set `Stop`, which every wait polls; a second signal hurries
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -48,7 +49,16 @@ from orchestrator.media import known as known_media
 from orchestrator.profile.schema import Demo, TaskDemo
 from orchestrator.record.report import DemoRecord, ErrorRecord, RunRecord, Status, TimelineEvent
 from orchestrator.record.rundir import make_run_dir, now_iso
-from orchestrator.session.context import POLL_S, Endpoint, Events, QuietEvents, Session, Stop, signals_to
+from orchestrator.session.context import (
+    POLL_S,
+    Endpoint,
+    Events,
+    Halting,
+    QuietEvents,
+    Session,
+    Stop,
+    signals_to,
+)
 from orchestrator.session.targets import P, Prepared, R, Reach, S, Target
 from orchestrator.vllm.logscan import explain_demo
 
@@ -90,23 +100,29 @@ def run_session(
                 media = teardown.enter_context(start_media(session, prepared, options, demos))
                 plan = target.plan(session, prepared.spec, media.root)
                 plan = target.check(session, plan)  # every refusal before the start, in one list
-                counter = teardown.enter_context(target.counter(session, plan))  # vLLM's renderer, importing
+                # vLLM's renderer, importing meanwhile; only chat demos are counted (none: no renderer)
+                counted_demos = (
+                    target.counter(session, plan) if prepared.demos else contextlib.nullcontext(None)
+                )
+                counter = teardown.enter_context(counted_demos)
                 plan = target.prepare_model(session, plan)
                 plan = target.prefetch(session, plan)
 
-                def budget() -> Mapping[str, int | None]:  # each demo's tokens: one that cannot fit refuses
+                def budget(
+                    at: Session,
+                ) -> Mapping[str, int | None]:  # each demo's tokens: one too many refuses
                     return target.budget(
-                        session, plan, counter, lambda: demo_requests(media, options, prepared.limits)
+                        at, plan, counter, lambda: demo_requests(media, options, prepared.limits)
                     )
 
-                counted = budget() if options.count_first else {}
+                counted = budget(session) if options.count_first else {}
                 running = teardown.enter_context(target.launch(session, plan))
                 redact = running.redact
                 if options.count_first:
                     endpoint = target.ready(session, running)
                 else:  # counted while vLLM loads: a refusal ends its start at once
                     endpoint, counted = ready_beside_the_count(
-                        session, lambda: target.ready(session, running), budget
+                        session, lambda at: target.ready(at, running), budget, running.hurry
                     )
                 gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
                 if serve is not None:
@@ -124,23 +140,36 @@ def run_session(
 
 
 def ready_beside_the_count(
-    session: Session, ready: Callable[[], Endpoint], count: Callable[[], Mapping[str, int | None]]
+    session: Session,
+    ready: Callable[[Session], Endpoint],
+    count: Callable[[Session], Mapping[str, int | None]],
+    hurry: Callable[[], None],
 ) -> tuple[Endpoint, Mapping[str, int | None]]:
-    """Wait for readiness and the budget's count at once (neither's wait eats the other's deadline): the
-    first failure wins; a refusal of the count ends the starting server without grace (it serves nothing
-    yet), and no demo is sent. Both are needed before the demos."""
-    counting = background(count, name="budget")
-    readying = background(ready, name="ready")
+    """Wait for readiness and the budget's count at once (neither's wait eats the other's deadline).
+    Both are needed before the demos. The first failure wins, the count's refusal before a readiness
+    failure seen in the same moment; the other side is then halted (this run's waits only) and awaited,
+    so nothing of it writes after the run ends. A refusal ends the starting server without grace."""
+    pair = dataclasses.replace(session, stop=Halting(session.stop))
+    counting = background(count, pair, name="budget")
+    readying = background(ready, pair, name="ready")
     pending: set[Future[Any]] = {counting, readying}
     while pending:
         done, pending = futures.wait(pending, timeout=POLL_S, return_when=futures.FIRST_COMPLETED)
         session.stop.check()
-        for future in done:
-            if (error := future.exception()) is not None:
-                if future is counting and isinstance(error, PreflightError):
-                    session.stop.hurry()
-                raise error
+        failed = [f for f in (counting, readying) if f in done and f.exception() is not None]
+        if failed:
+            error = failed[0].exception()
+            assert error is not None
+            if failed[0] is counting and isinstance(error, PreflightError):
+                hurry()
+            assert isinstance(pair.stop, Halting)
+            pair.stop.halt()  # the other side's waits end at once
+            futures.wait(pending, timeout=HALT_WAIT_S)
+            raise error
     return readying.result(), counting.result()
+
+
+HALT_WAIT_S = 30.0  # a halted wait polls every POLL_S; a script's group is ended within its grace
 
 
 def open_session(prepared: Prepared[Any], options: Options, events: Events, stop: Stop, t0: float) -> Session:

@@ -106,6 +106,9 @@ class Running(Protocol):
     @property
     def redact(self) -> Redactor: ...
 
+    def hurry(self) -> None:
+        """Its teardown skips the grace period (a start that a refusal ends serves nothing yet)."""
+
 
 class Target(Protocol[S, P, R]):
     """A launched or an attached server, as the steps of a session."""
@@ -276,6 +279,9 @@ class Launch:
     @property
     def redact(self) -> Redactor:
         return self.server.redact
+
+    def hurry(self) -> None:
+        self.server.hurry()
 
 
 def _random_weights(profile: Profile) -> bool:
@@ -627,7 +633,24 @@ class Launched:
         session.events.stage("image", f"{runtime.name} pull {image}")
         info = session.wait(background(containers.ensure_image, runtime, image))
         session.mark("image ready")
+        self._check_image_vllm(session, plan.spec)  # pulled only now: its vLLM checked before the start
         return dataclasses.replace(plan, container=plan.container.with_image(info))
+
+    def _check_image_vllm(self, session: Session, spec: LaunchSpec) -> None:
+        """The image's vLLM, asked (once per image id) and checked against the profile; recorded."""
+        try:
+            info = session.wait(background(self._image_vllm(spec), name="image vllm"))
+        except PreflightError as exc:  # an image that cannot be asked: its server says, once it serves
+            session.record.notes.append(f"The image's vLLM version was read once it served: before, {exc}")
+            return
+        checks.check_version(info, spec.resolved)
+        session.record.vllm = VllmRecord(
+            version=info.version,
+            path=f"{spec.image} ({spec.runtime.name})" if spec.runtime else str(spec.image),
+            torch=info.torch,
+            transformers=info.transformers,
+            decoders=list(info.decoders),
+        )
 
     @contextlib.contextmanager
     def launch(self, session: Session, plan: Planned) -> Iterator[Launch]:
@@ -773,6 +796,9 @@ class Remote:
     @property
     def redact(self) -> Redactor:
         return Redactor([self.api_key] if self.api_key != "EMPTY" else [])
+
+    def hurry(self) -> None:
+        """Not ours to stop: nothing to hurry."""
 
 
 class Attached:
