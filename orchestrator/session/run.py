@@ -153,19 +153,23 @@ def ready_beside_the_count(
     counting = background(count, pair, name="budget")
     readying = background(ready, pair, name="ready")
     pending: set[Future[Any]] = {counting, readying}
-    while pending:
-        done, pending = futures.wait(pending, timeout=POLL_S, return_when=futures.FIRST_COMPLETED)
-        session.stop.check()
-        failed = [f for f in (counting, readying) if f in done and f.exception() is not None]
-        if failed:
-            error = failed[0].exception()
-            assert error is not None
-            if failed[0] is counting and isinstance(error, PreflightError):
-                hurry()
-            assert isinstance(pair.stop, Halting)
-            pair.stop.halt()  # the other side's waits end at once
+    halting = pair.stop
+    assert isinstance(halting, Halting)
+    try:
+        while pending:
+            done, pending = futures.wait(pending, timeout=POLL_S, return_when=futures.FIRST_COMPLETED)
+            session.stop.check()
+            failed = [f for f in (counting, readying) if f in done and f.exception() is not None]
+            if failed:
+                error = failed[0].exception()
+                assert error is not None
+                if failed[0] is counting and isinstance(error, PreflightError):
+                    hurry()
+                raise error
+    finally:  # a failure or a signal: the other side's waits end at once, and it is awaited (its
+        if pending:  # script, a container with --image, is ended by it before the run goes on)
+            halting.halt()
             futures.wait(pending, timeout=HALT_WAIT_S)
-            raise error
     return readying.result(), counting.result()
 
 

@@ -42,6 +42,7 @@ and the HF cache mounted read-only, HF_HUB_OFFLINE=1, the image's borrowed host 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -404,6 +405,7 @@ class Process:
         return [*flags, image.ref, f"{SCRIPTS_INSIDE}/{script.path.name}", *script.args], env
 
     def __enter__(self) -> Process:
+        _LIVE.add(self)  # the exit net: a thread abandoned at exit (a stopped wait) still ends it
         try:
             self._proc = subprocess.Popen(
                 self.argv,
@@ -490,6 +492,7 @@ class Process:
 
     def close(self) -> None:
         """End the process group (TERM, then KILL), its container, and reap it; idempotent."""
+        _LIVE.discard(self)
         proc, self._proc = self._proc, None
         if proc is not None:
             self._end_group(proc)
@@ -520,6 +523,36 @@ class Process:
                 proc.wait(timeout=_TERM_GRACE_S)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the group's other members, even when the leader is gone
+        _wait_group_gone(proc.pid, _TERM_GRACE_S + 5)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Until no live (non-zombie) process is left in the group: a SIGKILL is delivered, not yet done."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = False
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                    left = True
+                    break
+        if not left:
+            return
+        time.sleep(0.01)
+
+
+# Scripts started and not yet ended. A wait that a stop ended leaves its thread (a daemon) behind; at
+# the interpreter's exit, before daemon threads are dropped, each such script's group and container end.
+_LIVE: set[Process] = set()
+
+
+@atexit.register
+def _end_live() -> None:
+    for process in list(_LIVE):
+        with contextlib.suppress(Exception):
+            process.close()
 
 
 def run(
