@@ -57,7 +57,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import fake_tasks  # the routes past chat (this directory is on sys.path: the script's own)
+# The routes past chat live beside this file: run as a script its directory is on sys.path, but not
+# when a launcher runs it through runpy (bench/fake.py), so it is put there.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fake_tasks
 
 SWITCHES = ("READY_AFTER", "NEVER_READY", "CRASH_AFTER", "EXIT_CODE", "CRASH_LOG", "ENGINE_DEATH_AFTER",
             "IGNORE_SIGTERM", "WORKERS", "WORKER_IGNORE_SIGTERM", "WORKER_GRACE", "ESCAPE", "MODELS_DELAY",

@@ -175,10 +175,20 @@ def test_a_tiny_model_run_by_path_derives_its_profile_and_every_demo_passes(
     # The model directory itself where a profile is expected: derived, said in one line, and run.
     ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--vllm-bin", vllm_bin, *trust,
                  "--runs-dir", str(tmp_path / "runs"), env=mmdemo_env, timeout=900)  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
     assert f"no profile for {directory}: derived one from vLLM 0.32" in ran.stdout
     report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
-    assert report["status"] == "passed"
+    if tiny.model == "tiny-omni":
+        # Trained on video sampled at its profile's 4 fps (serve.media_io_kwargs), which nothing in the model
+        # directory says: by path, vLLM samples every frame, and the model reads the motion wrong. The
+        # verdict catches exactly that: every other demo understood, each video demo failed with its words.
+        assert ran.returncode == 1, ran.stdout + ran.stderr
+        wrong = [d for d in report["demos"] if d["status"] != "passed"]
+        assert wrong, report["demos"]
+        assert {d["chat_type"] for d in wrong} == {"video"}, wrong
+        assert all(d["missing"] and d["answer"] in d["error"] for d in wrong), wrong
+    else:
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert report["status"] == "passed"
     assert report["derivation"]["values"]  # which value came from where
     # It ran exactly what `mmdemo init` wrote: the derived file the report names is init's file.
     assert Path(report["profile_path"]).read_text() == out.read_text()
@@ -187,7 +197,8 @@ def test_a_tiny_model_run_by_path_derives_its_profile_and_every_demo_passes(
     demos = [d for d in report["demos"] if d["kind"] == "demo"]
     assert {d["chat_type"] for d in demos if not d["task"]} == {c.value for c in profile.chat_types}
     assert {d["task"] for d in demos if d["task"]} == {t.task.value for t in profile.tasks}
-    assert all(d["status"] == "passed" for d in report["demos"])
+    misread = {"video"} if tiny.model == "tiny-omni" else set()  # see above
+    assert all(d["status"] == "passed" for d in report["demos"] if d["chat_type"] not in misread)
     for demo in (d for d in report["demos"] if d["task"]):  # random weights: the answer's shape only
         assert demo["verdict"] == "answered", demo
         assert demo["checks"], demo
