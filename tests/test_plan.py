@@ -77,7 +77,10 @@ def test_plan_with_an_image_shows_the_container_run_line(mmdemo_env: dict[str, s
     assert "-e VLLM_API_KEY" in line  # by name: its value never in an argv
     assert "vllm/vllm-openai:v0.11.0 fake/omni" in line
     assert "# vLLM: the image's, vllm/vllm-openai:v0.11.0 (podman)" in done.stdout
-    assert "# budget: `run` counts each demo's tokens with the vLLM in vllm/vllm-openai:v0.11.0 (a container, no network)" in done.stdout
+    assert (
+        "# budget: `run` counts each demo's tokens with the vLLM in vllm/vllm-openai:v0.11.0 (a container, no network)"
+        in done.stdout
+    )
     assert key not in done.stdout + done.stderr
     assert "hf_plan_secret_never_shown" not in done.stdout + done.stderr
     record = tmp_path / "record.jsonl"

@@ -184,14 +184,17 @@ def test_serve_waits_until_stopped(options: Options) -> None:
 def test_each_step_takes_what_the_one_before_returned(options: Options) -> None:
     target = FakeTarget()
     run_session(target, options)
-    assert target.steps == [
-        "plan spec with media root",
-        "check plan",  # no counter: a run with no chat demo starts no renderer
-        "model checked",
-        "prefetch checked",
-        "launch checked",
-        *target.steps[-2:],
-    ]
+    assert (
+        target.steps
+        == [
+            "plan spec with media root",
+            "check plan",  # no counter: a run with no chat demo starts no renderer
+            "model checked",
+            "prefetch checked",
+            "launch checked",
+            *target.steps[-2:],
+        ]
+    )
     # beside the start, at once: media and the count never hold vLLM back, nor eat its ready timeout
     assert sorted(target.steps[-2:]) == ["budget checked of 0 requests", "ready"]
 
