@@ -56,10 +56,14 @@ def fake_image(runtime: str, settings: Settings) -> str:
                 info = tarfile.TarInfo(name)
                 info.type, info.linkname = tarfile.SYMTYPE, os.readlink(f"/{name}")
                 tar.addfile(info)
-        content = fake.FAKE.read_bytes()
-        info = tarfile.TarInfo("opt/fake/vllm")
-        info.size, info.mode = len(content), 0o755
-        tar.addfile(info, io.BytesIO(content))
+        # the fake, and its routes past chat beside it (it imports them from its own directory)
+        for path, content in (
+            ("opt/fake/vllm", fake.FAKE.read_bytes()),
+            ("opt/fake/fake_tasks.py", (fake.FAKE.parent / "fake_tasks.py").read_bytes()),
+        ):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(content), 0o755
+            tar.addfile(info, io.BytesIO(content))
     changes = [
         'ENTRYPOINT ["/usr/bin/python3", "/opt/fake/vllm", "serve"]',
         'LABEL org.mmdemo.host-mounts=[["/usr","/usr"]]',
