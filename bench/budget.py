@@ -9,14 +9,13 @@ count goes on beside vLLM's start, so it must not hold the launch back.
 
 from __future__ import annotations
 
-import signal
 import statistics
 import time
 import uuid
 
 from bench import fake, real
-from bench.overhead import clean_env, mmdemo_argv
-from bench.procs import spawned, timed_run
+from bench.overhead import clean_env, mmdemo_argv, seconds_to_launch
+from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings
 from orchestrator.budget import count as budget
 from orchestrator.core.errors import MMDemoError
@@ -87,16 +86,7 @@ def _launch_with_a_cold_count(settings: Settings) -> float:
     argv = [*mmdemo_argv(), "run", "cpu-tiny-omni", "--offline", "--vllm-bin", str(real.vllm_bin())]
     argv += ["--runs-dir", str(runs), "--grace", "5"]
     env = {**clean_env(settings), "MMDEMO_CACHE_DIR": str(cache)}
-    t0 = time.monotonic()
-    with spawned(argv, env) as proc:
-        while not list(runs.glob("*/server.log")):
-            if proc.poll() is not None:
-                raise RuntimeError(f"mmdemo run ended (exit {proc.returncode}) before it launched the server")
-            time.sleep(0.002)
-        launched = time.monotonic() - t0
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    return launched
+    return seconds_to_launch(argv, env, runs)
 
 
 def _timed(profile: object, *, use_cache: bool) -> float:

@@ -1,7 +1,7 @@
 """Scenario 4, overhead: a whole `mmdemo run` minus the fake's own time for the same work; CLI start.
 
 The fake is instantly ready and answers at once, so what is left of a run is mmdemo itself:
-imports, preflight (`vllm --version` included), assets, the report and teardown. The fake's own
+imports, the checks (the `vllm` command asked which Python runs it), assets, the report and teardown. The fake's own
 time: launch it, wait for its READY_FILE, send the same 11 requests directly, SIGTERM, wait.
 """
 
@@ -112,6 +112,12 @@ def command_to_launch(settings: Settings, vllm: Path, mirror: str | None) -> flo
     env = {**clean_env(settings), "MMDEMO_CACHE_DIR": str(cache)}
     if mirror:
         env["MMDEMO_ASSET_MIRROR"] = mirror
+    return seconds_to_launch(argv, env, runs)
+
+
+def seconds_to_launch(argv: list[str], env: dict[str, str], runs: Path, wait_s: float = 120.0) -> float:
+    """Seconds from starting `argv` (an `mmdemo run --runs-dir RUNS`) to its `vllm serve` started (the
+    server log opened); then Ctrl-C, and the run awaited."""
     t0 = time.monotonic()
     with spawned(argv, env) as proc:
         while not list(runs.glob("*/server.log")):
@@ -120,7 +126,7 @@ def command_to_launch(settings: Settings, vllm: Path, mirror: str | None) -> flo
             time.sleep(0.002)
         launched = time.monotonic() - t0
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.wait(timeout=wait_s)
     return launched
 
 
