@@ -405,7 +405,15 @@ class Process:
         return [*flags, image.ref, f"{SCRIPTS_INSIDE}/{script.path.name}", *script.args], env
 
     def __enter__(self) -> Process:
-        _LIVE.add(self)  # the exit net: a thread abandoned at exit (a stopped wait) still ends it
+        with _LIVE_LOCK:  # the exit net: a thread abandoned at exit (a stopped wait) still ends it,
+            if _EXITING:  # and once the interpreter is exiting nothing new starts
+                self._error = PreflightError(f"not started: mmdemo is exiting ({self.script.what})")
+                return self
+            _LIVE.add(self)
+            self._start()
+        return self
+
+    def _start(self) -> None:
         try:
             self._proc = subprocess.Popen(
                 self.argv,
@@ -420,7 +428,6 @@ class Process:
             self._error = PreflightError(
                 f"cannot run {self.script.what} ({self.argv[0]}): {exc.strerror or exc}"
             )
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -546,11 +553,17 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> None:
 # Scripts started and not yet ended. A wait that a stop ended leaves its thread (a daemon) behind; at
 # the interpreter's exit, before daemon threads are dropped, each such script's group and container end.
 _LIVE: set[Process] = set()
+_LIVE_LOCK = threading.Lock()
+_EXITING = False
 
 
 @atexit.register
 def _end_live() -> None:
-    for process in list(_LIVE):
+    global _EXITING
+    with _LIVE_LOCK:
+        _EXITING = True
+        live = list(_LIVE)
+    for process in live:
         with contextlib.suppress(Exception):
             process.close()
 
