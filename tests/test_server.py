@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -173,3 +177,64 @@ def test_the_watchdog_gets_the_same_grace_as_the_server(tmp_path: Path) -> None:
         argv = wait_for(lambda: watchdog_argv(server.tag), what="the watchdog to show in /proc")
         assert isinstance(argv, list)
         assert argv[-3:] == [server.tag, str(server.pid), "4.5"]
+
+
+# -- between fork and exec, nothing: no Python runs in the child -------------------------------------
+
+PDEATHSIG = """
+import ctypes, sys
+value = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+open(sys.argv[1], "w").write(str(value.value))
+"""
+
+
+class _WritesItsPidWhenCollected:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        with self.path.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+
+
+def test_no_python_runs_in_the_server_between_fork_and_exec(tmp_path: Path) -> None:
+    # A preexec_fn made the child run Python's after-fork clean-up, which destroys the other threads'
+    # thread-locals in the child: PyAV's reformatter held in one hung it there (and Popen, and the CI
+    # run) on a condition variable. Here a thread-local's destructor notes which process ran it.
+    collected = tmp_path / "collected"
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold_a_thread_local() -> None:
+        local = threading.local()
+        local.value = _WritesItsPidWhenCollected(collected)
+        holding.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=hold_a_thread_local)
+    holder.start()
+    holding.wait(10)
+    try:
+        with server_for(tmp_path) as server:
+            server.wait_ready(10)
+    finally:
+        release.set()
+        holder.join()
+    assert collected.read_text().split() == [str(os.getpid())]  # ours, at the thread's end: no child's
+
+
+def test_the_api_server_dies_with_mmdemo_by_pdeathsig(tmp_path: Path) -> None:
+    answer = tmp_path / "pdeathsig"
+    plan = dataclasses.replace(fake_plan(tmp_path), argv=(sys.executable, "-c", PDEATHSIG, str(answer)))
+    server = Server(plan, log_path=tmp_path / "server.log", grace_s=1.0)
+    with server:
+        wait_for(answer.exists, what="the child's PR_GET_PDEATHSIG")
+    assert answer.read_text() == str(int(signal.SIGKILL))
+    assert server.plan.argv[0] == sys.executable  # the record and the log show the command, not setpriv
+
+
+def test_a_command_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> None:
+    plan = dataclasses.replace(fake_plan(tmp_path), argv=(str(tmp_path / "no-vllm"), "serve", "x"))
+    with pytest.raises(ServerError, match=r"^could not start '.*no-vllm': No such file or directory$"):
+        Server(plan, log_path=tmp_path / "server.log").start()

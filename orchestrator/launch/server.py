@@ -7,21 +7,24 @@ the evidence of a failure is gathered by `evidence`.
 from __future__ import annotations
 
 import atexit
-import ctypes
+import contextlib
 import enum
+import functools
 import http.client
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from orchestrator.core.errors import Interrupted, ServerError, describe_returncode
@@ -119,26 +122,68 @@ def wait_until(
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _libc_prctl() -> Any:
-    """prctl(2), resolved here in the parent: the child between fork and exec must not dlopen (another
-    thread of a matrix may hold the loader's lock at the fork; the child would wait on it forever)."""
+@functools.cache
+def _pdeathsig_prefix() -> tuple[str, ...]:
+    """`setpriv --pdeathsig KILL --`, where util-linux's setpriv has that option (2.33 and later), else ().
+
+    PR_SET_PDEATHSIG: if mmdemo dies, the API server gets SIGKILL at once (the watchdog sweeps the rest,
+    and is the guarantee: without setpriv it ends the server too, a poll later). Set by setpriv, which
+    then execs the server in the same process, never by a `preexec_fn`: Python code run in the child
+    between fork and exec can hang it there for good. The interpreter's after-fork clean-up destroys
+    the other threads' thread-locals in the child; PyAV's video reformatter held in one (the media
+    step's thread) waited forever on a condition variable in `sws_freeContext`, and `Popen`, waiting
+    for the exec, with it (the fresh-clone CI hung 80 minutes in tests/test_container_gpus.py)."""
+    if sys.platform != "linux":
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+        done = subprocess.run(
+            [setpriv, "--help"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in done.stdout else ()
 
 
-_PRCTL = _libc_prctl() if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Stop signals that arrive while the server is started and put on record are handled once it is.
 
+    A Ctrl-C between fork and `self._proc = ...` would lose the child. Python runs signal handlers in
+    the main thread only, so elsewhere there is nothing to hold. Not a signal mask: the child inherits
+    a mask, and undoing it in the child takes a `preexec_fn` (see `_pdeathsig_prefix`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, FrameType | None]] = []
 
-def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # The parent blocks stop signals around the launch; the server must receive them.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    # PR_SET_PDEATHSIG: if mmdemo dies the API server gets SIGKILL; the watchdog sweeps its engine.
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append((signum, frame))
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in _STOP_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is None or old == signal.SIG_IGN:  # an ignore stays (nohup); None: set outside Python
+            continue
+        previous[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for signum, frame in held:
+            old = previous[signal.Signals(signum)]
+            if callable(old):
+                old(signum, frame)
+            else:  # SIG_DFL: its default action, now
+                signal.raise_signal(signum)
 
 
 def seconds(value: float) -> str:
@@ -223,30 +268,28 @@ class Server:
         with self.log_path.open("ab") as out:
             out.write(f"# mmdemo: {' '.join(self.display_argv)}\n".encode())
             out.flush()
-            # A Ctrl-C between fork and `self._proc = ...` would lose the child: hold stop signals
-            # until the server is on record, then take them (the handler raises, teardown runs).
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            try:
-                self._proc = subprocess.Popen(
-                    self.plan.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_child_setup if sys.platform == "linux" else None,  # noqa: PLW1509
-                )
-                self.started_at = self._clock()
-                # On record before stop signals are taken again: a Ctrl-C from here on ends the tree.
-                self.tree.adopt(self._proc)
-                _LIVE.add(self)
-            except OSError as exc:
-                raise ServerError(
-                    f"could not start {self.plan.argv[0]!r}: {exc.strerror or exc}",
-                    argv=self.display_argv,
-                ) from None
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # setpriv only before a command that is there: else Popen's own error names it
+            found = shutil.which(self.plan.argv[0], path=env.get("PATH")) is not None
+            argv = [*_pdeathsig_prefix(), *self.plan.argv] if found else self.plan.argv
+            with _stop_signals_held():
+                try:
+                    self._proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
+                    self.started_at = self._clock()
+                    # On record before stop signals are handled: a Ctrl-C from here on ends the tree.
+                    self.tree.adopt(self._proc)
+                    _LIVE.add(self)
+                except OSError as exc:
+                    raise ServerError(
+                        f"could not start {self.plan.argv[0]!r}: {exc.strerror or exc}",
+                        argv=self.display_argv,
+                    ) from None
         self.tree.start()
         log.info("started pid %d: %s", self._proc.pid, " ".join(self.display_argv))
 
