@@ -14,7 +14,7 @@ import time
 import uuid
 
 from bench import fake, real
-from bench.overhead import clean_env, mmdemo_argv, seconds_to_launch
+from bench.overhead import clean_env, keep_answers, mmdemo_argv, seconds_to_launch
 from bench.procs import timed_run
 from bench.result import Row, Scenario, Settings
 from orchestrator.budget import count as budget
@@ -78,9 +78,10 @@ def run(settings: Settings) -> Scenario:
 
 def _launch_with_a_cold_count(settings: Settings) -> float:
     """Seconds from `mmdemo run cpu-tiny-omni --offline` to `vllm serve` started, no count cached (the built
-    tiny models linked into an otherwise empty cache); then Ctrl-C."""
+    tiny models linked, and the `vllm` command's answer copied, into an otherwise empty cache); then Ctrl-C."""
     cache = settings.work / f"cache-{uuid.uuid4().hex}"
     cache.mkdir()
+    keep_answers(settings.cache, cache)
     (cache / "models").symlink_to(models_dir())
     runs = settings.work / f"runs-{uuid.uuid4().hex}"
     argv = [*mmdemo_argv(), "run", "cpu-tiny-omni", "--offline", "--vllm-bin", str(real.vllm_bin())]

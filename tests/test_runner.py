@@ -172,6 +172,78 @@ def test_a_command_whose_python_has_no_vllm_falls_back_to_its_shebang(tmp_path: 
     assert (info.python, info.version) == (sys.executable, "0.1.0")
 
 
+@pytest.fixture
+def kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache, and no answer remembered in this process: each `host` call asks or reads disk."""
+    monkeypatch.setenv("MMDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner, "_asked", {})
+    return tmp_path / "cache" / "backends"
+
+
+def counting(command: Path, runs: Path) -> None:
+    """Make `command` (a shell script) note each run in `runs`."""
+    lines = command.read_text().splitlines(keepends=True)
+    command.write_text(lines[0] + f'echo run >> "{runs}"\n' + "".join(lines[1:]))
+
+
+def test_the_answer_is_kept_until_the_environment_changes(
+    tmp_path: Path, kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = vllm_env.wrapper(tmp_path)
+    runs = tmp_path / "runs"
+    counting(command, runs)
+    first = runner.host(str(command))
+    monkeypatch.setattr(runner, "_asked", {})  # a new mmdemo run: only the disk remembers
+    again = runner.host(str(command))
+    assert again == first
+    assert runs.read_text().count("run") == 1  # asked once, then read back
+    assert len(list(kept.glob("host-*.json"))) == 1
+    # `pip install` into the environment: its site-packages changes, and the command is asked again
+    site = tmp_path / "site"
+    (site / "newpkg-1.0.dist-info").mkdir()
+    monkeypatch.setattr(runner, "_asked", {})
+    assert runner.host(str(command)).version == vllm_env.VERSION
+    assert runs.read_text().count("run") == 2
+    # ... and a new wrapper (the command file itself changed) too
+    command.write_text(command.read_text() + "# edited\n")
+    monkeypatch.setattr(runner, "_asked", {})
+    runner.host(str(command))
+    assert runs.read_text().count("run") == 3
+    # another environment is another question
+    monkeypatch.setenv("VLLM_SOMETHING", "1")
+    monkeypatch.setattr(runner, "_asked", {})
+    runner.host(str(command))
+    assert runs.read_text().count("run") == 4
+
+
+def test_a_command_that_does_not_answer_runs_once_and_is_kept(
+    tmp_path: Path, kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    command = tmp_path / "bin" / "vllm"
+    command.parent.mkdir()
+    command.write_text(f"#!{sys.executable}\nopen({str(runs)!r}, 'a').write('run')\nprint('0.2.0')\n")
+    command.chmod(0o755)
+    assert runner.host(str(command)).version == "0.2.0"
+    assert runs.read_text() == "run"  # its `--version` answered the question's run: not run twice
+    monkeypatch.setattr(runner, "_asked", {})
+    assert (runner.host(str(command)).version, runs.read_text()) == ("0.2.0", "run")
+    command.write_text(command.read_text().replace("0.2.0", "0.10.0"))  # reinstalled
+    monkeypatch.setattr(runner, "_asked", {})
+    assert runner.host(str(command)).version == "0.10.0"
+
+
+def test_a_kept_answer_that_is_unreadable_is_asked_again(
+    tmp_path: Path, kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = vllm_env.wrapper(tmp_path)
+    first = runner.host(str(command))
+    (path,) = kept.glob("host-*.json")
+    path.write_text("{not json")
+    monkeypatch.setattr(runner, "_asked", {})
+    assert runner.host(str(command)) == first
+
+
 def test_a_python_that_is_not_on_this_host_is_refused_with_the_way_out(tmp_path: Path) -> None:
     answer = {"python": "/inside/the/container/python", "env": {}, "vllm": "0.32.0"}
     with pytest.raises(PreflightError) as caught:

@@ -31,8 +31,15 @@ wrapper does not exec); a `sitecustomize.py` on PYTHONPATH (tried first: a wrapp
 own directory with a sitecustomize, as module systems do, shadows it, and `python -S` skips it; the
 warning category is looked up whatever else is on the path, even under -S). Where no Python answers
 (one run with -I or -E, a wrapper that resets PYTHONWARNINGS, a compiled launcher), the command's
-shebang, then the `python` beside it, are used as before; a command whose answering Python is not on
-this host (a wrapper around a container runtime) is refused in one line that says to use --image.
+shebang, then the `python` beside it, are used as before, and the version is the last line the
+command printed in that same run; a command whose answering Python is not on this host (a wrapper
+around a container runtime) is refused in one line that says to use --image.
+
+The answer is kept on disk (cache/backends/host-*.json, per command and environment) until the command
+file or one of the directories the answer was read from changes: sys.path's and PATH's directories as
+the answering Python saw them, or the command's own directory where none answered. A `pip install`
+into the environment changes its site-packages; a new wrapper, the command file. Asking costs a
+Python start (0.1-0.4 s) that every `mmdemo run` would otherwise pay before `vllm serve` starts.
 
 In an image the question is asked the same way (`RUNTIME run --rm --network none --entrypoint vllm
 IMAGE --version`, the directory mounted), once per image id (cached: an id names its content), and
@@ -44,6 +51,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -120,28 +129,14 @@ class VllmInfo:
         return f"{self.path} ({self.image.runtime_name})" if self.image else self.path
 
 
-_asked: dict[tuple[str, str], VllmInfo | None] = {}
+_asked: dict[tuple[str, str], VllmInfo] = {}
 _asked_lock = threading.Lock()
 
 
 def host(vllm_bin: str | None = None, timeout_s: float = 120.0) -> VllmInfo:
     """The host's vLLM: found by backend's rules, asked which Python runs it; its version read."""
     path, found_by = locate_vllm(vllm_bin)
-    info = _ask_host(path, timeout_s)
-    if info is None:  # no Python answered: the command's first line, else the python beside it
-        python = str(vllm_python(path))
-        info = VllmInfo(path=path, version="?", python=python)
-    version = info.version if _VERSION_LINE.match(info.version) else _version_by_running(path, timeout_s)
-    return VllmInfo(
-        path=path,
-        version=version,
-        found_by=found_by,
-        torch=info.torch,
-        transformers=info.transformers,
-        decoders=info.decoders,
-        python=info.python,
-        env=info.env,
-    )
+    return dataclasses.replace(_ask_host(path, timeout_s), found_by=found_by)
 
 
 def vllm_version(vllm_bin: str | None, timeout_s: float = 120.0) -> VllmInfo:
@@ -192,29 +187,139 @@ def parse_answer(
     )
 
 
-def _ask_host(path: str, timeout_s: float) -> VllmInfo | None:
-    """The command's own answer (memoised per command and environment), None when no Python answered."""
-    key = (path, json.dumps(sorted(os.environ.items())))
+# What the shell sets of itself: not part of what a command sees of its environment.
+_SHELL_VARS = frozenset({"_", "SHLVL", "PWD", "OLDPWD"})
+
+
+class _Asked(BaseModel):
+    """A command's answer as kept on disk, with what it depends on: the command file's stat and the
+    directories it was read from (their mtimes); any change and the command is asked again."""
+
+    command: tuple[int, int, int]  # the command file's mtime_ns, size, inode
+    witnesses: dict[str, int | None]  # directory -> mtime_ns (None: absent when asked)
+    answered: bool  # a Python with vLLM answered; else the shebang's interpreter and `--version`
+    version: str
+    python: str | None
+    torch: str | None = None
+    transformers: str | None = None
+    decoders: tuple[str, ...] = ()
+    env: dict[str, str | None] = {}
+
+
+def _ask_host(path: str, timeout_s: float) -> VllmInfo:
+    """The command's own answer: memoised per command and environment in this process, and kept on
+    disk until the command or a directory the answer came from changes (the ask costs a Python start,
+    0.1-0.4 s, in front of every `vllm serve`)."""
+    base = dict(os.environ)
+    key = (path, json.dumps(sorted(base.items())))
     with _asked_lock:
         if key in _asked:
             return _asked[key]
-    base = dict(os.environ)
-    script = Script(Path(path), "the question which Python runs vLLM", args=("--version",), direct=True)
-    with Process(None, script, env=ask_env(base, str(ASK_DIR)), replace_env=True) as proc:
-        result = proc.finish(timeout_s=timeout_s)
-    info = parse_answer(result.stdout, path, base)
+    kept = _host_cache(path, base)
+    info = _read_kept(kept, path)
     if info is None:
-        log.info("%s did not say which Python runs it (exit %s): its shebang then", path, result.returncode)
+        info, asked = _ask(path, base, timeout_s)
+        if asked is not None:
+            with contextlib.suppress(OSError):
+                write_atomic(kept, asked.model_dump_json(indent=1) + "\n")
     with _asked_lock:
         _asked[key] = info
     return info
 
 
-def _version_by_running(path: str, timeout_s: float) -> str:
-    """`vllm --version`'s last line (~7 s: it imports torch), where package metadata has no version."""
-    script = Script(Path(path), f"`{path} --version`", args=("--version",), direct=True)
-    with Process(None, script) as proc:
+def _ask(path: str, base: dict[str, str], timeout_s: float) -> tuple[VllmInfo, _Asked | None]:
+    """Run `path --version` with the question; the answer, and what to keep of it (None: nothing)."""
+    stat = _stat(path)
+    script = Script(Path(path), "the question which Python runs vLLM", args=("--version",), direct=True)
+    with Process(None, script, env=ask_env(base, str(ASK_DIR)), replace_env=True) as proc:
         result = proc.finish(timeout_s=timeout_s)
+    info = parse_answer(result.stdout, path, base)
+    answered = info is not None
+    if info is None:  # no Python answered: the command's first line (else the python beside it) runs
+        # scripts, and the command went on to answer `--version` itself
+        log.info("%s did not say which Python runs it (exit %s): its shebang then", path, result.returncode)
+        info = VllmInfo(path=path, version=_printed_version(path, result), python=str(vllm_python(path)))
+        witnesses: dict[str, int | None] | None = _mtimes([str(Path(path).parent)])  # a reinstall rewrites the directory's scripts
+    else:
+        if not _VERSION_LINE.match(info.version):  # no version in its metadata (a source checkout)
+            info = dataclasses.replace(info, version=_version_by_running(path, timeout_s))
+        witnesses = _answer_witnesses(result.stdout)
+    if stat is None or witnesses is None:
+        return info, None
+    asked = _Asked(
+        command=stat,
+        witnesses=witnesses,
+        answered=answered,
+        version=info.version,
+        python=info.python,
+        torch=info.torch,
+        transformers=info.transformers,
+        decoders=info.decoders,
+        env=dict(info.env),
+    )
+    return info, asked
+
+
+def _read_kept(kept: Path, path: str) -> VllmInfo | None:
+    """The kept answer, if the command and every witness are as they were when it was asked."""
+    try:
+        asked = _Asked.model_validate_json(kept.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if asked.command != _stat(path) or asked.witnesses != _mtimes(list(asked.witnesses)):
+        return None
+    if asked.python is None or not os.access(asked.python, os.X_OK):
+        return None
+    return VllmInfo(
+        path=path,
+        version=asked.version,
+        torch=asked.torch,
+        transformers=asked.transformers,
+        decoders=asked.decoders,
+        python=asked.python,
+        env=asked.env,
+    )
+
+
+def _host_cache(path: str, base: Mapping[str, str]) -> Path:
+    """Where the answer of `path` in this environment is kept (the shell's own variables aside)."""
+    env = sorted((k, v) for k, v in base.items() if k not in _SHELL_VARS)
+    digest = hashlib.sha256(json.dumps([os.path.realpath(path), env]).encode()).hexdigest()[:32]
+    return cache_dir() / "backends" / f"host-{digest}.json"
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _mtimes(directories: Sequence[str]) -> dict[str, int | None]:
+    seen: dict[str, int | None] = {}
+    for where in directories:
+        try:
+            seen[where] = os.stat(where).st_mtime_ns
+        except OSError:
+            seen[where] = None
+    return seen
+
+
+def _answer_witnesses(stdout: str) -> dict[str, int | None] | None:
+    """The directories the answer was read from, as it names them (None: an answer without them)."""
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith(_MARK)), "")
+    try:
+        named = json.loads(line[len(_MARK) :]).get("witnesses")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(named, dict) or not named:
+        return None
+    return {str(k): v if isinstance(v, int) else None for k, v in named.items()}
+
+
+def _printed_version(path: str, result: Result) -> str:
+    """The version `path --version` printed (its last line), else the one-line refusal."""
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0:
         raise result.error()
@@ -223,6 +328,14 @@ def _version_by_running(path: str, timeout_s: float) -> str:
         shown = lines[-1][:60] if lines else "nothing"
         raise PreflightError(f"`{path} --version` printed {shown!r}, not a version: is it vLLM?")
     return match.group(0)
+
+
+def _version_by_running(path: str, timeout_s: float) -> str:
+    """`vllm --version`'s last line (~7 s: it imports torch), where package metadata has no version."""
+    script = Script(Path(path), f"`{path} --version`", args=("--version",), direct=True)
+    with Process(None, script) as proc:
+        result = proc.finish(timeout_s=timeout_s)
+    return _printed_version(path, result)
 
 
 def in_image(image: Image, timeout_s: float = 300.0) -> VllmInfo:

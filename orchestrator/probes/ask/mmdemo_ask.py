@@ -10,7 +10,9 @@ asked: `Ask` is a warning category like any other, ignored.
 
 The answer: sys.executable, the environment that Python sees (the wrapper's exports; the question
 taken out), and from package metadata (no import) the versions of vLLM, torch and transformers and
-the media decoders there are.
+the media decoders there are; and its witnesses, each directory the answer was read from (sys.path,
+and PATH for ffmpeg) with its modification time: mmdemo keeps the answer until one of them changes
+(a `pip install` into any of them does).
 """
 
 import os
@@ -60,10 +62,24 @@ def _answer():
         "torch": version("torch"),
         "transformers": version("transformers"),
         "decoders": found + (["ffmpeg"] if shutil.which("ffmpeg") else []),
+        "witnesses": _witnesses(),
     }
     sys.stdout.write("\nMMDEMO-ANSWER " + json.dumps(answer) + "\n")
     sys.stdout.flush()
     os._exit(0)  # before the command's own code runs
+
+
+def _witnesses():
+    seen = {}
+    for entry in [*sys.path, *os.environ.get("PATH", "").split(os.pathsep)]:
+        where = os.path.abspath(entry or ".")
+        if where == _HERE or where in seen:
+            continue
+        try:
+            seen[where] = os.stat(where).st_mtime_ns
+        except OSError:
+            seen[where] = None  # absent: appearing later changes the answer too
+    return seen
 
 
 def _has_vllm():
