@@ -2,7 +2,8 @@
 
 The fake is instantly ready and answers at once, so what is left of a run is mmdemo itself:
 imports, the checks (the `vllm` command asked which Python runs it), assets, the report and teardown. The fake's own
-time: launch it, wait for its READY_FILE, send the same 11 requests directly, SIGTERM, wait.
+time: launch it, wait for its READY_FILE, send the same requests directly (the 11 demos, the 10 repeats of
+those with media and the worst case, as a run sends them), SIGTERM, wait.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pathlib import Path
 from bench import fake
 from bench.procs import spawned, timed_run
 from bench.result import Row, Scenario, Settings, median
-from orchestrator.demos.chat import Media, build_requests
+from orchestrator.demos.chat import Media, build_requests, repeats, worst_case
 from orchestrator.media import AssetServer, AssetStore
+from orchestrator.profile.schema import load_profile
 
 NAME = "4 overhead"
 RUN_TARGET_S = 0.3
@@ -184,7 +186,10 @@ def run(settings: Settings) -> Scenario:
     runs: list[float] = []
     own: list[float] = []
     with AssetServer(store.root) as assets:
-        requests = build_requests(fake.demos(), Media(store=store, url=assets.url_for))
+        demos = build_requests(fake.demos(), Media(store=store, url=assets.url_for))
+        limits = load_profile(str(fake.PROFILE)).resolve("cpu").serve.limit_mm_per_prompt
+        worst = worst_case(demos, {str(k): v for k, v in (limits or {}).items()})
+        requests = [*demos, *repeats(demos), *([worst] if worst else [])]
         bodies = [
             json.dumps({"model": "fake-omni", "messages": r.messages, "max_completion_tokens": 128}).encode()
             for r in requests

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import FAKE, FAKE_PROFILE, mmdemo
@@ -74,3 +76,43 @@ def test_help_lists_exit_codes(mmdemo_env: dict[str, str]) -> None:
     done = mmdemo("--help", env=mmdemo_env)
     assert done.returncode == 0
     assert "130  interrupted" in done.stdout
+
+
+ENTRY = """
+import atexit, sys, threading, time
+from orchestrator.cli.main import entry
+done = []
+def late():  # a non-daemon thread still at work when the command returns: joined, as at exit
+    time.sleep(0.2)
+    done.append(1)
+threading.Thread(target=late).start()
+atexit.register(lambda: print("exit handler ran, thread done:", bool(done), flush=False))
+sys.argv = ["mmdemo", *sys.argv[1:]]
+entry()
+"""
+
+
+def test_the_quick_exit_keeps_the_exit_code_the_output_the_threads_and_the_exit_handlers(
+    mmdemo_env: dict[str, str],
+) -> None:
+    listed = subprocess.run(
+        [sys.executable, "-c", ENTRY, "list"],
+        env=mmdemo_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "phi-3.5-vision" in listed.stdout
+    assert listed.stdout.endswith("exit handler ran, thread done: True\n")  # unflushed print: flushed
+    bad = subprocess.run(
+        [sys.executable, "-c", ENTRY, "run", "--only", "no-such-chat-type", str(FAKE_PROFILE)],
+        env=mmdemo_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "exit handler ran" in bad.stdout
