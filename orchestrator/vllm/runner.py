@@ -239,7 +239,8 @@ def _ask(path: str, base: dict[str, str], timeout_s: float) -> tuple[VllmInfo, _
         # scripts, and the command went on to answer `--version` itself
         log.info("%s did not say which Python runs it (exit %s): its shebang then", path, result.returncode)
         info = VllmInfo(path=path, version=_printed_version(path, result), python=str(vllm_python(path)))
-        witnesses: dict[str, int | None] | None = _mtimes([str(Path(path).parent)])  # a reinstall rewrites the directory's scripts
+        # a reinstall rewrites the command's directory (its console scripts)
+        witnesses: dict[str, int | None] | None = _mtimes([str(Path(path).parent)])
     else:
         if not _VERSION_LINE.match(info.version):  # no version in its metadata (a source checkout)
             info = dataclasses.replace(info, version=_version_by_running(path, timeout_s))
