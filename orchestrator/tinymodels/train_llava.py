@@ -20,22 +20,22 @@ It is train_omni.py's recipe for the Llava architecture; the helpers both need (
 request parts, the renderer) are copied here rather than shared, so that each model's shipped weights
 are keyed by its own scripts only (editing one trainer never retrains the other model).
 
-    python train_llava.py --model DIR [--known PATH] [--seed 0]   # trains DIR's model.safetensors in place
+Run through its builder, which writes the weights in the hub checkpoint's layout (this module
+imports nothing of its builder: llava.py imports it):
+
+    python llava.py --out DIR --retrain [--ship]
 
 API: `answers(known)` (the training set), `train(model_dir, known, seed) -> (state_dict, report)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import importlib.util
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -322,34 +322,3 @@ def train(
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return state, report
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
-    ap.add_argument(
-        "--model", required=True, type=Path, help="a tiny-llava directory (config, tokenizer, processor)"
-    )
-    ap.add_argument("--known", type=Path, default=KNOWN)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=EPOCHS)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from safetensors.torch import save_file
-
-    try:
-        from . import llava
-    except ImportError:  # run as a script
-        import llava  # type: ignore[no-redef]
-
-    with contextlib.redirect_stdout(sys.stderr):
-        state, report = train(args.model, load_known(args.known), args.seed, epochs=args.epochs, log=print)
-    save_file(
-        llava.checkpoint_layout(state), str(args.model / "model.safetensors"), metadata={"format": "pt"}
-    )
-    print(json.dumps(report, indent=2))
-    return 0 if not report["wrong"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
