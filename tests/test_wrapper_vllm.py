@@ -3,6 +3,10 @@
 the command (vllm/runner.py), so the tiny model builds, a model directory derives its profile, the
 budget counts every demo, the run passes, and `validate --against-vllm` parses and counts.
 
+The wrapper goes the whole way (build, derive, count, run, validate); the launcher, whose difference
+is which Python it is found to run, builds, derives and validates (the count included): one server
+start, not two.
+
 Before: the wrapper was refused by `validate --against-vllm` (`no python next to VLLM_BIN`), and the
 launcher was taken for an interpreter named /usr/bin/env (`budget not counted: ... (exit 126)`).
 """
@@ -37,11 +41,10 @@ def reach(kind: str, real: str, where: Path, env: dict[str, str]) -> tuple[str, 
     return str(command), env
 
 
-@pytest.mark.parametrize("kind", ["wrapper", "env-launcher"])
-def test_a_wrapper_or_env_launcher_builds_derives_counts_runs_and_validates(
-    kind: str, tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
+def test_a_wrapper_builds_derives_counts_runs_and_validates(
+    tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
 ) -> None:
-    command, env = reach(kind, vllm_bin, tmp_path / "bin", mmdemo_env)
+    command, env = reach("wrapper", vllm_bin, tmp_path / "bin", mmdemo_env)
     built = mmdemo("models", "build", "tiny-omni", "--vllm-bin", command, env=env, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     directory = Path(
@@ -78,3 +81,26 @@ def test_a_wrapper_or_env_launcher_builds_derives_counts_runs_and_validates(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "accepted by vLLM 0.32" in checked.stdout
     assert "ok    budget " in checked.stdout, checked.stdout
+
+
+def test_an_env_launcher_builds_derives_counts_and_validates(
+    tmp_path: Path, mmdemo_env: dict[str, str], vllm_bin: str
+) -> None:
+    # What differs from the wrapper is only which Python the command is found to run: the build, the
+    # probe and the count run scripts in it, and `validate --against-vllm` parses the flags and counts
+    # every demo there. `vllm serve` through it is the same exec as the wrapper's (its run: above).
+    command, env = reach("env-launcher", vllm_bin, tmp_path / "bin", mmdemo_env)
+    built = mmdemo("models", "build", "tiny-omni", "--vllm-bin", command, env=env, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    directory = Path(
+        shutil.copytree(Path(env["MMDEMO_CACHE_DIR"]) / "models" / "tiny-omni", tmp_path / "tiny-omni")
+    )
+    out = tmp_path / "tiny-omni.yaml"
+    derived = mmdemo("init", str(directory), "-o", str(out), "--gpu", "cpu", "--vllm-bin", command,
+                     env=env, timeout=300)  # fmt: skip
+    assert derived.returncode == 0, derived.stdout + derived.stderr
+    checked = mmdemo("validate", "--against-vllm", str(out), "--vllm-bin", command, env=env, timeout=600)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "accepted by vLLM 0.32" in checked.stdout
+    assert "ok    budget " in checked.stdout, checked.stdout
+    assert marked_pids() == set()

@@ -206,6 +206,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> str:
+    """The CPU that trained the weights: bit-for-bit reproduction holds on the same one only (float
+    kernels differ by instruction set; retrained on another CPU, the model answers the same in other
+    bits). Its model name and the vector extensions torch's kernels choose between."""
+    import platform
+    import re
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.machine()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    isa = sorted(
+        {f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx", "fma", "f16c"))}
+    )
+    return f"{model.group(1).strip() if model else platform.machine()} [{' '.join(isa)}]"
+
+
 def shipped_info() -> dict[str, Any] | None:
     try:
         info = json.loads(SHIPPED_INFO.read_text())
@@ -231,7 +250,13 @@ def trained_weights(model_dir: Path, seed: int, *, retrain: bool, log: Any = Non
         raise RuntimeError(
             f"training left {len(report['wrong'])} answer(s) wrong: {', '.join(report['wrong'][:5])}"
         )
-    training = {"sources": key, "sha256": file_sha256(target), "shipped": False, "versions": versions()}
+    training = {
+        "sources": key,
+        "sha256": file_sha256(target),
+        "shipped": False,
+        "versions": versions(),
+        "machine": machine(),
+    }
     training |= {k: report[k] for k in ("examples", "epochs", "steps", "timings")}
     return {"weights": "trained", "training": training}
 
