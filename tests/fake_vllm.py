@@ -4,6 +4,7 @@
 Stdlib only so that it starts in a few milliseconds. The command line mimics vLLM's: `--version`, and
 `serve MODEL [--host H] [--port P (0: ephemeral)] [--served-model-name N] [--max-model-len N]
 [--limit-mm-per-prompt JSON | --limit-mm-per-prompt.image N] [--allowed-local-media-path DIR]
+[--allowed-media-domains HOST ...]
 [--api-key K]`; unknown flags are accepted and ignored. Env VLLM_API_KEY guards /v1/* as in vLLM.
 
 The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds, float):
@@ -112,7 +113,7 @@ def parse_serve_args(argv: list[str]) -> dict[str, Any]:
     """Parse `serve MODEL [flags]` loosely: known flags are read, the rest ignored."""
     opts: dict[str, Any] = {"model": None, "host": "0.0.0.0", "port": 8000, "served_model_name": None,
                             "max_model_len": 4096, "limits": {}, "allowed_local_media_path": None,
-                            "api_key": None}  # fmt: skip
+                            "api_key": None, "allowed_media_domains": None}  # fmt: skip
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -122,6 +123,13 @@ def parse_serve_args(argv: list[str]) -> dict[str, Any]:
                 opts["model"] = arg
             continue
         name, eq, value = arg[2:].partition("=")
+        if name == "allowed-media-domains":  # nargs="+", as vLLM's parser has it
+            domains = [value] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                domains.append(argv[i])
+                i += 1
+            opts["allowed_media_domains"] = domains
+            continue
         if not eq:  # `--x value`, or a bare boolean (known by name, or followed by another flag)
             if i < len(argv) and not argv[i].startswith("--") and not is_boolean_flag(name):
                 value = argv[i]
@@ -255,9 +263,14 @@ def decode_b64(modality: str, text: str, origin: str) -> bytes:
         raise ApiError(400, f"Failed to load {modality} from {origin}: invalid base64 data.") from None
 
 
-def load_url(modality: str, url: str, media_root: str | None) -> bytes:
+def load_url(modality: str, url: str, media_root: str | None, domains: list[str] | None = None) -> bytes:
     """Load one media URL the way vLLM's MediaConnector does, raising ApiError on failure."""
     scheme = urllib.parse.urlparse(url).scheme
+    host = urllib.parse.urlparse(url).hostname
+    if scheme in ("http", "https") and domains and host not in domains:  # vLLM 0.32's words
+        raise ApiError(
+            400, f"The URL must be from one of the allowed domains: {domains}. Input URL domain: {host}"
+        )
     if scheme == "data":
         header, comma, payload = url[5:].partition(",")
         if not comma or not header.endswith(";base64"):
@@ -485,7 +498,9 @@ class Handler(BaseHTTPRequestHandler):
                     check_media(modality, decode_b64(modality, part[0], "input_audio"), "input_audio")
                 )
             else:
-                loaded.append(load_url(modality, part, opts["allowed_local_media_path"]))
+                loaded.append(
+                    load_url(modality, part, opts["allowed_local_media_path"], opts["allowed_media_domains"])
+                )
 
         reply = f'fake reply to "{prompt}": {counts["image"]} image, {counts["video"]} video, '
         reply += f"{counts['audio']} audio"

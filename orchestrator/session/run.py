@@ -351,22 +351,28 @@ class MediaStep:
     def _choose(self) -> list[DemoRequest]:
         assert self.future is not None
         built = self.session.wait(self.future)
-        skipped = [r.name for r in built if not self._reachable(r)]
-        if skipped:
-            self.session.record.notes.append(
-                f"Skipped {', '.join(skipped)}: the attached server cannot reach mmdemo's files."
-            )
-        chosen = [r for r in built if r.name not in skipped]
+        why = {r.name: reason for r in built if (reason := self._unreachable(r))}
+        for reason in dict.fromkeys(why.values()):  # one note per reason, naming its demos
+            names = ", ".join(name for name, said in why.items() if said == reason)
+            self.session.record.notes.append(f"Skipped {names}: {reason}.")
+        chosen = [r for r in built if r.name not in why]
         self.session.events.stage("assets", provenance_summary(chosen))
         self.session.record.notes += media_notes(chosen, self.seed)
         return chosen
 
-    def _reachable(self, request: DemoRequest) -> bool:
+    def _unreachable(self, request: DemoRequest) -> str | None:
+        """Why the server cannot fetch this request's media (a refusal, not a model failure), else None."""
         if request.delivery == "file":  # needs --allowed-local-media-path on our cache
-            return self.reach.files
-        if request.delivery == "url" and not self.reach.loopback:
-            return all(a.source_url for a in request.assets)
-        return True
+            return None if self.reach.files else "the attached server cannot reach mmdemo's files"
+        if request.delivery != "url":
+            return None
+        if not self.reach.loopback:
+            if not all(a.source_url for a in request.assets):
+                return "the attached server cannot reach mmdemo's files"
+            urls = [a.source_url or "" for a in request.assets]
+        else:
+            urls = [f"http://{self.reach.loopback_host}/"]  # mmdemo's asset server
+        return next((said for url in urls if (said := self.reach.refuses(url))), None)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import logging
 import os
 import platform
@@ -85,6 +86,14 @@ class Reach:
     loopback: bool
     files: bool
     loopback_host: str = "127.0.0.1"  # how the server names our loopback (a podman container: 10.0.2.2)
+    domains: tuple[str, ...] | None = None  # the server's --allowed-media-domains (None: any host)
+
+    def refuses(self, url: str) -> str | None:
+        """Why the server refuses to fetch `url` (its host is not an allowed media domain), else None."""
+        host = urllib.parse.urlsplit(url).hostname
+        if self.domains is None or host in self.domains:
+            return None
+        return f"the server's --allowed-media-domains ({', '.join(self.domains)}) does not list {host}"
 
 
 @dataclass
@@ -367,7 +376,7 @@ class Launched:
         return Prepared(
             record,
             demos,
-            reach(runtime),
+            dataclasses.replace(reach(runtime), domains=allowed_media_domains(resolved.serve.extra_args)),
             LaunchSpec(resolved, gpus, version, runtime, image),
             check_expectations=not random_weights,
             limits=_limits(resolved),
@@ -738,6 +747,17 @@ def reach(runtime: containers.Runtime | None) -> Reach:
     if runtime.name == "podman":
         return Reach(loopback=True, files=True, loopback_host=containers.PODMAN_HOST_LOOPBACK)
     return Reach(loopback=False, files=True)
+
+
+def allowed_media_domains(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The hosts `--allowed-media-domains A B ...` (or `=A`) lists in a serve argv; None when absent."""
+    words = list(argv)
+    for i, word in enumerate(words):
+        if word == "--allowed-media-domains":
+            return tuple(itertools.takewhile(lambda w: not w.startswith("-"), words[i + 1 :]))
+        if word.startswith("--allowed-media-domains="):
+            return (word.split("=", 1)[1],)
+    return None
 
 
 def _option_value(argv: Sequence[str], flag: str) -> str | None:

@@ -242,6 +242,8 @@ _FETCH = re.compile(r"Failed to fetch media|timed out|Connection refused|Cannot 
 _DECODE = re.compile(r"Format not recogni[sz]ed|Failed to load (audio|video)|could not (decode|open)|"
                      r"Error (opening|loading) (audio|video)|Invalid data found|No backend|torchcodec",
                      re.IGNORECASE)  # fmt: skip
+_DOMAIN = re.compile(r"The URL must be from one of the allowed domains: \[(?P<domains>[^\]]*)\]\. "
+                     r"Input URL domain: (?P<host>\S+)")  # fmt: skip
 FETCH_TIMEOUTS = {"image": "VLLM_IMAGE_FETCH_TIMEOUT (5 s)", "video": "VLLM_VIDEO_FETCH_TIMEOUT (30 s)",
                   "audio": "VLLM_AUDIO_FETCH_TIMEOUT (10 s)"}  # fmt: skip
 
@@ -273,6 +275,11 @@ def explain_demo(
             else "mm_processor_kwargs (e.g. max_pixels) to make items smaller"
         )
         return f"one {kind} item is {tokens} tokens, more than the encoder cache's {size}: set serve.{knob}"
+    if found := _DOMAIN.search(message):
+        return (
+            f"refused by the server, not a model failure: its --allowed-media-domains "
+            f"({found.group('domains')}) does not list {found.group('host')}, where the demo's media are"
+        )
     if _FETCH.search(message):
         timeouts = ", ".join(FETCH_TIMEOUTS[m] for m in modalities if m in FETCH_TIMEOUTS) or ", ".join(
             FETCH_TIMEOUTS.values()
