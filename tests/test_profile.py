@@ -192,10 +192,11 @@ def test_shipped_gpu_profiles_cover_big_and_24gb_cards() -> None:
 
 
 def test_shipped_gpu_profiles_expect_words_a_real_model_would_say() -> None:
-    # Tiny random models answer gibberish and declare none; the trained tiny-omni and tiny-llava declare
-    # the text's truth (their media's come from the media themselves); a real model is judged by its words.
+    # Tiny random models answer gibberish and declare none; the trained tiny models (omni, llava,
+    # ultravox) declare the text's truth (their media's come from the media themselves); a real
+    # model is judged by its words.
     must = {ChatType.TEXT: "Paris", ChatType.SINGLE_IMAGE: "boardwalk", ChatType.MULTI_IMAGE: "mallard"}
-    trained = {"tiny-omni", "tiny-llava"}
+    trained = {"tiny-omni", "tiny-llava", "tiny-ultravox"}
     for path in SHIPPED:
         profile = parse_profile_file(path)
         if profile.local_model:
