@@ -167,11 +167,8 @@ def test_a_tiny_model_run_by_path_derives_its_profile_and_every_demo_passes(
                   env=mmdemo_env, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "# from " in out.read_text()
-    checked = mmdemo(
-        "validate", "--against-vllm", str(out), "--vllm-bin", vllm_bin, env=mmdemo_env, timeout=300
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "accepted by vLLM 0.32" in checked.stdout
+    # (`validate --against-vllm` of a derived profile: tests/test_wrapper_vllm.py; here the run below
+    # is vLLM's own check of the derived flags, and its count the budget's)
     # The model directory itself where a profile is expected: derived, said in one line, and run.
     ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--vllm-bin", vllm_bin, *trust,
                  "--runs-dir", str(tmp_path / "runs"), env=mmdemo_env, timeout=900)  # fmt: skip
