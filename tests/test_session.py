@@ -260,3 +260,22 @@ def test_report_files_are_readable_by_others_as_the_umask_allows(options: Option
     for name in ("report.json", "report.md", "junit.xml", "report.html"):
         mode = stat.S_IMODE((outcome.run_dir / name).stat().st_mode)
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+def test_start_up_over_freezes_what_the_imports_made_only_under_the_clis_start_up() -> None:
+    import gc
+
+    from orchestrator.session.run import start_up_over
+
+    assert gc.isenabled()
+    start_up_over()  # in-process, the collector is on: nothing frozen
+    assert gc.get_freeze_count() == 0
+    gc.disable()  # as cli.main does for its imports
+    try:
+        start_up_over()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert gc.get_freeze_count() == 0

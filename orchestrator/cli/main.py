@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        gc.unfreeze()  # what start-up froze (session/run.start_up_over) is collectable again
         gc.enable()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from orchestrator.matrix.record import CellRecord, MatrixRecord
 from orchestrator.model import autoprofile
 from orchestrator.profile.schema import Profile
 from orchestrator.record.rundir import make_run_dir, mmdemo_version, now_iso
+from orchestrator.session.run import start_up_over
 
 OnCell = Callable[[CellRecord], None]
 
@@ -109,7 +109,7 @@ def run_matrix(
         if cell.key in records:
             shown(records[cell.key])
     stop = interrupt or Interrupt()
-    gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
+    start_up_over()
     with stop.installed():
         done = engine.run([c for c in cells if c.runnable], opts, matrix_dir, stop, shown)
     records.update((r.key, r) for r in done)

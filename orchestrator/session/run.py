@@ -124,7 +124,7 @@ def run_session(
                     endpoint, counted = ready_beside_the_count(
                         session, lambda at: target.ready(at, running), budget, running.hurry
                     )
-                gc.enable()  # start-up is over (cli.main turned the collector off for its imports)
+                start_up_over()
                 if serve is not None:
                     serve(endpoint, session)
                 else:
@@ -171,6 +171,15 @@ def ready_beside_the_count(
             halting.halt()
             futures.wait(pending, timeout=HALT_WAIT_S)
     return readying.result(), counting.result()
+
+
+def start_up_over() -> None:
+    """Turn the collector back on where cli.main turned it off for the imports. What the imports made
+    lives as long as the process: frozen first, the collector never walks it again (a first collection
+    over the SDK's and pydantic's objects cost the demos ~50 ms); cli.main unfreezes it on return."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 HALT_WAIT_S = 30.0  # a halted wait polls every POLL_S; a script's group is ended within its grace
