@@ -29,7 +29,7 @@ def built(vllm_bin: str, cache_root: Path) -> Path:
 def args(image: str, runs: Path, *extra: str) -> list[str]:
     return [
         "run", "cpu-tiny-omni", "--image", image, "--container-runtime", "podman", "--runs-dir", str(runs),
-        "--offline", *extra,
+        "--offline", "--media", "known", *extra,
     ]  # fmt: skip
 
 
@@ -134,7 +134,8 @@ def test_a_model_directory_derives_counts_and_passes_in_the_image_with_no_vllm_o
     runs = tmp_path / "runs"
     done = mmdemo(
         "run", str(directory), "--image", cpu_image, "--container-runtime", "podman", "--gpu", "cpu",
-        "--offline", "--only", "text-only,audio", "--no-worst-case", "--grace", "15", "--runs-dir", str(runs),
+        "--offline", "--media", "known", "--only", "text-only,audio", "--no-worst-case", "--grace", "15",
+        "--runs-dir", str(runs),
         env=no_host_vllm(tmp_path, mmdemo_env), timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

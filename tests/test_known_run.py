@@ -28,6 +28,9 @@ def url(asset: Asset) -> str:
 def run_fake(
     tmp_path: Path, env: dict[str, str], *extra: str, answer: str | None = None
 ) -> tuple[int, str, dict[str, Any], Path]:
+    # a cache of its own: offline, an example's image another test left in the session's cache would be
+    # sent as it is and graded "answered" (as for a user who has it), not the known-answer media
+    env = {**env, "MMDEMO_CACHE_DIR": str(tmp_path / "cache")}
     if answer is not None:
         env = {**env, "FAKE_VLLM_ANSWER": answer}
     done = mmdemo(
@@ -42,7 +45,11 @@ def run_fake(
 def test_offline_a_truthful_model_is_understood_on_known_media(
     tmp_path: Path, mmdemo_env: dict[str, str]
 ) -> None:
-    code, out, report, run_dir = run_fake(tmp_path, mmdemo_env)
+    # a cache of its own: an example's image another test left in the session's cache would be sent
+    # as it is, offline, and graded "answered" (as for a user who has it)
+    code, out, report, run_dir = run_fake(
+        tmp_path, {**mmdemo_env, "MMDEMO_CACHE_DIR": str(tmp_path / "cache")}
+    )
     assert code == 0, out
     assert {d["verdict"] for d in report["demos"]} == {"understood"}
     assert all(d["expect_source"] == "known" for d in report["demos"])

@@ -50,7 +50,7 @@ def test_a_recipe_serves_the_tiny_model_and_is_never_marked_verified(
     recipe.write_text(recipe_for(model))
     runs = tmp_path / "runs"
     done = mmdemo(
-        "run", str(recipe), "--gpu", "cpu", "--offline", "--vllm-bin", vllm_bin, "--only", "text-only,audio",
+        "run", str(recipe), "--gpu", "cpu", "--offline", "--media", "known", "--vllm-bin", vllm_bin, "--only", "text-only,audio",
         "--no-worst-case", "--grace", "15", "--runs-dir", str(runs), env=mmdemo_env, timeout=900,
     )  # fmt: skip
     out = done.stdout + done.stderr

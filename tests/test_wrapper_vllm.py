@@ -51,7 +51,7 @@ def test_a_wrapper_builds_derives_counts_runs_and_validates(
         shutil.copytree(Path(env["MMDEMO_CACHE_DIR"]) / "models" / "tiny-omni", tmp_path / "tiny-omni")
     )
     runs = tmp_path / "runs"
-    ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--vllm-bin", command, "--only",
+    ran = mmdemo("run", str(directory), "--gpu", "cpu", "--offline", "--media", "known", "--vllm-bin", command, "--only",
                  "text-only,audio", "--no-worst-case", "--grace", "15", "--runs-dir", str(runs),
                  env=env, timeout=900)  # fmt: skip
     out = ran.stdout + ran.stderr
