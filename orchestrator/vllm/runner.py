@@ -220,8 +220,8 @@ def _ask_host(path: str, timeout_s: float) -> VllmInfo:
     if info is None:
         info, asked = _ask(path, base, timeout_s)
         if asked is not None:
-            with contextlib.suppress(OSError):
-                write_atomic(kept, asked.model_dump_json(indent=1) + "\n")
+            with contextlib.suppress(OSError):  # 0600: what a wrapper exports may be a token
+                write_atomic(kept, asked.model_dump_json(indent=1) + "\n", mode=0o600)
     with _asked_lock:
         _asked[key] = info
     return info
