@@ -2,7 +2,8 @@
 
 Bit for bit, a retrain reproduces the shipped weights only on the CPU that trained them, with the same
 torch and transformers: float kernels differ by instruction set (tiny-omni retrained on an Intel Xeon
-with AVX-512 and AMX gave other bits than the AMD EPYC that first shipped it). Anywhere, the retrain
+with AVX-512 and AMX gave other bits than the shipped weights, trained on the previous session's
+machine, an AMD EPYC by its benchmark record). Anywhere, the retrain
 must succeed, and a build fails when the trained model answers any fact wrong.
 """
 

@@ -197,7 +197,6 @@ class _Asked(BaseModel):
 
     command: tuple[int, int, int]  # the command file's mtime_ns, size, inode
     witnesses: dict[str, int | None]  # directory -> mtime_ns (None: absent when asked)
-    answered: bool  # a Python with vLLM answered; else the shebang's interpreter and `--version`
     version: str
     python: str | None
     torch: str | None = None
@@ -234,7 +233,6 @@ def _ask(path: str, base: dict[str, str], timeout_s: float) -> tuple[VllmInfo, _
     with Process(None, script, env=ask_env(base, str(ASK_DIR)), replace_env=True) as proc:
         result = proc.finish(timeout_s=timeout_s)
     info = parse_answer(result.stdout, path, base)
-    answered = info is not None
     if info is None:  # no Python answered: the command's first line (else the python beside it) runs
         # scripts, and the command went on to answer `--version` itself
         log.info("%s did not say which Python runs it (exit %s): its shebang then", path, result.returncode)
@@ -250,7 +248,6 @@ def _ask(path: str, base: dict[str, str], timeout_s: float) -> tuple[VllmInfo, _
     asked = _Asked(
         command=stat,
         witnesses=witnesses,
-        answered=answered,
         version=info.version,
         python=info.python,
         torch=info.torch,
