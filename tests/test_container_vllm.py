@@ -102,7 +102,8 @@ def test_sigterm_to_serve_once_ready_stops_the_container_gracefully(
 ) -> None:
     runs = tmp_path / "runs"
     argv = ["serve", *args(cpu_image, runs, "--grace", "15")[1:]]
-    argv.remove("--offline")  # `serve` sends no demos
+    for word in ("--offline", "--media", "known"):  # `serve` sends no demos
+        argv.remove(word)
     out = tmp_path / "out.txt"
     code = signal_mmdemo(
         argv, mmdemo_env, out, lambda: "serving until Ctrl-C" in out.read_text(), signal.SIGTERM
