@@ -30,6 +30,11 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   DIE_ON_MEDIA=N     a chat completion with N or more media items kills the engine (health 503, exit)
   WARN_LOG=text      WARNING lines logged at start-up ("\n" separates them)
   LOG_ENV=A,B        print those environment variables into its log (for redaction tests)
+  UUID_CACHE=0       the processor cache keeps nothing: a part with a `uuid` and no data misses (400)
+  With --enable-mm-embeds an `image_embeds` part is read (base64 of a torch.save zip; its storage, as
+      tests/probes/fake_image_embeds.py writes it, is the image's own bytes: the fake reads them back);
+      without it, refused as vLLM 0.32 does. A part with a `uuid` is cached by it, as vLLM's processor
+      cache does; a `uuid` with no data is served from that cache, or refused when not there.
   ANSWER=truth       (default) a perfect model: media mmdemo generated with a known truth (found by
       sha256 under $MMDEMO_CACHE_DIR/assets/known or --allowed-local-media-path/known) are answered
       with their facts ("Pink.", "Red, moving up.", "Lima and Oslo."), the capital of France with
@@ -113,7 +118,8 @@ def parse_serve_args(argv: list[str]) -> dict[str, Any]:
     """Parse `serve MODEL [flags]` loosely: known flags are read, the rest ignored."""
     opts: dict[str, Any] = {"model": None, "host": "0.0.0.0", "port": 8000, "served_model_name": None,
                             "max_model_len": 4096, "limits": {}, "allowed_local_media_path": None,
-                            "api_key": None, "allowed_media_domains": None}  # fmt: skip
+                            "api_key": None, "allowed_media_domains": None,
+                            "enable_mm_embeds": False}  # fmt: skip
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -139,6 +145,8 @@ def parse_serve_args(argv: list[str]) -> dict[str, Any]:
         key = name.replace("-", "_")
         if key in ("model", "host", "served_model_name", "allowed_local_media_path", "api_key"):
             opts[key] = value
+        if key in ("enable_mm_embeds", "no_enable_mm_embeds"):
+            opts["enable_mm_embeds"] = key == "enable_mm_embeds" and value.lower() != "false"
         try:
             if key in ("port", "max_model_len"):
                 opts[key] = int(value)
@@ -316,6 +324,7 @@ class FakeServer:
         self.engine_dead = False
         self.requests_total = 0
         self.seen: set[str] = set()  # the messages of every chat completion so far (FAIL_REPEAT)
+        self.mm_cache: dict[str, bytes] = {}  # uuid -> the medium's bytes, as the processor cache keeps it
         self.record_lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -472,7 +481,7 @@ class Handler(BaseHTTPRequestHandler):
         if model is not None and model != opts["name"]:
             raise ApiError(404, f"The model `{model}` does not exist.")
         prompt, media = parse_messages(body["messages"])
-        counts = {m: sum(1 for mod, _ in media if mod == m) for m in ("image", "video", "audio")}
+        counts = {m: sum(1 for mod, _, _ in media if mod == m) for m in ("image", "video", "audio")}
         seen = json.dumps(body["messages"], sort_keys=True)
         repeated, _ = seen in fake.seen, fake.seen.add(seen)
         if env("FAIL_REPEAT") and repeated:
@@ -492,15 +501,27 @@ class Handler(BaseHTTPRequestHandler):
             if limit is not None and count > limit:
                 raise ApiError(400, f"At most {limit} {modality}(s) may be provided in one prompt.")
         loaded = []
-        for modality, part in media:
-            if isinstance(part, tuple):  # input_audio: raw base64 data
-                loaded.append(
-                    check_media(modality, decode_b64(modality, part[0], "input_audio"), "input_audio")
-                )
+        index: dict[str, int] = {}
+        for modality, part, item_uuid in media:
+            at = index[modality] = index.get(modality, -1) + 1
+            if part is None:  # a uuid and no data: the processor cache's, or a miss
+                if item_uuid not in fake.mm_cache:
+                    raise ApiError(400, f"Cache miss for {modality} at index {at} but data is not provided.")
+                loaded.append(fake.mm_cache[item_uuid])
+                continue
+            if isinstance(part, dict):  # image_embeds
+                if not opts["enable_mm_embeds"]:
+                    raise ApiError(400, "You must set `--enable-mm-embeds` to input `image_embeds`")
+                data = embedded_image(part["embeds"])
+            elif isinstance(part, tuple):  # input_audio: raw base64 data
+                data = check_media(modality, decode_b64(modality, part[0], "input_audio"), "input_audio")
             else:
-                loaded.append(
-                    load_url(modality, part, opts["allowed_local_media_path"], opts["allowed_media_domains"])
+                data = load_url(
+                    modality, part, opts["allowed_local_media_path"], opts["allowed_media_domains"]
                 )
+            loaded.append(data)
+            if item_uuid is not None and env("UUID_CACHE", "1") != "0":
+                fake.mm_cache[item_uuid] = data
 
         reply = f'fake reply to "{prompt}": {counts["image"]} image, {counts["video"]} video, '
         reply += f"{counts['audio']} audio"
@@ -568,8 +589,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def parse_messages(messages: list[Any]) -> tuple[str, list[tuple[str, Any]]]:
-    """Return the last user text and the media parts (modality, url or (b64,)) of a conversation."""
+def parse_messages(messages: list[Any]) -> tuple[str, list[tuple[str, Any, str | None]]]:
+    """Return the last user text and the media parts of a conversation: (modality, url, (b64,),
+    {"embeds": b64} or None for a uuid with no data; the part's uuid or None)."""
     prompt, media = "", []
     for message in messages:
         if not isinstance(message, dict):
@@ -586,19 +608,51 @@ def parse_messages(messages: list[Any]) -> tuple[str, list[tuple[str, Any]]]:
                 elif kind in ("image_url", "video_url", "audio_url"):
                     value = part.get(kind)
                     url = value.get("url") if isinstance(value, dict) else value
+                    item_uuid = part.get("uuid")
+                    if url is None and item_uuid is not None:  # vLLM >= 0.11: served from the cache
+                        media.append((MODALITIES[kind], None, str(item_uuid)))
+                        continue
                     if not isinstance(url, str):
                         raise ApiError(400, f"Field '{kind}.url' is required.")
-                    media.append((MODALITIES[kind], url))
+                    media.append((MODALITIES[kind], url, None if item_uuid is None else str(item_uuid)))
+                elif kind == "image_embeds":
+                    value, item_uuid = part.get("image_embeds"), part.get("uuid")
+                    if value is None and item_uuid is not None:
+                        media.append(("image", None, str(item_uuid)))
+                        continue
+                    if not isinstance(value, str):
+                        raise ApiError(400, "Field 'image_embeds' must be a base64 string.")
+                    media.append(("image", {"embeds": value}, None if item_uuid is None else str(item_uuid)))
                 elif kind == "input_audio":
                     data = (part.get("input_audio") or {}).get("data")
                     if not isinstance(data, str):
                         raise ApiError(400, "Field 'input_audio.data' is required.")
-                    media.append(("audio", (data,)))
+                    media.append(("audio", (data,), None))
                 else:
                     raise ApiError(400, f"Unknown part type: {kind}")
         if message.get("role") == "user" and texts:
             prompt = " ".join(texts)
     return prompt, media
+
+
+def embedded_image(text: str) -> bytes:
+    """The image an `image_embeds` part stands for: the tensor's storage in the torch.save zip
+    (ARCHIVE/data/0), which the fake's embeddings hold (tests/probes/fake_image_embeds.py)."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(text, validate=True))) as archive:
+            names = archive.namelist()
+            storage = next((n for n in names if n.endswith("/data/0")), None)
+            data = archive.read(storage) if storage else None
+    except (ValueError, binascii.Error, zipfile.BadZipFile, KeyError) as exc:
+        raise ApiError(400, f"Failed to load image_embeds: not a torch-saved tensor ({exc}).") from None
+    if data is None or not any(n.endswith("/data.pkl") for n in names):
+        raise ApiError(
+            400, "Failed to load image_embeds: not a torch-saved tensor (no data.pkl, no storage)."
+        )
+    return data
 
 
 def all_texts(messages: list[Any]) -> list[str]:

@@ -30,7 +30,7 @@ BAD = [
         "bad-unknown-chat-type",
         ":2: demos.1: 'single-imge' is neither a chat type (text-only, single-image, "
         "multi-image, video, audio, multi-audio) nor a task (transcription, translation, realtime, embedding, "
-        "score, rerank, classify, responses) (did you mean 'single-image'?)",
+        "score, rerank, classify, responses, uuid, image-embeds) (did you mean 'single-image'?)",
     ),
     (
         "bad-task-and-chat-type",
@@ -39,8 +39,8 @@ BAD = [
     ("bad-task-name", ":3: demos.1.task: 'embed': Input should be 'transcription'"),
     (
         "bad-task-media",
-        ":3: demos.0: media: only transcription, translation, realtime "
-        "take the profile's own media (one clip); embedding sends the known-answer images",
+        ":3: demos.0: media: only transcription, translation, realtime, image-embeds "
+        "take the profile's own media (one file); embedding sends the known-answer images",
     ),
     ("bad-tasks-key", ":4: tasks: unknown key: tasks are named under demos (e.g. `demos: [transcription]`)"),
     (

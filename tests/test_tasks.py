@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.core.tasks import ROUTES, Task
+from orchestrator.core.tasks import MEDIA_FEATURES, ROUTES, Task
 from orchestrator.demos.chat import Media
 from orchestrator.demos.speech import REALTIME_CHUNK, SPOKEN
 from orchestrator.demos.taskcore import TaskRequest, TaskResult, word_error_rate
@@ -75,7 +75,7 @@ def test_every_task_builds_the_requests_of_its_example_in_order(tmp_path: Path) 
     assert [r.name for r in requests] == [
         "transcription/plain", "transcription/stream", "translation/plain", "translation/stream",
         "realtime/websocket", "embedding/image-text", "score/images", "rerank/images", "classify/url",
-        "classify/base64", "responses/image",
+        "classify/base64", "responses/image", "uuid/cached", "image-embeds/embeds",
     ]  # fmt: skip
     assert {r.endpoint for r in requests} == {ROUTES[t].path for t in Task}
 
@@ -178,7 +178,8 @@ def test_responses_sends_input_text_and_input_image(fake: Fake) -> None:
 
 def test_a_perfect_fake_is_understood_with_the_word_error_rate_in_the_record(fake: Fake) -> None:
     labels = TaskDemo(task=Task.CLASSIFY, expect=("red", "green", "blue"))  # the model's labels
-    demos = [*(TaskDemo(task=t) for t in Task if t is not Task.CLASSIFY), labels]
+    # the media features need a server flag and vLLM's Python: tests/test_media_features.py
+    demos = [*(TaskDemo(task=t) for t in Task if t is not Task.CLASSIFY and t not in MEDIA_FEATURES), labels]
     results = fake.run(build_task_requests(demos, Media(fake.store, fake.assets.url_for)))
     records = {n: to_record(r, 0.0) for n, r in results.items()}
     assert {n: r.verdict for n, r in records.items()} == dict.fromkeys(records, "understood")
@@ -266,7 +267,7 @@ def test_a_run_of_every_task_is_recorded_and_rendered(tmp_path: Path, mmdemo_env
     # A named profile: what it runs is known, what the model serves is not probed (None, not empty).
     assert report["capabilities"] == {
         "chat_types": {"served": None, "run": ["text-only"]},
-        "tasks": {"served": None, "run": [t.value for t in Task]},
+        "tasks": {"served": None, "run": [t.value for t in Task if t not in MEDIA_FEATURES]},
     }
     assert tasks["transcription/plain"]["word_error_rate"] == 0.0
     # The worst case sends chat media only; the tasks are not in it.

@@ -266,6 +266,8 @@ TASK_CLIENT_ARGS: dict[str, tuple[str, bool]] = {
     "classify": ("--host {host} --port {port}", True),
     "responses": ("", False),
 }
+# The media features have no example client: the docs page that shows their payloads (ROUTES[t].example).
+NO_CLIENT = {"uuid": "a uuid with no data", "image-embeds": "image_embeds with --enable-mm-embeds"}
 
 
 def task_clients(endpoint: Endpoint, tasks: Sequence[Task], unmodified: bool) -> list[str]:
@@ -277,6 +279,11 @@ def task_clients(endpoint: Endpoint, tasks: Sequence[Task], unmodified: bool) ->
     url = urlsplit(endpoint.base_url)
     lines = ["vLLM's example client of each task (in vLLM's repository):"]
     for task in dict.fromkeys(tasks):
+        if task.value in NO_CLIENT:
+            lines.append(
+                f"  {task.value}: no example client; {ROUTES[task].example} shows {NO_CLIENT[task.value]}"
+            )
+            continue
         args, anywhere = TASK_CLIENT_ARGS[task.value]
         args = args.format(host=url.hostname or "localhost", port=url.port or 80)
         line = f"  python {ROUTES[task].example} {args}".rstrip()

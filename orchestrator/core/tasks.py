@@ -6,6 +6,7 @@ A profile's `demos:` names chat types (core/chattypes.py) and tasks alike.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -21,6 +22,9 @@ class Task(str, Enum):
     RERANK = "rerank"
     CLASSIFY = "classify"
     RESPONSES = "responses"
+    # Media-level features of the chat API (demos/features.py), each a demo of its own
+    UUID = "uuid"
+    IMAGE_EMBEDS = "image-embeds"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Route:
     example: str  # the example client in vLLM's repository (examples/...)
     runner: str  # "generate" or "pooling": the --runner the server needs for it
 
+
+DOCS = "docs/features/multimodal_inputs.md"  # the page that shows the media features' payloads
 
 # Routes read from vLLM 0.32.0's routers (vllm/entrypoints/speech_to_text/*/api_router.py,
 # pooling/*/api_router.py, openai/responses/); releases from the PRs that added them.
@@ -73,10 +79,38 @@ ROUTES: dict[Task, Route] = {
     Task.RESPONSES: Route(
         "/v1/responses", "0.10.0", "#20504", "examples/reasoning/openai_responses_client.py", "generate"
     ),
+    # No example client sends these: vLLM's docs/features/multimodal_inputs.md ("Online Serving") shows
+    # the payloads. A `uuid` with no data ("image_url": None) is served from the processor cache since
+    # PR #23950 (merged 2025-09-13, after 0.10.2's branch); `image_embeds` needs `--enable-mm-embeds`
+    # since PR #27204 (2025-10-21: the flag, and embeddings refused without it).
+    Task.UUID: Route("/v1/chat/completions", "0.11.0", "#23950", DOCS, "generate"),
+    Task.IMAGE_EMBEDS: Route("/v1/chat/completions", "0.11.1", "#27204", DOCS, "generate"),
 }
 
 POOLING_TASKS = tuple(t for t, r in ROUTES.items() if r.runner == "pooling")
 SPEECH_TASKS = (Task.TRANSCRIPTION, Task.TRANSLATION, Task.REALTIME)
+MEDIA_FEATURES = (Task.UUID, Task.IMAGE_EMBEDS)  # chat completions with a feature of the media parts
+# The serve flag a feature needs (vLLM 0.32: vllm/config/multimodal.py, MultiModalConfig.enable_mm_embeds)
+FEATURE_FLAGS = {Task.IMAGE_EMBEDS: "--enable-mm-embeds"}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.11.1rc2+cpu' -> (0, 11, 1): the release numbers only; () for no version."""
+    found = re.match(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", version.strip())
+    return tuple(int(p) for p in found.groups() if p is not None) if found else ()
+
+
+def too_old(task: Task, version: str) -> str | None:
+    """The one-line refusal of a media feature on a vLLM older than the release that added it, else None."""
+    route = ROUTES[task]
+    if task not in MEDIA_FEATURES or not version_tuple(version):
+        return None
+    if version_tuple(version) >= version_tuple(route.added_in):
+        return None
+    return (
+        f"vLLM {version} cannot serve the {task.value} demo: vLLM added it in {route.added_in} "
+        f"(PR {route.pr}; {route.example})"
+    )
 
 
 def missing_route(task: Task, status: int) -> str:

@@ -25,6 +25,8 @@ from orchestrator.record.report import AssetRecord, DemoRecord, Verdict
 from orchestrator.render.text import one_line
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from openai import OpenAI
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ class Media:
     choice: MediaChoice = "auto"
     seed: int = known_media.DEFAULT_SEED
     unchecked: str | None = None  # set: no answer is checked (a model with random weights), and why
+    # the model's own embeddings of an image (demos/features.py), where vLLM runs on this host
+    embeds: Callable[[Path], Any] | None = None
 
     def for_demo(self, demo: Demo) -> tuple[Asset, ...]:
         """The assets a demo sends."""

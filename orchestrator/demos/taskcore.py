@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ class TaskRequest(DemoRequest):
     words: str = ""  # speech: the words of the known clip; "" when none is known
     texts: tuple[str, ...] = ()  # embedding: the matching text first, then the mismatched one
     labels: tuple[str, ...] = ()  # classify: the labels an answer may name; () any
+    embeds: Callable[[], Any] | None = None  # image-embeds: makes the embeddings (features.Embedded)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from orchestrator.core.background import background
 from orchestrator.core.errors import AssetError
 from orchestrator.core.tasks import ROUTES, Task
-from orchestrator.demos import pooling, responses, speech
+from orchestrator.demos import features, pooling, responses, speech
 from orchestrator.demos.chat import DemoRequest, DemoResult, Media, interrupted, run_demos
 from orchestrator.demos.chat import to_record as chat_record
 from orchestrator.demos.taskcore import Conn, Outcome, TaskFailed, TaskRequest, TaskResult
@@ -48,6 +49,10 @@ def build_task_requests(tasks: Sequence[TaskDemo], media: Media) -> list[TaskReq
             out += _realtime(demo, media)
         elif demo.task is Task.RESPONSES:
             out.append(_responses(demo, media))
+        elif demo.task is Task.UUID:
+            out.append(_uuid(demo, media))
+        elif demo.task is Task.IMAGE_EMBEDS:
+            out.append(_image_embeds(demo, media))
         else:
             out += _pooling(demo, media)
     return out
@@ -166,6 +171,44 @@ def _responses(demo: TaskDemo, media: Media) -> TaskRequest:
     )
 
 
+def _known_image(demo: TaskDemo, media: Media, delivery: str) -> TaskRequest:
+    """A request about the known single-image demo's image, graded by its words as the chat demos are."""
+    chosen = known_media.known_demos(media.seed)["single-image"]
+    assets = tuple(media.store.known(m, KNOWN_REASON) for m in chosen.media)
+    return dataclasses.replace(
+        _base(demo, delivery, assets, media.unchecked),
+        prompt=chosen.prompt,
+        expect=chosen.expect,
+        reject=chosen.reject,
+        ignore=chosen.ignore,
+        expect_source="known",
+    )
+
+
+def _uuid(demo: TaskDemo, media: Media) -> TaskRequest:
+    base = _known_image(demo, media, "cached")
+    image = base.assets[0]
+    bodies = features.uuid_bodies(
+        base.prompt, media.url(image), features.new_uuid(image.key), base.max_completion_tokens
+    )
+    return dataclasses.replace(base, bodies=bodies)
+
+
+def _image_embeds(demo: TaskDemo, media: Media) -> TaskRequest:
+    base = _known_image(demo, media, "embeds")
+    if demo.media:  # the profile's own embeddings: of no known image, so nothing to grade
+        path = Path(demo.media[0]).expanduser()
+        why = media.unchecked or "the profile's own embeddings: no truth to check the answer against"
+        return dataclasses.replace(
+            base, assets=(), expect=(), expect_source=None, unchecked=why,
+            embeds=features.made_now(lambda: features.file_embeds(path)),
+        )  # fmt: skip
+    if media.embeds is not None:
+        image, make = base.assets[0].path, media.embeds
+        return dataclasses.replace(base, embeds=features.made_now(lambda: make(image)))
+    return dataclasses.replace(base, embeds=features.refused)
+
+
 # -- running ---------------------------------------------------------------------------------------
 
 SENDERS: dict[Task, Callable[[TaskRequest, Conn], Outcome]] = {
@@ -177,6 +220,8 @@ SENDERS: dict[Task, Callable[[TaskRequest, Conn], Outcome]] = {
     Task.RERANK: pooling.send_ranking,
     Task.CLASSIFY: pooling.send_classify,
     Task.RESPONSES: responses.send_responses,
+    Task.UUID: features.send_uuid,
+    Task.IMAGE_EMBEDS: features.send_embeds,
 }
 
 

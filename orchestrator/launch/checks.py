@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.core.errors import PreflightError
 from orchestrator.core.hfenv import HfEnv
+from orchestrator.core.tasks import too_old
 from orchestrator.core.units import human_bytes
 from orchestrator.gpus.detect import Gpu
 from orchestrator.profile import fit as gpufit
@@ -41,13 +42,20 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in match.groups() if p is not None)
 
 
+VERSION_HINT = "upgrade vLLM or pass --vllm-bin pointing at a newer install"
+
+
 def check_version(info: VllmInfo, resolved: ResolvedProfile) -> None:
     """Refuse when the profile's flags need a newer vLLM than the one installed."""
+    for demo in resolved.profile.tasks:  # a media feature's own release names the demo that needs it
+        said = too_old(demo.task, info.version)
+        if said:
+            raise PreflightError(f"{said}; {info.path} is {info.version}", hint=VERSION_HINT)
     need = resolved.requires.vllm_version
     if need and version_tuple(info.version) < version_tuple(need):
         raise PreflightError(
             f"profile {resolved.profile.name!r} needs vLLM >= {need}, but {info.path} is {info.version}",
-            hint="upgrade vLLM or pass --vllm-bin pointing at a newer install",
+            hint=VERSION_HINT,
         )
 
 

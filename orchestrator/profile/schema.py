@@ -29,7 +29,7 @@ from pydantic import (
 from orchestrator.core.chattypes import CHAT_TYPE_NEEDS, ChatType
 from orchestrator.core.errors import ProfileError
 from orchestrator.core.paths import models_dir, profile_search_path
-from orchestrator.core.tasks import SPEECH_TASKS, Task
+from orchestrator.core.tasks import MEDIA_FEATURES, ROUTES, SPEECH_TASKS, Task, version_tuple
 from orchestrator.gpus.detect import CPU, VARIANT_NAMES, canonical_class
 from orchestrator.profile.expect import alternatives
 
@@ -116,6 +116,8 @@ class ServeSettings(_Frozen):
     mm_processor_kwargs: dict[str, Any] | None = None
     media_io_kwargs: dict[str, dict[str, Any]] | None = None
     chat_template: str | None = None
+    # vLLM >= 0.11.1: accept `image_embeds` parts; set by `resolve` where the image-embeds demo runs
+    enable_mm_embeds: bool | None = None
     extra_args: tuple[str, ...] = ()
 
     @field_validator("extra_args")
@@ -199,13 +201,14 @@ class TaskDemo(_Frozen):
 
     @model_validator(mode="after")
     def _media_for_speech(self) -> TaskDemo:
-        if self.media and self.task not in SPEECH_TASKS:
+        takes = (*SPEECH_TASKS, Task.IMAGE_EMBEDS)  # a clip; image-embeds: a torch-saved embeddings file
+        if self.media and self.task not in takes:
             raise ValueError(
-                f"media: only {', '.join(t.value for t in SPEECH_TASKS)} take the profile's own "
-                f"media (one clip); {self.task.value} sends the known-answer images"
+                f"media: only {', '.join(t.value for t in takes)} take the profile's own "
+                f"media (one file); {self.task.value} sends the known-answer images"
             )
         if len(self.media) > 1:
-            raise ValueError(f"media: {self.task.value} sends one clip; {len(self.media)} are listed")
+            raise ValueError(f"media: {self.task.value} sends one file; {len(self.media)} are listed")
         return self
 
     @field_validator("expect")
@@ -333,6 +336,21 @@ class Profile(_Frozen):
         return canonical
 
     @model_validator(mode="after")
+    def _embeds_enabled(self) -> Profile:
+        if not any(t.task is Task.IMAGE_EMBEDS for t in self.tasks):
+            return self
+        settings = [("serve", self.serve)] + [
+            (f"variants.{n}.serve", v.serve) for n, v in self.variants.items()
+        ]
+        for where, serve in settings:
+            if serve.enable_mm_embeds is False:
+                raise ValueError(
+                    f"[{where}.enable_mm_embeds] false: the image-embeds demo needs --enable-mm-embeds "
+                    "(vLLM refuses image_embeds without it)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _demos_fit_limits(self) -> Profile:
         if not self.demos and not self.tasks:
             raise ValueError("[demos] the list is empty: name at least one chat type or task")
@@ -386,12 +404,21 @@ class Profile(_Frozen):
                 hint=f"its variants: {', '.join(self.variants) or '(none)'}",
             )
         v = self.variants[variant]
+        serve, requires = self.serve.merged(v.serve), self.requires.merged(v.requires)
+        features = [t.task for t in self.tasks if t.task in MEDIA_FEATURES]
+        if Task.IMAGE_EMBEDS in features and serve.enable_mm_embeds is None:  # the demo needs it: it runs
+            serve = serve.model_copy(update={"enable_mm_embeds": True})
+        if features:  # the newest release a feature needs: the `vllm` check refuses an older one
+            need = max((ROUTES[t].added_in for t in features), key=version_tuple)
+            have = requires.vllm_version
+            if have is None or version_tuple(have) < version_tuple(need):
+                requires = requires.model_copy(update={"vllm_version": need})
         return ResolvedProfile(
             profile=self,
             variant=variant,
-            serve=self.serve.merged(v.serve),
+            serve=serve,
             env={**self.env, **v.env},
-            requires=self.requires.merged(v.requires),
+            requires=requires,
             ready_timeout_s=v.ready_timeout_s or self.ready_timeout_s,
             unsupported=v.unsupported,
             image=v.image or self.image,

@@ -414,7 +414,12 @@ def start_media(
             return asset.source_url or assets.url_for(asset)
 
         media = Media(
-            store=store, url=url, choice=options.media, seed=options.asset_seed, unchecked=unchecked
+            store=store,
+            url=url,
+            choice=options.media,
+            seed=options.asset_seed,
+            unchecked=unchecked,
+            embeds=prepared.embeds,
         )
         future = background(_warm_then_build, demos, media, prepared.tasks, name="media")
         future.add_done_callback(

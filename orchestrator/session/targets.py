@@ -32,6 +32,7 @@ from orchestrator.core.hfenv import HfEnv
 from orchestrator.core.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.core.paths import models_dir
 from orchestrator.core.units import human_bytes
+from orchestrator.demos import features
 from orchestrator.gpus import detect as gpu_mod
 from orchestrator.launch import checks, ports
 from orchestrator.launch import container as containers
@@ -107,6 +108,8 @@ class Prepared(Generic[S]):
     check_expectations: bool = True
     limits: Mapping[str, int] | None = None  # limit_mm_per_prompt, where known: the worst case's size
     tasks: tuple[TaskDemo, ...] = ()  # the tasks past chat (demos/tasks.py); none with --only
+    # the model's own embeddings of an image: where vLLM runs on this host (image-embeds, demos/features.py)
+    embeds: Callable[[Path], Any] | None = None
 
 
 class Running(Protocol):
@@ -381,6 +384,9 @@ class Launched:
             check_expectations=not random_weights,
             limits=_limits(resolved),
             tasks=tasks,
+            embeds=None
+            if image
+            else functools.partial(features.model_embeds, opts.vllm_bin, profile.model_path),
         )
 
     def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
