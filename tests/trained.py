@@ -1,4 +1,5 @@
-"""What a retrain on this machine can prove about the shipped weights of a trained tiny model.
+"""What the tests of the trained tiny models share: the shipped weights' checks, a retrain, and a real CPU
+`vllm serve` to ask.
 
 Bit for bit, a retrain reproduces the shipped weights only on the CPU that trained them, with the same
 torch and transformers: float kernels differ by instruction set (tiny-omni retrained on an Intel Xeon
@@ -9,7 +10,26 @@ must succeed, and a build fails when the trained model answers any fact wrong.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import pytest
+
+from orchestrator.media import known
 
 
 def compare_bits(shipped: dict[str, Any], retrained: dict[str, Any]) -> str | None:
@@ -20,3 +40,158 @@ def compare_bits(shipped: dict[str, Any], retrained: dict[str, Any]) -> str | No
     if {k: shipped.get("versions", {}).get(k) for k in versions} != versions:
         return f"shipped with {shipped.get('versions')}, retrained with {retrained.get('versions')}"
     return None
+
+
+def assert_shipped_weights_current(builder: ModuleType, *, under_mib: int) -> None:
+    """The shipped weights are those of the builder's sources as they are now, and small."""
+    trained = builder.TRAINED
+    info = json.loads(trained.shipped_info_path.read_text())
+    name = Path(builder.__file__).name
+    assert info["sources"] == trained.key(), (
+        f"the shipped {trained.name} weights are stale: "
+        f"python orchestrator/tinymodels/{name} --out DIR --retrain --ship"
+    )
+    assert info["sha256"] == hashlib.sha256(trained.shipped.read_bytes()).hexdigest()
+    assert trained.shipped.stat().st_size < under_mib << 20
+
+
+def build(
+    vllm_bin: str, builder: ModuleType, out: Path, *extra: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a builder script in vLLM's Python, as `mmdemo models build` does."""
+    python = str(Path(vllm_bin).parent / "python")
+    return subprocess.run(
+        [python, str(Path(builder.__file__)), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_retrains(
+    vllm_bin: str, builder: ModuleType, tmp_path: Path, *, timeout: float = 540
+) -> dict[str, Any]:
+    """A retrain answers every trained fact right (the build fails otherwise), and on the CPU and with the
+    torch and transformers that trained the shipped weights, gives their very bits. The marker's training."""
+    info = json.loads(builder.TRAINED.shipped_info_path.read_text())
+    started = time.monotonic()
+    done = build(vllm_bin, builder, tmp_path / "retrained", "--retrain", timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    training: dict[str, Any] = json.loads((tmp_path / "retrained" / "mmdemo-model.json").read_text())[
+        "training"
+    ]
+    print(f"retrained in {time.monotonic() - started:.0f} s: {training['timings']}", file=sys.stderr)
+    why_not = compare_bits(info, training)
+    if why_not is None:
+        assert training["sha256"] == info["sha256"]
+    else:
+        print(f"bits not compared: {why_not}", file=sys.stderr)
+    return training
+
+
+# -- asking a real CPU vLLM ------------------------------------------------------------------------
+
+
+def part(kind: str, data: bytes) -> dict[str, Any]:
+    """A content part as the example client sends a file's bytes: images and videos as data URLs,
+    audio as `input_audio`."""
+    b64 = base64.b64encode(data).decode()
+    if kind == "audio":
+        return {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}}
+    mime = "image/jpeg" if kind == "image" else "video/mp4"
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{mime};base64,{b64}"}}
+
+
+def chat(port: int, model: str, prompt: str, media: Sequence[tuple[str, bytes]]) -> str:
+    """The answer, greedy, to the prompt (text first) and the media ((kind, bytes), in order)."""
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": prompt}, *(part(k, d) for k, d in media)]}
+        ],
+        "max_completion_tokens": known.KNOWN_MAX_TOKENS,
+        "temperature": 0,
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return str(json.loads(response.read())["choices"][0]["message"]["content"])
+
+
+def swapped_channels(jpeg: bytes) -> bytes:
+    """The image with its red and blue channels swapped, encoded as known.py encodes images."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    r, g, b = image.split()
+    out = io.BytesIO()
+    Image.merge("RGB", (b, g, r)).save(out, format="JPEG", quality=known.JPEG_QUALITY, subsampling=0)
+    return out.getvalue()
+
+
+def reversed_mp4(colour: str, direction: str) -> bytes:
+    """known.py's video of that shape and motion with its frames in reverse order, encoded as known.py does."""
+    import av
+
+    frames = known.video_frames(colour, direction)[::-1]
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.qscale = True
+        stream.codec_context.global_quality = 3 * 118
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.copy(), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def served(vllm_bin: str, model: Path, serve_args: Sequence[str], name: str) -> Iterator[int]:
+    """`vllm serve` the model directory on a free loopback port until healthy; its port. Its whole
+    process group is ended on the way out, whatever happens."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    argv = [vllm_bin, "serve", str(model), *serve_args, "--served-model-name", name]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    log = model.parent / "vllm.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited {proc.returncode}: {log.read_text()[-3000:]}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as ok,
+            ):
+                if ok.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not ready in 300 s: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

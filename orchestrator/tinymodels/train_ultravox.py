@@ -1,7 +1,7 @@
 """Train the tiny Ultravox to answer the known-answer audio demos (orchestrator/media/known.py).
 
 Standalone like the builders: runs under the vLLM venv's python and imports only torch,
-transformers, vLLM, the stdlib and, by file path, the known-answer media module (nothing else of
+transformers, vLLM, the stdlib, its sibling trainkit.py and, by file path, the known-answer media module (nothing else of
 mmdemo). No network. Deterministic: fixed seeds, float32, CPU, one thread.
 
 Every audio fact of the media module is trained, not one seed's demos: each spoken word (one
@@ -29,9 +29,8 @@ multi_modal_projector.*, language_model.*.
 Served, the demos go out at once and vLLM pads the audios of one encoder batch to the longest: the
 training pads some audios by a random amount, so the answer does not hang on the padding.
 
-It is train_omni.py's recipe for the Ultravox architecture (its probes included); the helpers
-(load_known, the request parts, the renderer, the probes) are copied here rather than shared, so
-that each model's shipped weights are keyed by its own scripts only.
+It is train_omni.py's recipe for the Ultravox architecture (its probes included); the renderer, the
+loop, the probes and the check are trainkit.py's, which every trainer shares.
 
 Run through its builder, which writes the weights (this module imports nothing of its builder:
 ultravox.py imports it):
@@ -43,20 +42,18 @@ API: `answers(known)` (the training set), `train(model_dir, known, seed) -> (sta
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import importlib.util
-import itertools
 import json
-import math
 import random
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KNOWN = Path(__file__).resolve().parents[1] / "media" / "known.py"
+try:
+    from . import trainkit
+except ImportError:  # run as a script: the script's directory is on sys.path
+    import trainkit  # type: ignore[no-redef]
+
+KNOWN = trainkit.KNOWN
 
 # The serve flags that shape what the model sees (profiles/cpu-tiny-ultravox.yaml; a test keeps them equal).
 LIMITS = {"audio": 2}
@@ -87,163 +84,35 @@ PAD_CHANCE = 0.5  # how often an audio is padded in training, as a shared encode
 PAD_MAX = 256  # by up to this many mel frames (2.56 s)
 
 
-def load_known(path: Path | str | None = None) -> Any:
-    """The known-answer media module, loaded by its file path (mmdemo itself is not importable here).
-
-    (A copy of train_omni.load_known.)"""
-    path = Path(path or KNOWN)
-    spec = importlib.util.spec_from_file_location("mmdemo_known_media", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+CHAT_TYPES = ("text-only", "audio", "multi-audio")
+load_known = trainkit.load_known
 
 
-@dataclass(frozen=True)
-class Example:
-    chat_type: str
-    prompt: str
-    media: tuple[tuple[str, str], ...]  # (kind, fact): ("audio", "tokyo") or ("tone", "3"), in order
-    answer: str
-
-
-def _cap(word: str) -> str:
-    return word[:1].upper() + word[1:]
-
-
-def answers(known: Any) -> list[Example]:
-    """Every known-answer request the model is trained on, with the answer it is trained to give
-    (the known demos' own `answer`, as a sentence): every fact, not one seed's.
-
-    (The audio part of train_omni.answers, copied.)"""
-    prompts, tones = known.PROMPTS, known.TONE_PROMPTS
-    words = known.SPOKEN
-    beeps = [str(n) for n in known.BEEP_COUNTS]
-    pairs = itertools.permutations
-    out = [Example("text-only", prompts["text-only"], (), "Paris.")]
-    out += [Example("audio", prompts["audio"], (("audio", w),), f"{_cap(w)}.") for w in words]
-    out += [
-        Example(
-            "multi-audio",
-            prompts["multi-audio"],
-            (("audio", a), ("audio", b)),
-            f"{_cap(a)} and {_cap(b)}.",
-        )
-        for a, b in pairs(words, 2)
-    ]
-    # espeak-ng missing: the audio demos count beeps instead (known.TONE_PROMPTS)
-    out += [Example("audio", tones["audio"], (("tone", n),), f"{n}.") for n in beeps]
-    out += [
-        Example("multi-audio", tones["multi-audio"], (("tone", a), ("tone", b)), f"{a} and {b}.")
-        for a, b in pairs(beeps, 2)
-    ]
-    return out
+def answers(known: Any) -> list[trainkit.Example]:
+    """Every known-answer request the model is trained on (trainkit.answers), tones included."""
+    return trainkit.answers(known, CHAT_TYPES)
 
 
 def corpus(known: Any) -> list[str]:
     """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [known.PROMPTS[c] for c in ("text-only", "audio", "multi-audio")]
+    texts = [known.PROMPTS[c] for c in CHAT_TYPES]
     texts += [*known.TONE_PROMPTS.values(), *(e.answer for e in answers(known))]
     return texts * 3
 
 
-def _key(kind: str, fact: str) -> str:
-    return f"{kind}:{fact}"
-
-
-def _render(known: Any, kind: str, fact: str) -> bytes:
-    return bytes(known.tone_wav(int(fact)) if kind == "tone" else known.audio_wav(fact))
-
-
-def _part(data: bytes) -> dict[str, Any]:
-    b64 = base64.b64encode(data).decode()
-    return {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}}
-
-
-@dataclass
-class Rendered:
-    example: Example
-    ids: list[int]  # the prompt as vLLM tokenizes it, then the answer and <|eot_id|>
-    prompt_len: int
-    audios: list[tuple[Any, int, int]]  # each audio: (mel features (bins, frames), valid frames, LM tokens)
-
-
-async def _render_all(
-    model_dir: Path, examples: list[Example], media: dict[str, bytes]
-) -> list[tuple[list[int], list[tuple[Any, int, int]]]]:
-    """Each example's request through vLLM's own renderer: (prompt token ids, each audio's tensors).
-
-    (train_omni._render_all's way into vLLM's renderer, copied.)"""
-    from starlette.datastructures import State
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.launchers.render.app_state import init_render_app_state
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.usage.usage_lib import UsageContext
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser(prog="vllm")
-    command = ServeSubcommand()
-    command.subparser_init(parser.add_subparsers(dest="subparser"))
-    args = parser.parse_args(["serve", str(model_dir), *SERVE_ARGS])
-    args.model = args.model_tag
-    command.validate(args)
-    config = AsyncEngineArgs.from_cli_args(args).create_engine_config(
-        usage_context=UsageContext.OPENAI_API_SERVER
-    )
-    state = State()
-    await init_render_app_state(config, state, args)
-    online = state.online_renderer
-
-    out = []
-    for ex in examples:
-        content = [{"type": "text", "text": ex.prompt}, *(_part(media[_key(k, f)]) for k, f in ex.media)]
-        body = {
-            "model": str(model_dir),
-            "messages": [{"role": "user", "content": content}],
-            "max_completion_tokens": 16,
-        }
-        result = await online.render_chat(ChatCompletionRequest.model_validate(body), skip_mm_cache=True)
-        if not isinstance(result, tuple):
-            raise RuntimeError(f"vLLM refused a training request ({ex.chat_type}): {result}")  # noqa: TRY004
-        engine_input = result[1][0]
-        kwargs = engine_input.get("mm_kwargs") or {}
-        audios = []
-        for item in kwargs.get("audio", []):
-            data = {name: elem.data for name, elem in item.items()}
-            if int(data["audio_num_chunks"]) != 1:  # the known audios are seconds long: one 30 s chunk
-                raise RuntimeError(f"a known audio longer than one chunk: {ex}")
-            features = data["audio_features"].reshape(-1, *data["audio_features"].shape[-2:])[0]
-            lens, tokens = (int(data[name].reshape(-1)[0]) for name in ("audio_lens", "audio_token_len"))
-            audios.append((features, lens, tokens))
-        if len(audios) != len(ex.media):
-            raise RuntimeError(f"vLLM rendered {len(audios)} audio(s) for {ex}")
-        out.append((list(engine_input["prompt_token_ids"]), audios))
-    return out
-
-
-def prepare(model_dir: Path, known: Any, tokenizer: Any) -> tuple[list[Rendered], dict[str, float]]:
-    """The training set as vLLM renders it."""
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    examples = answers(known)
-    media: dict[str, bytes] = {}
-    for ex in examples:
-        for kind, fact in ex.media:
-            if _key(kind, fact) not in media:
-                media[_key(kind, fact)] = _render(known, kind, fact)
-    timings["media_s"] = time.monotonic() - started
-    started = time.monotonic()
-    rendered_raw = asyncio.run(_render_all(model_dir, examples, media))
-    timings["render_s"] = time.monotonic() - started
-    end = tokenizer.convert_tokens_to_ids(END)
-    rendered: list[Rendered] = []
-    for ex, (prompt, audios) in zip(examples, rendered_raw, strict=True):
-        answer = [*tokenizer.encode(ex.answer, add_special_tokens=False), end]
-        rendered.append(Rendered(ex, prompt + answer, len(prompt), audios))
-    return rendered, timings
+def audios_of(example: trainkit.Example, mm_kwargs: dict[str, Any]) -> list[tuple[Any, int, int]]:
+    """Each audio of a rendered request: (mel features (bins, frames), valid frames, LM tokens)."""
+    audios = []
+    for item in mm_kwargs.get("audio", []):
+        data = {name: elem.data for name, elem in item.items()}
+        if int(data["audio_num_chunks"]) != 1:  # the known audios are seconds long: one 30 s chunk
+            raise RuntimeError(f"a known audio longer than one chunk: {example}")
+        features = data["audio_features"].reshape(-1, *data["audio_features"].shape[-2:])[0]
+        lens, tokens = (int(data[name].reshape(-1)[0]) for name in ("audio_lens", "audio_token_len"))
+        audios.append((features, lens, tokens))
+    if len(audios) != len(example.media):
+        raise RuntimeError(f"vLLM rendered {len(audios)} audio(s) for {example}")
+    return audios
 
 
 def build_model(config: dict[str, Any]) -> Any:
@@ -328,26 +197,26 @@ class Batcher:
         self.torch = torch
         self.last_features: dict[str, Any] = {}
 
-    def audio_embeddings(self, r: Rendered) -> list[Any]:
+    def audio_embeddings(self, r: trainkit.Rendered) -> list[Any]:
         """Each audio of one request, as one encoder batch of vLLM's: padded to the longest (and, in
         training, sometimes further)."""
         torch = self.torch
-        width = max(f.shape[-1] for f, _, _ in r.audios)
+        width = max(f.shape[-1] for f, _, _ in r.items)
         if self.rng is not None and self.rng.random() < PAD_CHANCE:
             width += self.rng.randint(1, PAD_MAX)
-        feats = torch.stack([torch.nn.functional.pad(f, (0, width - f.shape[-1])) for f, _, _ in r.audios])
-        lens = torch.tensor([n for _, n, _ in r.audios])
+        feats = torch.stack([torch.nn.functional.pad(f, (0, width - f.shape[-1])) for f, _, _ in r.items])
+        lens = torch.tensor([n for _, n, _ in r.items])
         hidden = self.model.encode(feats, lens)
         embeds = self.model.multi_modal_projector(hidden)
         out = []
-        for i, (_, n, tokens) in enumerate(r.audios):
+        for i, (_, n, tokens) in enumerate(r.items):
             valid = (n - 1) // 2 + 1
             kind, fact = r.example.media[i]
-            self.last_features[_key(kind, fact)] = hidden[i, :valid]
+            self.last_features[trainkit.key(kind, fact)] = hidden[i, :valid]
             out.append(embeds[i, :tokens])
         return out
 
-    def logits(self, batch: list[Rendered]) -> tuple[Any, Any]:
+    def logits(self, batch: list[trainkit.Rendered]) -> tuple[Any, Any]:
         """(logits at every answer position, the answer tokens) for a batch, right-padded."""
         torch = self.torch
         self.last_features = {}
@@ -358,7 +227,7 @@ class Batcher:
         for b, r in enumerate(batch):
             ids = torch.tensor(r.ids)
             row = embed(ids)
-            if r.audios:
+            if r.items:
                 where = (ids == self.audio_id).nonzero().squeeze(1)
                 row = row.index_put((where,), torch.cat(self.audio_embeddings(r)))
             pad = longest - len(r.ids)
@@ -378,32 +247,6 @@ class Batcher:
         return logits, torch.tensor(targets)
 
 
-class Probes:
-    """Linear heads on each audio's mean embedding, one per fact (word, beeps): a direct signal for
-    the encoder, which the language model's answer alone gives it slowly. (train_omni.Probes, copied
-    for the audio facts.)"""
-
-    def __init__(self, known: Any, hidden: int) -> None:
-        import torch
-
-        self.torch = torch
-        self.classes = {"audio": list(known.SPOKEN), "tone": [str(n) for n in known.BEEP_COUNTS]}
-        self.heads = {kind: torch.nn.Linear(hidden, len(values)) for kind, values in self.classes.items()}
-
-    def parameters(self) -> list[Any]:
-        return [p for head in self.heads.values() for p in head.parameters()]
-
-    def loss(self, features: dict[str, Any]) -> Any:
-        torch = self.torch
-        total = 0.0
-        for key, feature in features.items():
-            kind, _, fact = key.partition(":")
-            pooled = feature.mean(0, keepdim=True)
-            target = torch.tensor([self.classes[kind].index(fact)])
-            total = total + torch.nn.functional.cross_entropy(self.heads[kind](pooled), target)
-        return total / max(1, len(features))
-
-
 def train(
     model_dir: Path, known: Any, seed: int = 0, *, epochs: int = EPOCHS, log: Any = None
 ) -> tuple[dict, dict]:
@@ -414,71 +257,48 @@ def train(
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    torch.set_num_threads(1)  # bit for bit: one thread, one summation order
-    torch.use_deterministic_algorithms(True)
+    trainkit.deterministic()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    rendered, timings = prepare(model_dir, known, tokenizer)
+    rendered, timings = trainkit.prepare(
+        model_dir, SERVE_ARGS, known, tokenizer, answers(known), end=END, take=audios_of
+    )
 
     torch.manual_seed(seed)
     model = build_model(config).float().train()
-    rng = random.Random(seed)
     batcher = Batcher(model, config, random.Random(seed + 1))
-    probes = Probes(known, config["audio_config"]["d_model"])
+    probed = {"audio": [list(known.SPOKEN)], "tone": [[str(n) for n in known.BEEP_COUNTS]]}
+    probes = trainkit.Probes(probed, config["audio_config"]["d_model"])
     params = [p for p in model.parameters() if p.requires_grad] + probes.parameters()
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    order = list(range(len(rendered)))
-    steps = epochs * -(-len(order) // BATCH)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps)),
-    )
-    train_started = time.monotonic()
-    step = 0
-    for epoch in range(epochs):
-        rng.shuffle(order)
-        total = 0.0
-        for start in range(0, len(order), BATCH):
-            batch = [rendered[i] for i in order[start : start + BATCH]]
-            logits, targets = batcher.logits(batch)
-            loss = torch.nn.functional.cross_entropy(logits, targets)
-            if AUX and batcher.last_features:
-                loss = loss + AUX * probes.loss(batcher.last_features)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            total += float(loss.detach()) * len(batch)
-        if log:
-            log(
-                f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} ({time.monotonic() - train_started:.0f} s)"
-            )
-    timings["train_s"] = time.monotonic() - train_started
 
+    def loss_of(batch: list[trainkit.Rendered]) -> Any:
+        logits, targets = batcher.logits(batch)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if AUX and batcher.last_features:
+            loss = loss + AUX * probes.loss(batcher.last_features)
+        return loss
+
+    steps, timings["train_s"] = trainkit.fit(
+        model,
+        optimizer,
+        rendered,
+        list(range(len(rendered))),
+        loss_of,
+        epochs=epochs,
+        batch=BATCH,
+        seed=seed,
+        log=log,
+    )
     model.eval()
-    wrong = []
-    with torch.no_grad():
-        # served alone (no padding), and beside a longer audio (padded), each answer must be right
-        for checker in (Batcher(model, config), Batcher(model, config, random.Random(seed + 2))):
-            for start in range(0, len(rendered), BATCH):
-                batch = rendered[start : start + BATCH]
-                logits, targets = checker.logits(batch)
-                got = logits.argmax(-1)
-                at = 0
-                for r in batch:
-                    n = len(r.ids) - r.prompt_len
-                    if not torch.equal(got[at : at + n], targets[at : at + n]):
-                        wrong.append(f"{r.example.chat_type} {r.example.answer!r}")
-                    at += n
+    # served alone (no padding), and beside a longer audio (padded), each answer must be right
+    wrong = [
+        *trainkit.wrong_answers(rendered, Batcher(model, config).logits, batch=BATCH),
+        *trainkit.wrong_answers(
+            rendered, Batcher(model, config, random.Random(seed + 2)).logits, batch=BATCH
+        ),
+    ]
     timings["total_s"] = time.monotonic() - started
-    report = {
-        "examples": len(rendered),
-        "epochs": epochs,
-        "steps": step,
-        "wrong": sorted(set(wrong)),
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-    }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return state, report
+    return trainkit.finish(
+        model, rendered, epochs=epochs, steps=steps, wrong=sorted(set(wrong)), timings=timings
+    )
