@@ -36,7 +36,8 @@ def main() -> int:
     config = AutoConfig.from_pretrained(args.model)
     text = getattr(config, "text_config", None) or config
     hidden = getattr(text, "hidden_size", None)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32).eval()
+    # the checkpoint's own dtype: the whole model is loaded here, on the CPU (a tiny model: float32)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="auto").eval()
     processor = AutoProcessor.from_pretrained(args.model)
     image = Image.open(args.image).convert("RGB")
     pixels = processor.image_processor(images=[image], return_tensors="pt")

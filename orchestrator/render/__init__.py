@@ -6,9 +6,11 @@ from pathlib import Path
 
 from orchestrator.core.atomic import write_atomic
 from orchestrator.record.report import RunRecord
-from orchestrator.render.html import to_html
+from orchestrator.render.html import to_html, warm
 from orchestrator.render.junit import to_junit
 from orchestrator.render.markdown import to_markdown
+
+__all__ = ["warm", "write_all"]
 
 
 def write_all(run_dir: Path, record: RunRecord) -> list[Path]:

@@ -93,6 +93,12 @@ def _environment() -> Environment:
     return env
 
 
+def warm() -> None:
+    """Load jinja2 and report.html's compiled template now (~30 ms), so writing the page later does not:
+    a run does it while its teardown waits for the server to exit."""
+    _environment().get_template("report.html.j2")
+
+
 def _secs(value: float | None) -> str:
     return "–" if value is None else charts.seconds(value)
 

@@ -117,6 +117,8 @@ def run_session(
 
                 counted = budget(session) if options.count_first else {}
                 running = teardown.enter_context(target.launch(session, plan))
+                # left first: the reports' renderer loads while the teardown waits for the server's exit
+                teardown.callback(background, render.warm, name="reports")
                 redact = running.redact
                 if options.count_first:
                     endpoint = target.ready(session, running)
