@@ -193,10 +193,10 @@ def test_shipped_gpu_profiles_cover_big_and_24gb_cards() -> None:
 
 def test_shipped_gpu_profiles_expect_words_a_real_model_would_say() -> None:
     # Tiny random models answer gibberish and declare none; the trained tiny models (omni, llava,
-    # ultravox, qwen2vl) declare the text's truth (their media's come from the media themselves); a real
+    # phi3v, ultravox, qwen2vl) declare the text's truth (their media's come from the media themselves); a real
     # model is judged by its words.
     must = {ChatType.TEXT: "Paris", ChatType.SINGLE_IMAGE: "boardwalk", ChatType.MULTI_IMAGE: "mallard"}
-    trained = {"tiny-omni", "tiny-llava", "tiny-ultravox", "tiny-qwen2vl"}
+    trained = {"tiny-omni", "tiny-llava", "tiny-phi3v", "tiny-ultravox", "tiny-qwen2vl"}
     for path in SHIPPED:
         profile = parse_profile_file(path)
         if profile.local_model:

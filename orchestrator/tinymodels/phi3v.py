@@ -1,10 +1,11 @@
-"""Build a tiny random Phi-3.5-vision (Phi3VForCausalLM) for vLLM, with its remote-code processor.
+"""Build the tiny Phi-3.5-vision (Phi3VForCausalLM) for vLLM, with its remote-code processor, trained to
+read the known-answer images (orchestrator/media/known.py), or with random weights (`--random`).
 
 Standalone: runs under the vLLM venv's python and imports only torch, transformers, tokenizers,
-safetensors, the stdlib and its sibling common.py (nothing from mmdemo). No network.
-Deterministic for a given seed. Takes a few seconds.
+safetensors, the stdlib and its siblings common.py, shipping.py and train_phi3v.py (nothing from mmdemo;
+the media module is loaded by its file path). No network. Deterministic for a given seed.
 
-    python phi3v.py --out DIR [--seed 0]
+    python phi3v.py --out DIR [--seed 0] [--random | --retrain] [--ship]
 
 Like microsoft/Phi-3.5-vision-instruct, the model directory carries its own code, loaded with
 `--trust-remote-code` through `auto_map`: configuration_phi3_v.py (model_type `phi3_v`) and
@@ -13,7 +14,13 @@ copied from phi3v_remote/ next to this file. vLLM hard-codes the vision tower (C
 width 1024) and the image token id 32044, so the tower keeps its full width and the vocabulary
 its full size (32064, the tokenizer padded with word-like filler entries); `img_processor.layer_idx` 0 cuts
 the tower to one layer. The Phi-3 text model is tiny (hidden 64, 2 layers, head size 32).
-Weights use the hub checkpoint's layout (model.*, lm_head.*, model.vision_embed_tokens.*): ~60 MB.
+Weights use the hub checkpoint's layout (model.*, lm_head.*, model.vision_embed_tokens.*): ~73 MB.
+
+Training (train_phi3v.py) leaves the CLIP tower and the filler rows of the vocabulary at their seeded
+values: what travels with the project (weights/tiny-phi3v.safetensors, ~2 MB, and .json) is only what
+training changed, and a build puts it back on the seeded weights (Packing, below; shipping.py says when
+a build copies them and when it trains again: about 2 minutes on 2 CPU cores). `mmdemo-model.json`
+says `"weights": "trained"` or `"random"`.
 """
 
 from __future__ import annotations
@@ -23,16 +30,30 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 try:
-    from . import common
+    from . import common, shipping, train_phi3v
 except ImportError:  # run as a script: the script's directory is on sys.path
     import common  # type: ignore[no-redef]
+    import shipping  # type: ignore[no-redef]
+    import train_phi3v  # type: ignore[no-redef]
 
 BUILDER = "phi3_5_vision_tiny"
-VERSION = 1
-REMOTE = Path(__file__).resolve().parent / "phi3v_remote"
+VERSION = 2
+HERE = Path(__file__).resolve().parent
+REMOTE = HERE / "phi3v_remote"
 REMOTE_FILES = ("configuration_phi3_v.py", "processing_phi3_v.py")
+# What the trained weights are a function of (with the seed, torch, transformers and vLLM): the remote
+# processor decides the pixels and image tokens the model is trained on.
+SOURCES = (
+    HERE / "phi3v.py",
+    HERE / "train_phi3v.py",
+    HERE / "trainkit.py",
+    HERE / "common.py",
+    *(REMOTE / name for name in REMOTE_FILES),
+    train_phi3v.KNOWN,
+)
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TOK = {t: i for i, t in enumerate(SPECIAL)}
@@ -58,7 +79,15 @@ def build_tokenizer(seed: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    small = common.build_tokenizer(seed, SPECIAL, eos="<|end|>", pad="<|endoftext|>", bos="<s>", unk="<unk>")
+    small = common.build_tokenizer(
+        seed,
+        SPECIAL,
+        corpus=train_phi3v.corpus(train_phi3v.load_known()),
+        eos="<|end|>",
+        pad="<|endoftext|>",
+        bos="<s>",
+        unk="<unk>",
+    )
     spec = json.loads(small.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
     used = set(vocab.values())
@@ -140,39 +169,14 @@ def build_config():
 
 
 def save_weights(config, path: Path, seed: int) -> None:
-    import torch
+    """The seeded random weights (train_phi3v.initial_model), in the hub checkpoint's layout."""
     from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 
-    torch.manual_seed(seed)
-    text = Phi3Config(**{k: v for k, v in config.to_dict().items() if k in Phi3Config.__dataclass_fields__})
-    state = dict(Phi3ForCausalLM(text).float().state_dict())  # model.*, lm_head.*
-    clip = CLIPVisionConfig(
-        hidden_size=CLIP_WIDTH,
-        intermediate_size=4096,
-        num_attention_heads=16,
-        num_hidden_layers=config.img_processor["layer_idx"] + 1,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
-    tower = CLIPVisionModel(clip).float()
-    prefix = "model.vision_embed_tokens."
-    for key, value in tower.state_dict().items():
-        # transformers 5 drops the hub's `vision_model.` level; vLLM (and the hub checkpoint) keep it.
-        name = key if key.startswith("vision_model.") else f"vision_model.{key}"
-        if not name.startswith("vision_model.post_layernorm."):  # vLLM's cut tower has none
-            state[f"{prefix}img_processor.{name}"] = value
-    hidden, merged = config.hidden_size, CLIP_WIDTH * 4
-    state[f"{prefix}glb_GN"] = torch.randn(1, 1, merged) * 0.02
-    state[f"{prefix}sub_GN"] = torch.randn(1, 1, 1, merged) * 0.02
-    first, second = torch.nn.Linear(merged, hidden), torch.nn.Linear(hidden, hidden)
-    for i, layer in ((0, first), (2, second)):  # Sequential(Linear, GELU, Linear)
-        state[f"{prefix}img_projection.{i}.weight"] = layer.weight
-        state[f"{prefix}img_projection.{i}.bias"] = layer.bias
-    state = {k: v.detach().contiguous() for k, v in state.items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+    save_file(seeded_state(config, seed), str(path), metadata={"format": "pt"})
+
+
+def seeded_state(config, seed: int) -> dict[str, Any]:
+    return train_phi3v.checkpoint_state(*train_phi3v.initial_model(config, seed))
 
 
 def write_processor(tmp: Path, tokenizer) -> None:
@@ -190,7 +194,64 @@ def write_processor(tmp: Path, tokenizer) -> None:
     (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def build(out: Path, seed: int) -> Path:
+# -- the trained weights: shipped packed, or trained again ---------------------------------------
+
+
+def pack(state: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
+    """What training changed in `state` against the seeded weights: the tensors that differ, and of a
+    matrix whose last rows are still the seeded ones (the vocabulary's fillers), its rows up to the last
+    changed one."""
+    import torch
+
+    out = {}
+    for name, value in state.items():
+        start = seeded[name]
+        if value.shape != start.shape:
+            raise RuntimeError(f"{name}: {tuple(value.shape)}, seeded {tuple(start.shape)}")
+        if torch.equal(value, start):
+            continue
+        rows = int((value != start).any(dim=1).nonzero().max()) + 1 if value.dim() == 2 else len(value)
+        out[name] = value[:rows].contiguous()
+    return out
+
+
+def unpack(packed: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
+    """The whole weights: the seeded ones with `packed` written over them (leading rows, or whole tensors)."""
+    state = dict(seeded)
+    for name, value in packed.items():
+        if name not in seeded or value.shape[1:] != seeded[name].shape[1:]:
+            raise RuntimeError(f"packed weight {name} {tuple(value.shape)} fits no seeded weight")
+        if value.shape == seeded[name].shape:
+            state[name] = value
+        else:
+            whole = seeded[name].clone()
+            whole[: value.shape[0]] = value
+            state[name] = whole
+    return state
+
+
+class Packing:
+    """shipping.Packing: only what training changed (~2 MB of ~73 MB) is shipped; a build puts it back on
+    the seeded weights, regenerated from the seed. The json's sha256 is that of the packed weights;
+    model_sha256, of the whole model.safetensors."""
+
+    def pack(self, state: dict[str, Any], seed: int) -> dict[str, Any]:
+        return pack(state, seeded_state(build_config(), seed))
+
+    def unpack(self, packed: dict[str, Any], seed: int) -> dict[str, Any]:
+        return unpack(packed, seeded_state(build_config(), seed))
+
+
+def _train(model_dir: Path, seed: int, log: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return train_phi3v.train(model_dir, train_phi3v.load_known(), seed, log=log)  # the checkpoint's layout
+
+
+TRAINED = shipping.Trained("tiny-phi3v", SOURCES, _train, Packing())
+
+
+def build(out: Path, seed: int, *, random: bool = False, retrain: bool = False, log: Any = None) -> Path:
+    said: dict[str, Any] = {"weights": "random"}
+
     def fill(tmp: Path) -> None:
         for name in REMOTE_FILES:
             shutil.copyfile(REMOTE / name, tmp / name)
@@ -198,10 +259,15 @@ def build(out: Path, seed: int) -> Path:
         config = build_config()
         config.save_pretrained(tmp)
         write_processor(tmp, tokenizer)
-        save_weights(config, tmp / "model.safetensors", seed)
+        if random:
+            save_weights(config, tmp / "model.safetensors", seed)
+        else:
+            said.update(TRAINED.weights(tmp, seed, retrain=retrain, log=log))
 
-    return common.build_into_place(out, fill, builder=BUILDER, version=VERSION, seed=seed)
+    return common.build_into_place(
+        out, fill, builder=BUILDER, version=VERSION, seed=seed, marker_extra=lambda: said
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(common.main(build, doc=__doc__))
+    sys.exit(shipping.main(build, TRAINED, doc=__doc__))

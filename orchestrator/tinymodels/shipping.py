@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 try:
     from . import common
@@ -74,6 +74,14 @@ def machine() -> str:
     return f"{model.group(1).strip() if model else platform.machine()} [{' '.join(isa)}]"
 
 
+class Packing(Protocol):
+    """How a model whose trained weights are mostly still its seeded ones ships only what training changed:
+    a build regenerates the seeded weights and puts the packed part back on them (phi3v.py)."""
+
+    def pack(self, state: dict[str, Any], seed: int) -> dict[str, Any]: ...
+    def unpack(self, packed: dict[str, Any], seed: int) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Trained:
     """One trained tiny model's weights: where they are shipped, what they are a function of, how to train."""
@@ -81,6 +89,7 @@ class Trained:
     name: str  # "tiny-llava": weights/tiny-llava.safetensors and weights/tiny-llava.json
     sources: tuple[Path, ...]  # with the seed, torch, transformers and vLLM: what the weights depend on
     train: Train
+    packing: Packing | None = None  # None: the whole model.safetensors is shipped
 
     @property
     def shipped(self) -> Path:
@@ -106,20 +115,38 @@ class Trained:
             return None
         return info if isinstance(info, dict) else None
 
+    def shipped_form(self, model: Path, seed: int) -> bytes:
+        """What is shipped of a model.safetensors: the file, or (packing) its packed part, checked to
+        give the whole weights back bit for bit."""
+        if self.packing is None:
+            return model.read_bytes()
+        import torch
+        from safetensors.torch import load, load_file, save
+
+        state = load_file(model)
+        packed = save(self.packing.pack(state, seed), metadata={"format": "pt"})
+        again = self.packing.unpack(load(packed), seed)
+        if again.keys() != state.keys() or not all(torch.equal(again[k], state[k]) for k in state):
+            raise RuntimeError(f"{self.name}: the packed weights do not give back the trained ones")
+        return packed
+
     def weights(self, model_dir: Path, seed: int, *, retrain: bool, log: Any = None) -> dict[str, Any]:
-        """Write model_dir/model.safetensors trained (or copied from the shipped ones); what the marker says."""
+        """Write model_dir/model.safetensors trained (or made from the shipped ones); what the marker says."""
+        from safetensors.torch import load_file, save_file
+
         info = self.shipped_info()
         key = self.key()
         target = model_dir / "model.safetensors"
         fits = not retrain and seed == 0 and info is not None and info.get("sources") == key
         if fits and self.shipped.is_file() and file_sha256(self.shipped) == info.get("sha256"):
-            shutil.copyfile(self.shipped, target)
-            return {
-                "weights": "trained",
-                "training": {"sources": key, "sha256": info["sha256"], "shipped": True},
-            }
-        from safetensors.torch import save_file
-
+            if self.packing is None:
+                shutil.copyfile(self.shipped, target)
+            else:
+                save_file(
+                    self.packing.unpack(load_file(self.shipped), seed), str(target), metadata={"format": "pt"}
+                )
+            training = {"sources": key, "sha256": info["sha256"], "shipped": True}
+            return {"weights": "trained", "training": training | self._whole(target)}
         state, report = self.train(model_dir, seed, log)
         save_file(state, str(target), metadata={"format": "pt"})
         if report["wrong"]:
@@ -128,21 +155,29 @@ class Trained:
             )
         training = {
             "sources": key,
-            "sha256": file_sha256(target),
+            "sha256": hashlib.sha256(self.shipped_form(target, seed)).hexdigest(),
+            **self._whole(target),
             "shipped": False,
             "versions": versions(),
             "machine": machine(),
         }
-        training |= {k: report[k] for k in ("examples", "epochs", "steps", "timings")}
+        training |= {k: v for k, v in report.items() if k != "wrong"}  # examples, epochs, steps, timings...
         return {"weights": "trained", "training": training}
+
+    def _whole(self, target: Path) -> dict[str, str]:
+        """A packed model's record also names the whole model.safetensors a build makes."""
+        return {} if self.packing is None else {"model_sha256": file_sha256(target)}
 
     def ship(self, model_dir: Path) -> None:
         """Make the weights just trained in model_dir the shipped ones (seed 0 only)."""
         marker = json.loads((model_dir / common.MARKER).read_text())
         if marker.get("seed") != 0 or marker.get("weights") != "trained":
             raise SystemExit("--ship: only a trained seed-0 model is shipped")
+        shipped = self.shipped_form(model_dir / "model.safetensors", 0)
+        if hashlib.sha256(shipped).hexdigest() != marker["training"]["sha256"]:
+            raise SystemExit("--ship: model.safetensors is not the model that was trained")
         WEIGHTS.mkdir(exist_ok=True)
-        shutil.copyfile(model_dir / "model.safetensors", self.shipped)
+        self.shipped.write_bytes(shipped)
         self.shipped_info_path.write_text(json.dumps(marker["training"], indent=2, sort_keys=True) + "\n")
 
 
