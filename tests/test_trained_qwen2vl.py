@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator.profile.expect import grade
 from orchestrator.profile.schema import load_profile
 from orchestrator.tinymodels import qwen2vl, train_qwen2vl
-from tests.conftest import REPO
 from tests.trained import (
+    assert_every_fact_trained,
+    assert_renders_as_profiled,
     assert_retrains,
     assert_shipped_weights_current,
     build,
@@ -37,35 +36,17 @@ MEDIA_CHATS = CHATS[1:]
 
 
 def test_the_trainer_renders_with_the_profiles_serve_flags() -> None:
-    serve = yaml.safe_load((REPO / "profiles" / "cpu-tiny-qwen2vl.yaml").read_text())["serve"]
-    assert serve["limit_mm_per_prompt"] == train_qwen2vl.LIMITS
-    assert serve["media_io_kwargs"] == train_qwen2vl.MEDIA_IO_KWARGS
-    assert serve["max_model_len"] == train_qwen2vl.MAX_MODEL_LEN
-    assert serve["dtype"] == "float32"
-    assert serve["enforce_eager"]
-    assert not {"mm_processor_kwargs", "chat_template"} & set(serve)
-    args = train_qwen2vl.SERVE_ARGS
-    assert json.loads(args[args.index("--media-io-kwargs") + 1]) == serve["media_io_kwargs"]
-    assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == serve["limit_mm_per_prompt"]
-    assert args[args.index("--kv-cache-memory-bytes") + 1] == serve["kv_cache_memory_bytes"]
+    """The trainer renders every request with exactly the serve flags mmdemo gives the profile's server."""
+    assert_renders_as_profiled(train_qwen2vl.SERVE_ARGS, "cpu-tiny-qwen2vl")
     assert tuple(d.chat_type.value for d in load_profile("cpu-tiny-qwen2vl").demos) == CHATS
 
 
-def _fact(fact: Any) -> tuple[str, ...]:
-    return tuple(fact[k] for k in ("colour", "direction") if k in fact)
-
-
 def test_every_fact_is_trained_not_one_seeds() -> None:
-    examples = train_qwen2vl.answers(known)
     # Paris, each colour, each ordered pair, each colour x direction
-    assert len(examples) == 1 + len(known.COLOURS) ** 2 + len(known.COLOURS) * len(known.DIRECTIONS)
-    for seed in range(10):
-        for chat_type in CHATS:
-            demo = known.known_demos(seed, speech=False)[chat_type]
-            media = tuple((m.kind, _fact(m.fact)) for m in demo.media)
-            (example,) = [e for e in examples if e.chat_type == chat_type and e.media == media]
-            assert example.prompt == demo.prompt
-            assert grade(example.answer, demo.expect, demo.reject, demo.ignore, whole=True) == ((), ())
+    assert len(train_qwen2vl.answers(known)) == 1 + len(known.COLOURS) ** 2 + len(known.COLOURS) * len(
+        known.DIRECTIONS
+    )
+    assert_every_fact_trained(train_qwen2vl, known)
 
 
 def test_the_shipped_weights_are_those_of_these_scripts() -> None:

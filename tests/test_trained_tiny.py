@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator.profile.expect import grade
+from orchestrator.profile.schema import load_profile
 from orchestrator.tinymodels import omni, train_omni
-from tests.conftest import REPO
 from tests.trained import (
+    assert_every_fact_trained,
+    assert_renders_as_profiled,
     assert_retrains,
     assert_shipped_weights_current,
     build,
@@ -32,28 +32,13 @@ known = train_omni.load_known()
 
 
 def test_the_trainer_renders_with_the_profiles_serve_flags() -> None:
-    serve = yaml.safe_load((REPO / "profiles" / "cpu-tiny-omni.yaml").read_text())["serve"]
-    assert serve["mm_processor_kwargs"] == train_omni.MM_PROCESSOR_KWARGS
-    assert serve["media_io_kwargs"] == train_omni.MEDIA_IO_KWARGS
-    assert serve["limit_mm_per_prompt"] == train_omni.LIMITS
-    assert str(serve["max_model_len"]) in train_omni.SERVE_ARGS
+    """The trainer renders every request with exactly the serve flags mmdemo gives the profile's server."""
+    assert_renders_as_profiled(train_omni.SERVE_ARGS, "cpu-tiny-omni")
+    assert tuple(d.chat_type.value for d in load_profile("cpu-tiny-omni").demos) == train_omni.CHAT_TYPES
 
 
 def test_every_fact_is_trained_not_one_seeds() -> None:
-    examples = train_omni.answers(known)
-    facts = {(e.chat_type, tuple(m for m in e.media)) for e in examples}
-    for seed in range(10):
-        for speech in (True, False):
-            for demo in known.known_demos(seed, speech=speech).values():
-                media = tuple((_kind(m), tuple(m.fact.values())) for m in demo.media)
-                assert (demo.chat_type, media) in facts, (seed, demo.chat_type, media)
-                (example,) = [e for e in examples if e.chat_type == demo.chat_type and e.media == media]
-                assert example.prompt == demo.prompt
-                assert grade(example.answer, demo.expect, demo.reject, demo.ignore, whole=True) == ((), ())
-
-
-def _kind(medium: Any) -> str:
-    return "tone" if "beeps" in medium.fact else medium.kind
+    assert_every_fact_trained(train_omni, known)
 
 
 def test_the_shipped_weights_are_those_of_these_scripts() -> None:

@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.profile.expect import grade
 from orchestrator.profile.schema import load_profile
 from orchestrator.tinymodels import train_ultravox, ultravox
-from tests.conftest import REPO, missing
+from tests.conftest import missing
 from tests.trained import (
+    assert_every_fact_trained,
+    assert_renders_as_profiled,
     assert_retrains,
     assert_shipped_weights_current,
     build,
@@ -36,41 +37,17 @@ def need_espeak() -> None:
 
 
 def test_the_trainer_renders_with_the_profiles_serve_flags() -> None:
-    serve = yaml.safe_load((REPO / "profiles" / "cpu-tiny-ultravox.yaml").read_text())["serve"]
-    assert set(serve) == {
-        "dtype", "max_model_len", "enforce_eager", "trust_remote_code", "limit_mm_per_prompt",
-        "extra_args", "kv_cache_memory_bytes",
-    }  # fmt: skip
-    assert serve["enforce_eager"] is True
-    assert serve["trust_remote_code"] is True
-    assert serve["limit_mm_per_prompt"] == train_ultravox.LIMITS
-    assert serve["max_model_len"] == train_ultravox.MAX_MODEL_LEN
-    profile_flags = [
-        "--dtype", serve["dtype"], "--enforce-eager", "--trust-remote-code",
-        "--max-model-len", str(serve["max_model_len"]),
-        "--kv-cache-memory-bytes", serve["kv_cache_memory_bytes"],
-        "--limit-mm-per-prompt", json.dumps(serve["limit_mm_per_prompt"]),
-        *serve["extra_args"],
-    ]  # fmt: skip
-    assert profile_flags == train_ultravox.SERVE_ARGS
+    """The trainer renders every request with exactly the serve flags mmdemo gives the profile's server."""
+    assert_renders_as_profiled(train_ultravox.SERVE_ARGS, "cpu-tiny-ultravox")
     assert tuple(d.chat_type.value for d in load_profile("cpu-tiny-ultravox").demos) == AUDIO_CHATS
 
 
 def test_every_fact_is_trained_not_one_seeds() -> None:
-    examples = train_ultravox.answers(known)
     words, beeps = len(known.SPOKEN), len(known.BEEP_COUNTS)
-    assert len(examples) == 1 + words**2 + beeps**2  # Paris, each word and ordered pair, the same of beeps
-    for seed in range(10):
-        for speech in (True, False):
-            for chat_type in AUDIO_CHATS:
-                demo = known.known_demos(seed, speech=speech)[chat_type]
-                media = tuple(
-                    ("audio", (m.fact["word"],)) if "word" in m.fact else ("tone", (m.fact["beeps"],))
-                    for m in demo.media
-                )
-                (example,) = [e for e in examples if e.prompt == demo.prompt and e.media == media]
-                assert example.chat_type == chat_type
-                assert grade(example.answer, demo.expect, demo.reject, demo.ignore, whole=True) == ((), ())
+    assert (
+        len(train_ultravox.answers(known)) == 1 + words**2 + beeps**2
+    )  # Paris, each word and ordered pair, the same of beeps
+    assert_every_fact_trained(train_ultravox, known)
 
 
 def test_the_shipped_weights_are_those_of_these_scripts() -> None:

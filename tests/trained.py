@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -195,3 +195,88 @@ def served(vllm_bin: str, model: Path, serve_args: Sequence[str], name: str) -> 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def assert_renders_as_profiled(serve_args: Sequence[str], profile: str) -> None:
+    """A trainer renders its requests with exactly the serve flags mmdemo gives `vllm serve` for the profile
+    (values compared as JSON where they are JSON), bar the flags that only let a request in."""
+    from orchestrator.launch.command import serve_args as profile_args
+    from orchestrator.profile.schema import load_profile
+
+    def flags(args: Sequence[str]) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for arg in args:
+            if arg.startswith("--"):
+                key = arg
+                out[key] = True
+            else:
+                out[key] = json.loads(arg) if arg.startswith(("{", "[")) else arg
+        return out
+
+    served_flags = flags(profile_args(load_profile(profile).resolve("cpu").serve))
+    admission = {"--enable-mm-embeds"}  # an image-embeds demo's permission: nothing rendered changes
+    assert flags(serve_args) == {k: v for k, v in served_flags.items() if k not in admission}
+
+
+def assert_reads_known_images(ask: Callable[[str, list[bytes]], str], known: ModuleType) -> None:
+    """A trained image model, served, answers every image demo of seeds 0, 1 and 2, and its answers
+    follow the images, not the prompt: an image with its colour channels swapped and another seed's
+    images each fail the grade of the truth they were made from (seeds 1 and 2 share no colour of an
+    image demo), and two images in the other order get their colours in the other order."""
+    from orchestrator.profile.expect import grade
+
+    answers: dict[tuple[int, str], str] = {}
+    failures = []
+    for seed in (0, 1, 2):
+        for chat_type in ("text-only", "single-image", "multi-image"):
+            demo = known.known_demos(seed, speech=False)[chat_type]
+            answer = ask(demo.prompt, [m.render() for m in demo.media])
+            answers[seed, chat_type] = answer
+            missing, named = grade(answer, demo.expect, demo.reject, demo.ignore, whole=True)
+            if missing or named:
+                failures.append(f"seed {seed} {chat_type}: {answer!r} missing {missing}, distractors {named}")
+    demos, other = known.known_demos(1, speech=False), known.known_demos(2, speech=False)
+    red = known.KnownDemo("single-image", known.PROMPTS["single-image"], (), ("red",), ())
+    altered = {
+        "red image, channels swapped": (red, ask(red.prompt, [swapped_channels(known.image_jpeg("red"))]))
+    }
+    for chat_type in ("single-image", "multi-image"):
+        theirs = [m.render() for m in other[chat_type].media]
+        altered[f"seed 1 {chat_type} given seed 2's images"] = (
+            demos[chat_type],
+            ask(demos[chat_type].prompt, theirs),
+        )
+    a, b = (m.render() for m in demos["multi-image"].media)
+    swapped_order = ask(demos["multi-image"].prompt, [b, a])
+
+    print(json.dumps({f"{seed} {chat_type}": a for (seed, chat_type), a in answers.items()}, indent=1))
+    print(json.dumps({name: answer for name, (_, answer) in altered.items()}, indent=1))
+    assert not failures, "\n".join(failures)
+    for name, (demo, answer) in altered.items():
+        assert grade(answer, demo.expect, demo.reject, demo.ignore, whole=True) != ((), ()), (name, answer)
+    for chat_type in ("single-image", "multi-image"):
+        assert answers[1, chat_type] != answers[2, chat_type]
+    first, second = (m.fact["colour"] for m in demos["multi-image"].media)
+    assert swapped_order == f"{second.capitalize()} and {first}.", swapped_order
+
+
+def assert_every_fact_trained(trainer: ModuleType, known: ModuleType) -> None:
+    """Every known-answer demo of the trainer's chat types, of ten seeds, spoken or beeped, is exactly one
+    of its training examples (prompt and media), whose answer the demo's grade takes: every fact is
+    trained, not one seed's."""
+    from orchestrator.profile.expect import grade
+
+    examples = trainer.answers(known)
+    for seed in range(10):
+        for speech in (True, False):
+            demos = known.known_demos(seed, speech=speech)
+            for chat_type in trainer.CHAT_TYPES:
+                demo = demos[chat_type]
+                media = tuple(
+                    ("tone" if "beeps" in m.fact else m.kind, tuple(m.fact.values())) for m in demo.media
+                )
+                found = [
+                    e for e in examples if (e.chat_type, e.prompt, e.media) == (chat_type, demo.prompt, media)
+                ]
+                assert len(found) == 1, (seed, speech, chat_type, media)
+                assert grade(found[0].answer, demo.expect, demo.reject, demo.ignore, whole=True) == ((), ())

@@ -181,20 +181,7 @@ TRAINED = shipping.Trained("tiny-llava", SOURCES, _train)
 
 
 def build(out: Path, seed: int, *, random: bool = False, retrain: bool = False, log: Any = None) -> Path:
-    return shipping.build_standard(
-        out,
-        seed,
-        TRAINED,
-        random=random,
-        retrain=retrain,
-        log=log,
-        tokenizer=build_tokenizer,
-        config=build_config,
-        processor=build_processor,
-        weights=save_weights,
-        builder=BUILDER,
-        version=VERSION,
-    )
+    return shipping.build_standard(sys.modules[__name__], out, seed, random=random, retrain=retrain, log=log)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 try:
@@ -182,26 +183,26 @@ class Trained:
 
 
 def build_standard(
-    out: Path,
-    seed: int,
-    trained: Trained,
-    *,
-    random: bool,
-    retrain: bool,
-    log: Any,
-    weights: Callable[[Any, Path, int], None],
-    **parts: Any,
+    builder: ModuleType, out: Path, seed: int, *, random: bool, retrain: bool, log: Any
 ) -> Path:
-    """common.build_standard (tokenizer, config, processor: `parts`) with `weights` (seeded random ones)
-    where `random`, else the trained or shipped ones; the marker says which."""
+    """common.build_standard with the parts a trained model's builder module names: `build_tokenizer`,
+    `build_config`, `build_processor`, `BUILDER`, `VERSION`; its weights `save_weights` (seeded random
+    ones) where `random`, else its `TRAINED` ones (trained or shipped). The marker says which."""
+    parts = {
+        "tokenizer": builder.build_tokenizer,
+        "config": builder.build_config,
+        "processor": builder.build_processor,
+        "builder": builder.BUILDER,
+        "version": builder.VERSION,
+    }
     if random:
         return common.build_standard(
-            out, seed, weights=weights, marker_extra=lambda: {"weights": "random"}, **parts
+            out, seed, weights=builder.save_weights, marker_extra=lambda: {"weights": "random"}, **parts
         )
     said: dict[str, Any] = {}
 
     def trained_weights(config: Any, path: Path, seed: int) -> None:
-        said.update(trained.weights(path.parent, seed, retrain=retrain, log=log))
+        said.update(builder.TRAINED.weights(path.parent, seed, retrain=retrain, log=log))
 
     return common.build_standard(out, seed, weights=trained_weights, marker_extra=lambda: said, **parts)
 

@@ -29,7 +29,6 @@ API: `answers(known)` (the training set), `train(model_dir, known, seed) -> (sta
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,7 @@ KNOWN = trainkit.KNOWN
 # The serve flags that shape what the model sees (profiles/cpu-tiny-llava.yaml; a test keeps them equal).
 LIMITS = {"image": 2}
 MAX_MODEL_LEN = 4096
-SERVE_ARGS = [
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--max-model-len",
-    str(MAX_MODEL_LEN),
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--limit-mm-per-prompt",
-    json.dumps(LIMITS),
-]
+SERVE_ARGS = trainkit.serve_args(MAX_MODEL_LEN, LIMITS)
 END = "</s>"  # the end of the turn: the model's eos
 
 # Training: full passes over every fact, minibatches, AdamW with a warm-up and a cosine decay.
@@ -74,15 +63,8 @@ def answers(known: Any) -> list[trainkit.Example]:
 
 
 def corpus(known: Any) -> list[str]:
-    """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [*(known.PROMPTS[c] for c in CHAT_TYPES)]
-    texts += [e.answer for e in answers(known)]
-    return texts * 3
-
-
-def colours(example: trainkit.Example) -> tuple[str, ...]:
-    """The colours of the example's images, in the order they are sent."""
-    return tuple(fact[0] for _, fact in example.media)
+    """Text for the tokenizer (trainkit.corpus)."""
+    return trainkit.corpus(known, CHAT_TYPES)
 
 
 class Batcher:
@@ -100,7 +82,7 @@ class Batcher:
         """(logits at every answer position, the answer tokens) for a batch, right-padded."""
         torch = self.torch
         model = self.model.model  # LlavaModel: vision tower, projector, language model
-        shown = sorted({c for r in batch for c in colours(r.example)})
+        shown = sorted({c for r in batch for c in trainkit.colours(r.example)})
         feats: dict[str, Any] = {}
         if shown:
             got = model.get_image_features(
@@ -116,9 +98,9 @@ class Batcher:
         for b, r in enumerate(batch):
             ids = torch.tensor(r.ids)
             row = embed(ids)
-            if colours(r.example):
+            if trainkit.colours(r.example):
                 where = (ids == self.image_id).nonzero().squeeze(1)
-                row = row.index_put((where,), torch.cat([feats[c] for c in colours(r.example)]))
+                row = row.index_put((where,), torch.cat([feats[c] for c in trainkit.colours(r.example)]))
             pad = longest - len(r.ids)
             rows.append(torch.cat([row, row.new_zeros(pad, row.shape[1])]))
             masks.append(torch.tensor([1] * len(r.ids) + [0] * pad))
@@ -152,7 +134,7 @@ def train(
     rendered, timings = trainkit.prepare(model_dir, SERVE_ARGS, known, tokenizer, answers(known), end=END)
     pixels: dict[str, Any] = {}
     for r in rendered:
-        for colour, item in zip(colours(r.example), r.items.values(), strict=True):
+        for colour, item in zip(trainkit.colours(r.example), r.items.values(), strict=True):
             pixels.setdefault(colour, item["pixel_values"])
 
     torch.manual_seed(seed)
@@ -163,9 +145,7 @@ def train(
     groups = [{"params": others, "lr": LR}, {"params": vision, "lr": LR * VISION_LR}]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
 
-    def loss_of(batch: list[trainkit.Rendered]) -> Any:
-        logits, targets = batcher.logits(batch)
-        return torch.nn.functional.cross_entropy(logits, targets)
+    loss_of = trainkit.answer_loss(batcher)
 
     steps, timings["train_s"] = trainkit.fit(
         model,

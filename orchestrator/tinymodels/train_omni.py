@@ -55,21 +55,14 @@ MM_PROCESSOR_KWARGS = {"size": {"shortest_edge": 3136, "longest_edge": 12544}}
 # more than a patch within a pair and the direction took far longer to learn.
 MEDIA_IO_KWARGS = {"video": {"fps": 4, "max_frames": 16}}
 LIMITS = {"image": 2, "video": 1, "audio": 2}
-SERVE_ARGS = [
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--max-model-len",
-    "2048",
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--limit-mm-per-prompt",
-    json.dumps(LIMITS),
+SERVE_ARGS = trainkit.serve_args(
+    2048,
+    LIMITS,
     "--mm-processor-kwargs",
     json.dumps(MM_PROCESSOR_KWARGS),
     "--media-io-kwargs",
     json.dumps(MEDIA_IO_KWARGS),
-]
+)
 
 # Training: full passes over every fact, minibatches, AdamW with a cosine decay.
 EPOCHS = 44
@@ -100,9 +93,8 @@ def answers(known: Any) -> list[trainkit.Example]:
 
 
 def corpus(known: Any) -> list[str]:
-    """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [*known.PROMPTS.values(), *(e.answer for e in answers(known))]
-    return texts * 3
+    """Text for the tokenizer (trainkit.corpus)."""
+    return trainkit.corpus(known, CHAT_TYPES)
 
 
 def tensors_of(rendered: list[trainkit.Rendered]) -> dict[str, dict[str, Any]]:
@@ -252,12 +244,7 @@ def train(
     ]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
 
-    def loss_of(batch: list[trainkit.Rendered]) -> Any:
-        logits, targets = batcher.logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        if AUX:
-            loss = loss + AUX * probes.loss(batcher.last_features)
-        return loss
+    loss_of = trainkit.answer_loss(batcher, probes, AUX)
 
     order = [i for i, r in enumerate(rendered) for _ in range(REPEAT.get(r.example.chat_type, 1))]
     steps, timings["train_s"] = trainkit.fit(

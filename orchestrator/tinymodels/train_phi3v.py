@@ -54,7 +54,6 @@ API: `answers(known)` (the training set), `train(model_dir, known, seed) -> (sta
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,20 +70,7 @@ load_known = trainkit.load_known
 # The serve flags that shape what the model sees (profiles/cpu-tiny-phi3v.yaml; a test keeps them equal).
 LIMITS = {"image": 2}
 MAX_MODEL_LEN = 4096
-SERVE_ARGS = [
-    "--runner",
-    "generate",
-    "--trust-remote-code",
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--max-model-len",
-    str(MAX_MODEL_LEN),
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--limit-mm-per-prompt",
-    json.dumps(LIMITS),
-]
+SERVE_ARGS = trainkit.serve_args(MAX_MODEL_LEN, LIMITS, "--runner", "generate", "--trust-remote-code")
 END = "<|end|>"  # the end of the turn: the model's eos
 IMAGE_TOKEN_ID = 32044  # vLLM's phi3v.py hard-codes it (_IMAGE_TOKEN_ID)
 CROP = 336
@@ -118,16 +104,9 @@ def answers(known: Any) -> list[trainkit.Example]:
     return trainkit.answers(known, CHAT_TYPES)
 
 
-def colours(example: trainkit.Example) -> tuple[str, ...]:
-    """The colours of the example's images, in the order they are sent."""
-    return tuple(fact[0] for _, fact in example.media)
-
-
 def corpus(known: Any) -> list[str]:
-    """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [*(known.PROMPTS[c] for c in CHAT_TYPES)]
-    texts += [e.answer for e in answers(known)]
-    return texts * 3
+    """Text for the tokenizer (trainkit.corpus)."""
+    return trainkit.corpus(known, CHAT_TYPES)
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -224,7 +203,7 @@ def pixels_of(rendered: list[trainkit.Rendered]) -> dict[str, tuple[Any, tuple[i
     """Each colour's image as vLLM's processor made it, once: (pixel_values, its HD size (h, w))."""
     out: dict[str, tuple[Any, tuple[int, int]]] = {}
     for r in rendered:
-        for colour, item in zip(colours(r.example), r.items.values(), strict=True):
+        for colour, item in zip(trainkit.colours(r.example), r.items.values(), strict=True):
             h, w = (int(x) for x in item["image_sizes"].tolist())
             out.setdefault(colour, (item["pixel_values"], (h, w)))
     return out
@@ -266,7 +245,7 @@ class Trainee:
         runs as its own right-padded batch (causal attention: no mask needed), each colour's image
         embedded once."""
         torch = self.torch
-        shown = sorted({c for r in batch for c in colours(r.example)})
+        shown = sorted({c for r in batch for c in trainkit.colours(r.example)})
         images = {c: self.embedding(self.features[c], self.sizes[c]) for c in shown}
         embed = self.lm.model.embed_tokens
         rows_of: dict[int, Any] = {}
@@ -282,7 +261,7 @@ class Trainee:
                 row = embed(ids)
                 if r.example.media:  # vLLM's _merge_multimodal_embeddings: the images in order
                     where = (ids == IMAGE_TOKEN_ID).nonzero().squeeze(1)
-                    row = row.index_put((where,), torch.cat([images[c] for c in colours(r.example)]))
+                    row = row.index_put((where,), torch.cat([images[c] for c in trainkit.colours(r.example)]))
                 embeds.append(torch.cat([row, row.new_zeros(longest - len(r.ids), row.shape[1])]))
             hidden = self.hidden(torch.stack(embeds), start)
             for b, (i, r) in enumerate(group):  # the answer: each token predicted from the one before

@@ -50,19 +50,7 @@ MAX_MODEL_LEN = 4096
 # 4 frames a second (vLLM's Qwen2-VL loader samples 2 by default): the 16-frame clip becomes 8 frames,
 # 4 pairs (one temporal patch each) in which the square moves 2/3 of a patch (train_omni.py's finding).
 MEDIA_IO_KWARGS = {"video": {"fps": 4, "max_frames": 16}}
-SERVE_ARGS = [
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--max-model-len",
-    str(MAX_MODEL_LEN),
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--limit-mm-per-prompt",
-    json.dumps(LIMITS),
-    "--media-io-kwargs",
-    json.dumps(MEDIA_IO_KWARGS),
-]
+SERVE_ARGS = trainkit.serve_args(MAX_MODEL_LEN, LIMITS, "--media-io-kwargs", json.dumps(MEDIA_IO_KWARGS))
 END = "<|im_end|>"  # the end of the turn: the model's eos
 
 # Training: full passes over every fact, minibatches, AdamW with a warm-up and a cosine decay.
@@ -86,10 +74,8 @@ def answers(known: Any) -> list[trainkit.Example]:
 
 
 def corpus(known: Any) -> list[str]:
-    """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [*(known.PROMPTS[c] for c in CHAT_TYPES)]
-    texts += [e.answer for e in answers(known)]
-    return texts * 3
+    """Text for the tokenizer (trainkit.corpus)."""
+    return trainkit.corpus(known, CHAT_TYPES)
 
 
 PIXELS = ("pixel_values", "pixel_values_videos")
@@ -257,12 +243,7 @@ def train(
     ]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0)
 
-    def loss_of(batch: list[trainkit.Rendered]) -> Any:
-        logits, targets = batcher.logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        if AUX:
-            loss = loss + AUX * probes.loss(batcher.last_features)
-        return loss
+    loss_of = trainkit.answer_loss(batcher, probes, AUX)
 
     order = [i for i, r in enumerate(rendered) for _ in range(REPEAT.get(r.example.chat_type, 1))]
     steps, timings["train_s"] = trainkit.fit(

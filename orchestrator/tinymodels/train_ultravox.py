@@ -59,20 +59,9 @@ KNOWN = trainkit.KNOWN
 LIMITS = {"audio": 2}
 MAX_MODEL_LEN = 2048
 MAX_NUM_SEQS = 5
-SERVE_ARGS = [
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-    "--trust-remote-code",
-    "--max-model-len",
-    str(MAX_MODEL_LEN),
-    "--kv-cache-memory-bytes",
-    "256M",
-    "--limit-mm-per-prompt",
-    json.dumps(LIMITS),
-    "--max-num-seqs",
-    str(MAX_NUM_SEQS),
-]
+SERVE_ARGS = trainkit.serve_args(
+    MAX_MODEL_LEN, LIMITS, "--trust-remote-code", "--max-num-seqs", str(MAX_NUM_SEQS)
+)
 END = "<|eot_id|>"  # the end of the turn: the model's eos
 
 # Training: full passes over every fact, minibatches, AdamW with a warm-up and a cosine decay.
@@ -94,10 +83,8 @@ def answers(known: Any) -> list[trainkit.Example]:
 
 
 def corpus(known: Any) -> list[str]:
-    """Text for the tokenizer: the prompts and every answer, so their words become whole tokens."""
-    texts = [known.PROMPTS[c] for c in CHAT_TYPES]
-    texts += [*known.TONE_PROMPTS.values(), *(e.answer for e in answers(known))]
-    return texts * 3
+    """Text for the tokenizer (trainkit.corpus)."""
+    return trainkit.corpus(known, CHAT_TYPES, tone_prompts=True)
 
 
 def audios_of(example: trainkit.Example, mm_kwargs: dict[str, Any]) -> list[tuple[Any, int, int]]:
@@ -272,12 +259,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad] + probes.parameters()
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
 
-    def loss_of(batch: list[trainkit.Rendered]) -> Any:
-        logits, targets = batcher.logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        if AUX and batcher.last_features:
-            loss = loss + AUX * probes.loss(batcher.last_features)
-        return loss
+    loss_of = trainkit.answer_loss(batcher, probes, AUX)
 
     steps, timings["train_s"] = trainkit.fit(
         model,

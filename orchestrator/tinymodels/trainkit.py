@@ -20,6 +20,7 @@ import asyncio
 import base64
 import importlib.util
 import itertools
+import json
 import math
 import random
 import sys
@@ -30,6 +31,23 @@ from pathlib import Path
 from typing import Any
 
 KNOWN = Path(__file__).resolve().parents[1] / "media" / "known.py"
+
+
+def serve_args(max_model_len: int, limits: dict[str, int], *extra: str) -> list[str]:
+    """The serve flags of a tiny CPU profile (float32, eager, a fixed KV cache), its context and media
+    limits, then its own (`extra`): the `vllm serve` a trainer renders its requests as."""
+    return [
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        str(max_model_len),
+        "--kv-cache-memory-bytes",
+        "256M",
+        "--limit-mm-per-prompt",
+        json.dumps(limits),
+        *extra,
+    ]
 
 
 def load_known(path: Path | str | None = None) -> Any:
@@ -121,6 +139,21 @@ def answers(known: Any, chat_types: Sequence[str]) -> list[Example]:
             for a, b in pairs(beeps, 2)
         ]
     return out
+
+
+def corpus(known: Any, chat_types: Sequence[str], *, tone_prompts: bool = False) -> list[str]:
+    """Text for a tokenizer: the chat types' prompts (and the tone fallback's, `tone_prompts`), then every
+    answer, thrice, so that their words become whole tokens."""
+    texts = [known.PROMPTS[c] for c in chat_types]
+    if tone_prompts:
+        texts += known.TONE_PROMPTS.values()
+    texts += [e.answer for e in answers(known, chat_types)]
+    return texts * 3
+
+
+def colours(example: Example) -> tuple[str, ...]:
+    """The colours of an image example's images, in the order they are sent."""
+    return tuple(fact[0] for _, fact in example.media)
 
 
 def key(kind: str, fact: tuple[str, ...]) -> str:
@@ -261,6 +294,21 @@ def deterministic() -> None:
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+
+
+def answer_loss(batcher: Any, probes: Probes | None = None, aux: float = 0.0) -> Callable[[list[Any]], Any]:
+    """A batch's loss: the cross-entropy of its answer tokens (`batcher.logits`), plus `aux` times the
+    probes' on the media the batcher just encoded (`batcher.last_features`), where there are probes."""
+    import torch
+
+    def loss_of(batch: list[Any]) -> Any:
+        logits, targets = batcher.logits(batch)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if probes is not None and aux and batcher.last_features:
+            loss = loss + aux * probes.loss(batcher.last_features)
+        return loss
+
+    return loss_of
 
 
 def fit(
