@@ -32,7 +32,6 @@ from orchestrator.core.hfenv import HfEnv
 from orchestrator.core.options import DEFAULT_MAX_TOKENS, Options
 from orchestrator.core.paths import models_dir
 from orchestrator.core.units import human_bytes
-from orchestrator.demos import features
 from orchestrator.gpus import detect as gpu_mod
 from orchestrator.launch import checks, ports
 from orchestrator.launch import container as containers
@@ -195,6 +194,13 @@ def machine_info(gpus: Sequence[gpu_mod.Gpu]) -> MachineRecord:
         gpus=[asdict(g) for g in gpus],
         driver=gpus[0].driver if gpus else None,
     )
+
+
+def model_embeds(vllm_bin: str | None, model: str, image: Path) -> Any:
+    """demos/features.model_embeds, imported when a run has an image-embeds demo (not by `plan`)."""
+    from orchestrator.demos import features
+
+    return features.model_embeds(vllm_bin, model, image)
 
 
 def _limits(resolved: ResolvedProfile) -> dict[str, int] | None:
@@ -384,9 +390,7 @@ class Launched:
             check_expectations=not random_weights,
             limits=_limits(resolved),
             tasks=tasks,
-            embeds=None
-            if image
-            else functools.partial(features.model_embeds, opts.vllm_bin, profile.model_path),
+            embeds=None if image else functools.partial(model_embeds, opts.vllm_bin, profile.model_path),
         )
 
     def _adjusted(self, resolved: ResolvedProfile) -> tuple[ResolvedProfile, tuple[str, ...]]:
