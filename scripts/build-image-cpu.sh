@@ -41,7 +41,8 @@ fi
 
 OLD=$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 ROOT=$(mktemp -d)
-trap 'rm -rf "$ROOT"' EXIT
+LOG=$(mktemp)  # podman's errors: not in $ROOT, which tar is reading meanwhile ("file changed as we read it")
+trap 'rm -rf "$ROOT" "$LOG"' EXIT
 mkdir -p "$ROOT"/{etc,usr,opt/vllm,opt/mmdemo/bin,root/.cache/huggingface,tmp,var/tmp,proc,sys,dev,run}
 chmod 1777 "$ROOT/tmp" "$ROOT/var/tmp"
 MOUNTS='["/usr","/usr"]'
@@ -85,6 +86,6 @@ tar -C "$ROOT" -c . | podman import \
   --change "LABEL org.mmdemo.build-key=$KEY" \
   --change "LABEL org.opencontainers.image.version=$VERSION" \
   --change "LABEL org.opencontainers.image.description=vLLM-$VERSION-CPU-from-$VENV_REAL" \
-  - "$TAG" >/dev/null 2>"$ROOT/import.log" || { cat "$ROOT/import.log" >&2; die "podman import failed"; }
+  - "$TAG" >/dev/null 2>"$LOG" || { cat "$LOG" >&2; die "podman import failed"; }
 if [ -n "$OLD" ]; then podman rmi "$OLD" >/dev/null 2>&1 || true; fi  # the previous build, untagged now
 log "built $TAG: vLLM $VERSION (CPU) from $VENV_REAL, borrowing $MOUNTS"
