@@ -171,12 +171,18 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
     assert report["vllm"]["version"].startswith("0.32")
 
     expected = {f"{chat}/{delivery}" for chat in seed.chat_types for delivery in DELIVERIES[chat]}
-    by_name = {d["name"]: d for d in report["demos"] if d["kind"] == "demo"}
+    # the profile's tasks past the chat types (cpu-tiny-llava: the media features uuid, image-embeds)
+    tasks = [d for d in report["demos"] if d["task"] is not None]
+    chats = [d for d in report["demos"] if d["task"] is None]
+    assert {d["task"] for d in tasks} == {t.task.value for t in load_profile(seed.profile).tasks}
+    by_name = {d["name"]: d for d in chats if d["kind"] == "demo"}
     assert set(by_name) == expected
-    repeats = {d["name"] for d in report["demos"] if d["kind"] == "repeat"}
+    repeats = {d["name"] for d in chats if d["kind"] == "repeat"}
     assert repeats == {f"{name} (repeat)" for name in expected if not name.startswith("text-only/")}
     assert [d["kind"] for d in report["demos"]].count("worst case") == 1
-    for demo in report["demos"]:
+    for demo in tasks:
+        assert (demo["status"], demo["http_status"]) == ("passed", 200), demo
+    for demo in chats:
         assert demo["status"] == "passed", demo
         assert demo["http_status"] == 200, demo
         assert demo["answer"], demo
@@ -205,8 +211,10 @@ def test_every_demo_of_the_tiny_profile_passes_on_a_real_server(
             assert demo["verdict"] == "answered", demo
         elif demo["kind"] != "worst case":
             assert demo["verdict"] == "understood", demo
-            right = truth[demo["chat_type"]].answer  # "Paris", "pink", "Moscow and Sydney": as trained
-            assert demo["answer"] == f"{right[:1].upper()}{right[1:]}.", demo
+            # "Paris", "pink", "Moscow and Sydney": as trained; a media feature asks of the single image
+            right = truth[demo["chat_type"] if demo["task"] is None else "single-image"].answer
+            said = f"{right[:1].upper()}{right[1:]}."
+            assert demo["answer"] == (f"1: {said} | 2: {said}" if demo["task"] == "uuid" else said), demo
 
     # the config and processor vLLM used really were the model directory's own code
     loaded = {p.name for p in modules.rglob("*.py")}
