@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.terminal import esc
 from orchestrator.core.errors import MMDemoError, UsageError
+from orchestrator.core.tasks import version_tuple
 from orchestrator.gpus.classes import CPU, Gpu
-from orchestrator.launch.checks import version_tuple
 from orchestrator.model import recipe as recipes
 from orchestrator.model.recipepatch import hardware_patch
 from orchestrator.model.tiny import MARKER as TINY_MARKER

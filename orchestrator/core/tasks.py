@@ -94,10 +94,15 @@ MEDIA_FEATURES = (Task.UUID, Task.IMAGE_EMBEDS)  # chat completions with a featu
 FEATURE_FLAGS = {Task.IMAGE_EMBEDS: "--enable-mm-embeds"}
 
 
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
-    """'0.11.1rc2+cpu' -> (0, 11, 1): the release numbers only; () for no version."""
-    found = re.match(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", version.strip())
-    return tuple(int(p) for p in found.groups() if p is not None) if found else ()
+    """'0.10.2+cpu' -> (0, 10, 2), '0.11.1rc2' -> (0, 11, 1): the release numbers only; () for none."""
+    match = _VERSION.search(version)
+    if match is None:
+        return ()
+    return tuple(int(p) for p in match.groups() if p is not None)
 
 
 def too_old(task: Task, version: str) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from orchestrator.core.errors import PreflightError
 from orchestrator.core.hfenv import HfEnv
-from orchestrator.core.tasks import too_old
+from orchestrator.core.tasks import too_old, version_tuple
 from orchestrator.core.units import human_bytes
 from orchestrator.gpus.detect import Gpu
 from orchestrator.profile import fit as gpufit
@@ -22,7 +21,6 @@ from orchestrator.vllm.backend import locate_vllm
 
 log = logging.getLogger(__name__)
 
-_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 # The host's vLLM (its command, version, interpreter and environment) is vllm/runner.py's; these names stay
 # here for the checks and their callers.
 VllmInfo = runner.VllmInfo
@@ -32,14 +30,6 @@ vllm_version = runner.vllm_version
 def find_vllm(vllm_bin: str | None) -> str:
     """The absolute path of the vLLM command (None: discover it), or a refusal saying how to get one."""
     return locate_vllm(vllm_bin)[0]
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """'0.10.2+cpu' -> (0, 10, 2)."""
-    match = _VERSION.search(version)
-    if match is None:
-        return ()
-    return tuple(int(p) for p in match.groups() if p is not None)
 
 
 VERSION_HINT = "upgrade vLLM or pass --vllm-bin pointing at a newer install"

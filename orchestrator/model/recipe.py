@@ -30,8 +30,8 @@ from orchestrator.core.atomic import write_atomic
 from orchestrator.core.environment import Environment
 from orchestrator.core.errors import PreflightError, ProfileError, UsageError
 from orchestrator.core.paths import cache_dir
+from orchestrator.core.tasks import version_tuple
 from orchestrator.gpus.classes import CPU, ROCM_CLASSES, Gpu
-from orchestrator.launch.checks import version_tuple
 from orchestrator.profile.schema import Profile
 from orchestrator.record.report import RecipeRecord
 
