@@ -20,7 +20,7 @@ The switches are environment variables, FAKE_VLLM_ + (all optional; S = seconds,
   ESCAPE=1           one more worker, VLLM::Escaped, in its own session, deaf to SIGTERM/SIGHUP
   ESCAPE=untagged    the same, without MMDEMO_RUN_TAG in its environment (like a setproctitle'd worker)
   MODELS_DELAY=S     /v1/models lists no model for S after ready
-  LATENCY=S, TOKEN_DELAY=S       before each reply (first chunk) / between streamed chunks
+  LATENCY=S, TOKEN_DELAY=S       before each reply (first chunk; an error too) / between streamed chunks
   REQUEST_FILE=path  written when a chat completion has been received (before LATENCY), and logged
   CHAT_STATUS=code, CHAT_MESSAGE=text   every chat completion fails so
   VERSION=x          reported version (0.32.0)
@@ -473,7 +473,8 @@ class Handler(BaseHTTPRequestHandler):
         if fake.engine_dead:
             raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the cause.")
         status = env("CHAT_STATUS")
-        if status:
+        if status:  # after LATENCY, as every reply: a cell of a failing profile is still serving then
+            time.sleep(env_float("LATENCY") or 0.0)
             raise ApiError(int(status), env("CHAT_MESSAGE", f"fake error {status}"))
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise ApiError(400, "Field 'messages' is required and must be a list.")
