@@ -107,5 +107,6 @@ def test_the_trained_omni_reads_the_known_media_on_a_real_server(vllm_bin: str, 
 def test_retraining_answers_every_fact_and_gives_the_shipped_bits_on_their_cpu(
     vllm_bin: str, tmp_path: Path
 ) -> None:
-    """tests/trained.py's retrain; another seed's training is tests/test_vllm_seeds.py's (seed 1 builds there)."""
+    """tests/trained.py's retrain. Another seed trains in tests/test_trained_llava.py only (the cheapest
+    model; the recipe, trainkit.py, is shared): test_vllm_seeds.py builds seed 1 with --random."""
     assert_retrains(vllm_bin, omni, tmp_path, timeout=840)
