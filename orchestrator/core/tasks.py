@@ -90,8 +90,6 @@ ROUTES: dict[Task, Route] = {
 POOLING_TASKS = tuple(t for t, r in ROUTES.items() if r.runner == "pooling")
 SPEECH_TASKS = (Task.TRANSCRIPTION, Task.TRANSLATION, Task.REALTIME)
 MEDIA_FEATURES = (Task.UUID, Task.IMAGE_EMBEDS)  # chat completions with a feature of the media parts
-# The serve flag a feature needs (vLLM 0.32: vllm/config/multimodal.py, MultiModalConfig.enable_mm_embeds)
-FEATURE_FLAGS = {Task.IMAGE_EMBEDS: "--enable-mm-embeds"}
 
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
